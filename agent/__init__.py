@@ -1,0 +1,1 @@
+"""The QueueCTL agent: runs the commands the broker dispatches, in execution slots."""

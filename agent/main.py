@@ -1,0 +1,56 @@
+"""``queuectl-agent``: connect N execution slots to a broker and run jobs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"label {text!r} must be KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def run_agent(broker: str, count: int, labels: dict[str, str], grace: float) -> int:
+    """Run an agent in the foreground until SIGTERM/SIGINT; returns the exit code."""
+    from .worker import Agent  # zmq is imported here, not at CLI start-up
+
+    agent = Agent(broker, count, labels, grace)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, _frame: agent.signal(signum))
+    return agent.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="queuectl-agent",
+        description="Run QueueCTL jobs: connect N execution slots to a broker.")
+    parser.add_argument("--count", type=int, default=os.cpu_count() or 1,
+                        help="execution slots, jobs run at once (default: number of CPUs)")
+    parser.add_argument("--broker", default=os.environ.get("QUEUECTL_BROKER", DEFAULT_BROKER),
+                        help=f"broker endpoint (default $QUEUECTL_BROKER or {DEFAULT_BROKER})")
+    parser.add_argument("--label", type=parse_label, action="append", default=[],
+                        metavar="KEY=VALUE", help="a label jobs can require (repeatable)")
+    parser.add_argument("--grace", type=float, default=30.0,
+                        help="seconds running jobs may finish after a stop request (default 30)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    if not 1 <= args.count <= 10_000:
+        parser.error("--count must be from 1 to 10000")
+    if args.grace < 0:
+        parser.error("--grace must be zero or more")
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_agent(args.broker, args.count, dict(args.label), args.grace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The agent loop: one thread polls the broker socket and every job's pipes and pidfd.
+
+Per iteration, one named step per concern: signals, messages from the
+broker, job output and exits, then timers (reconnect, heartbeat, lease loss,
+timeouts, the stop grace period, output flush, redelivery). A finished job's
+result is held until the broker acknowledges it, across reconnects, so a
+broker restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from queuectl.proto import config as config_keys
+from queuectl.proto import messages as m
+from queuectl.proto.states import Outcome
+
+from .link import Link
+from .output import StreamBuffer
+from .process import RunningJob
+from .watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024       # bytes of output per message
+FLUSH_EVERY = 0.2        # seconds between output flushes of running jobs
+ACK_WAIT = 10.0          # seconds a stopping agent waits to deliver its last results
+
+
+@dataclass
+class Held:
+    """A finished attempt whose result the broker has not acknowledged yet."""
+
+    stdout: StreamBuffer
+    stderr: StreamBuffer
+    result: m.Result
+    sent_at: float | None = None
+
+
+class Agent:
+    def __init__(self, endpoint: str, slots: int, labels: dict[str, str] | None = None,
+                 grace: float = 30.0):
+        self.agent_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.slots = slots
+        self.labels = dict(labels or {})
+        self.grace = grace
+        defaults = config_keys.defaults()
+        self.heartbeat = float(defaults["heartbeat_sec"])
+        self.lease = float(defaults["lease_sec"])
+        self.kill_grace = float(defaults["kill_grace_sec"])
+        self.output_limit = int(defaults["output_limit"])
+        self.link = Link(endpoint, self.agent_id, self._hello)
+        self.jobs: dict[int, RunningJob] = {}
+        self.held: dict[int, Held] = {}
+        self.fds: dict[int, tuple[RunningJob, bool]] = {}  # fd -> (job, is_pidfd)
+        self.poller = zmq.Poller()
+        self.base_env = dict(os.environ)
+        self.draining_since: float | None = None
+        self.idle_since: float | None = None
+        self.forced = False
+        self.fatal: str | None = None
+        self.pending_signals: list[int] = []
+        self._last_flush = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.watchdog: Watchdog | None = None
+
+    # --- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        self.watchdog = Watchdog()
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        self._reconnect(time.monotonic())
+        log.info("agent %s: %d slots, labels %s, broker %s", self.agent_id, self.slots,
+                 self.labels or "none", self.link.endpoint)
+        while not self._finished(time.monotonic()):
+            for target, _ in self.poller.poll(self._timeout_ms()):
+                self._on_event(target)
+            now = time.monotonic()
+            self._handle_signals(now)
+            self._timers(now)
+        return self._goodbye()
+
+    def signal(self, signum: int) -> None:
+        """Record a signal (called from the handler) and wake the loop."""
+        self.pending_signals.append(signum)
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _on_event(self, target: Any) -> None:
+        if target is self.link.socket:
+            for msg in self.link.receive():
+                self._on_message(msg)
+        elif target == self._wake_r:
+            os.read(self._wake_r, 4096)
+        elif target in self.fds:
+            job, is_pidfd = self.fds[target]
+            if is_pidfd:
+                self._job_exited(job)
+            elif not job.read(target):
+                self._unwatch(target)
+                job.pipe_closed(target)
+            elif len(job.stdout) + len(job.stderr) >= CHUNK:
+                self._send_output(job.token, job.stdout, job.stderr)
+
+    def _timeout_ms(self) -> int:
+        now = time.monotonic()
+        wake = now + self.heartbeat / 2
+        if self.jobs:
+            wake = min(wake, now + FLUSH_EVERY)
+            for job in self.jobs.values():
+                wake = min(wake, job.deadline, job.kill_at or wake)
+        return max(0, int((wake - now) * 1000) + 1)
+
+    def _finished(self, now: float) -> bool:
+        if self.fatal:
+            return True
+        if self.draining_since is None or self.jobs:
+            return False
+        if self.idle_since is None:
+            self.idle_since = now
+        if not self.held:
+            return True
+        return now - self.idle_since > (2.0 if self.forced else ACK_WAIT)
+
+    def _goodbye(self) -> int:
+        if self.held:
+            log.warning("agent %s: results of attempts %s were not acknowledged; the broker "
+                        "will run those jobs again", self.agent_id, sorted(self.held))
+        if not self.fatal:
+            self.link.send(m.Bye())
+        self.link.close()
+        if self.watchdog is not None:
+            self.watchdog.close()
+        if self.fatal:
+            log.error("agent %s stopped: %s", self.agent_id, self.fatal)
+            return 1
+        log.info("agent %s stopped", self.agent_id)
+        return 0
+
+    # --- the broker -----------------------------------------------------------
+
+    def _hello(self) -> m.Hello:
+        return m.Hello(agent_id=self.agent_id, host=socket.gethostname(), pid=os.getpid(),
+                       slots=self.slots, labels=self.labels,
+                       tokens=sorted(set(self.jobs) | set(self.held)))
+
+    def _reconnect(self, now: float) -> None:
+        if self.link.socket is not None:
+            self.poller.unregister(self.link.socket)
+        self.link.connect(now)
+        self.poller.register(self.link.socket, zmq.POLLIN)
+
+    def _on_message(self, msg: Any) -> None:
+        if isinstance(msg, m.Dispatch):
+            self._start(msg)
+        elif isinstance(msg, m.Ack):
+            for token in msg.tokens:
+                self.held.pop(token, None)
+        elif isinstance(msg, m.Cancel):
+            job = self.jobs.get(msg.token)
+            if job is not None:
+                log.info("job %s (attempt %d): canceled, killing it", job.job_id, job.token)
+                job.kill(Outcome.CANCELED, self.kill_grace, msg.reason)
+        elif isinstance(msg, m.Welcome):
+            self._welcome(msg)
+        elif isinstance(msg, m.Stop):
+            self._drain("asked to stop by the broker")
+        elif isinstance(msg, m.Error):
+            self._error(msg)
+
+    def _welcome(self, msg: m.Welcome) -> None:
+        self.heartbeat, self.lease = msg.heartbeat_sec, msg.lease_sec
+        self.kill_grace, self.output_limit = msg.kill_grace_sec, msg.output_limit
+        self.link.welcomed()
+        for token in msg.cancel:
+            job = self.jobs.get(token)
+            if job is not None:
+                log.warning("job %s (attempt %d): the broker no longer leases it here; killing it",
+                            job.job_id, token)
+                job.kill(Outcome.LEASE_LOST, 0)
+        if self.draining_since is not None:
+            self.link.send(m.Drain())
+        for job in self.jobs.values():
+            self._send_output(job.token, job.stdout, job.stderr)
+        for token in list(self.held):
+            self._deliver(token)
+
+    def _error(self, msg: m.Error) -> None:
+        if msg.code == "hello_first":
+            log.info("the broker does not know this agent (it restarted?); saying hello again")
+            self._reconnect(time.monotonic())
+        elif msg.code == "version":
+            self.fatal = msg.message
+        else:
+            log.warning("broker error: %s", msg.message)
+
+    # --- jobs -----------------------------------------------------------------
+
+    def _start(self, dispatch: m.Dispatch) -> None:
+        token = dispatch.token
+        if (self.draining_since is not None or len(self.jobs) >= self.slots
+                or token in self.jobs or token in self.held):
+            self.link.send(m.Reject(token=token))
+            return
+        job = RunningJob(dispatch, self.output_limit)
+        try:
+            job.spawn(self.base_env)
+        except OSError as exc:
+            log.info("job %s (attempt %d) could not start: %s", job.job_id, token, exc)
+            self.held[token] = Held(job.stdout, job.stderr, job.spawn_failure(exc))
+            self._deliver(token)
+            return
+        self.jobs[token] = job
+        self.watchdog.watch(job.pgid)
+        for fd in job.pipes:
+            self._watch(fd, job, False)
+        self._watch(job.pidfd, job, True)
+        self.link.send(m.Started(token=token, pid=job.proc.pid, started_at=job.started_at))
+        log.debug("job %s (attempt %d) started as pid %d", job.job_id, token, job.proc.pid)
+
+    def _job_exited(self, job: RunningJob) -> None:
+        for fd in [fd for fd, (owner, _) in self.fds.items() if owner is job]:
+            self._unwatch(fd)
+        returncode = job.reap()
+        self.watchdog.forget(job.pgid)
+        del self.jobs[job.token]
+        result = job.result(returncode)
+        log.debug("job %s (attempt %d) ended: %s", job.job_id, job.token, result.outcome)
+        self.held[job.token] = Held(job.stdout, job.stderr, result)
+        self._deliver(job.token)
+
+    def _deliver(self, token: int) -> None:
+        held = self.held[token]
+        if self._send_output(token, held.stdout, held.stderr) and self.link.send(held.result):
+            held.sent_at = time.monotonic()
+
+    def _send_output(self, token: int, *buffers: StreamBuffer) -> bool:
+        """Send what the buffers hold while the link is up; True when all was sent."""
+        for stream, buffer in zip((m.STDOUT, m.STDERR), buffers):
+            while len(buffer):
+                if not self.link.up:
+                    return False
+                offset, data = buffer.take(CHUNK)
+                if not self.link.send(m.Output(token=token, stream=stream, offset=offset, data=data)):
+                    return False
+        return True
+
+    def _watch(self, fd: int, job: RunningJob, is_pidfd: bool) -> None:
+        self.fds[fd] = (job, is_pidfd)
+        self.poller.register(fd, zmq.POLLIN)
+
+    def _unwatch(self, fd: int) -> None:
+        if self.fds.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
+    # --- timers and stopping -----------------------------------------------------
+
+    def _timers(self, now: float) -> None:
+        if self.link.needs_reconnect(now, self.heartbeat):
+            self._reconnect(now)
+        if self.link.up and now - self.link.last_sent >= self.heartbeat:
+            self.link.send(m.Heartbeat())
+        silence = now - self.link.last_heard
+        for job in list(self.jobs.values()):
+            if job.forced is None and silence > max(self.lease - 2 * self.heartbeat, self.heartbeat):
+                log.warning("job %s (attempt %d): no word from the broker for %.1fs, past the "
+                            "lease; killing it so it cannot run twice", job.job_id, job.token, silence)
+                job.kill(Outcome.LEASE_LOST, 0)
+            elif job.forced is None and now >= job.deadline:
+                log.info("job %s (attempt %d): timed out after %ss; killing its process group",
+                         job.job_id, job.token, job.dispatch.timeout_sec)
+                job.kill(Outcome.TIMEOUT, self.kill_grace)
+            elif (self.draining_since is not None and job.forced is None
+                  and now - self.draining_since >= self.grace):
+                log.warning("job %s (attempt %d): still running after the %ss stop grace period; "
+                            "killing it", job.job_id, job.token, self.grace)
+                job.kill(Outcome.STOPPED, self.kill_grace)
+            job.escalate(now)
+        if now - self._last_flush >= FLUSH_EVERY:
+            self._last_flush = now
+            for job in self.jobs.values():
+                self._send_output(job.token, job.stdout, job.stderr)
+            for token, held in list(self.held.items()):
+                if held.sent_at is None or now - held.sent_at > 5 * self.heartbeat:
+                    self._deliver(token)
+
+    def _handle_signals(self, now: float) -> None:
+        while self.pending_signals:
+            signum = self.pending_signals.pop(0)
+            if self.draining_since is None:
+                self._drain(f"received {signal.Signals(signum).name}")
+            elif signum == signal.SIGINT and not self.forced:
+                self.forced = True
+                log.warning("second interrupt: killing %d running jobs now", len(self.jobs))
+                for job in self.jobs.values():
+                    job.kill(Outcome.STOPPED, 0)
+
+    def _drain(self, why: str) -> None:
+        if self.draining_since is not None:
+            return
+        self.draining_since = time.monotonic()
+        running = ", ".join(job.job_id for job in self.jobs.values()) or "none"
+        log.info("agent %s stopping (%s): taking no new jobs; waiting up to %ss for running "
+                 "jobs: %s", self.agent_id, why, self.grace, running)
+        self.link.send(m.Drain())

@@ -1,0 +1,271 @@
+"""Admin operations requested by clients (the CLI, the stats page, scripts).
+
+``OPS`` maps an operation name to one short handler. A handler returns the
+reply's result, raises a user error (JobError, SpecError, ConfigError), or
+parks the request and returns ``PARKED``; the broker answers later.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+from queuectl import __version__
+from queuectl.proto import VERSION
+from queuectl.proto import config as config_keys
+from queuectl.proto import messages as m
+from queuectl.proto.jobspec import SpecError
+from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
+from queuectl.proto.timefmt import to_iso
+
+from .agent_handlers import welcome
+from .jobs import JobError
+from .views import attempt_view, dlq_view, job_view
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+PARKED = object()
+MAX_HOLD = 30.0  # a parked request is answered within this many seconds
+MAX_LIMIT = 1_000_000
+
+
+class Call:
+    """One request: its sender, its id and typed access to its arguments."""
+
+    def __init__(self, broker: "Broker", ident: bytes, req: m.Request):
+        self.broker, self.ident, self.req_id, self.args = broker, ident, req.req_id, req.args
+
+    def arg(self, name: str, kind: type | tuple, default: Any = ..., *, nullable: bool = False) -> Any:
+        if name not in self.args:
+            if default is ...:
+                raise SpecError(name, "is required")
+            return default
+        value = self.args[name]
+        if value is None and nullable:
+            return None
+        if isinstance(value, bool) and kind is not bool:
+            raise SpecError(name, "has the wrong type")
+        if not isinstance(value, kind):
+            raise SpecError(name, "has the wrong type")
+        return value
+
+    def hold(self) -> float:
+        hold = self.arg("hold", (int, float), 0.0)
+        return max(0.0, min(float(hold), MAX_HOLD))
+
+    def park(self, key: str, check: Callable[[], Any], on_timeout: Callable[[], Any]) -> Any:
+        return self.broker.park(self.ident, self.req_id, key, self.hold(), check, on_timeout)
+
+
+def op_ping(call: Call) -> Any:
+    return {"protocol": VERSION, "version": __version__, "pid": os.getpid()}
+
+
+def op_enqueue(call: Call) -> Any:
+    broker = call.broker
+    if "job" in call.args:
+        job = broker.jobs.enqueue([call.arg("job", dict)], broker.now)[0]
+        broker.schedule(job.run_at)
+        return {"id": job.id, "state": JobState.PENDING.value, "run_at": to_iso(job.run_at)}
+    specs = call.arg("jobs", list)
+    jobs = broker.jobs.enqueue(specs, broker.now)
+    for job in jobs:
+        broker.schedule(job.run_at)
+    return {"enqueued": len(jobs), "ids": [job.id for job in jobs]}
+
+
+def op_get(call: Call) -> Any:
+    job = call.broker.jobs.get(call.arg("id", str))
+    view = job_view(job)
+    view["attempts_log"] = [attempt_view(a) for a in call.broker.store.attempts(job.seq)]
+    return view
+
+
+def op_list(call: Call) -> Any:
+    state = call.arg("state", str, None, nullable=True)
+    if state is not None and state not in ALL_STATES:
+        raise SpecError("state", f"must be one of {', '.join(ALL_STATES)}")
+    limit = call.arg("limit", int, 100)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise SpecError("limit", f"must be from 1 to {MAX_LIMIT}")
+    jobs = call.broker.store.list_jobs(state, call.arg("queue", str, None, nullable=True), limit)
+    return [job_view(job) for job in jobs]
+
+
+def op_status(call: Call) -> Any:
+    broker = call.broker
+    counts = broker.store.counts()
+    completed, seconds = broker.store.completed_duration()
+    busy, total = broker.agents.slots()
+    return {
+        "counts": counts,
+        "dlq": counts[JobState.DEAD.value],
+        "avg_duration_sec": round(seconds / completed, 6) if completed else 0.0,
+        "agents": len(broker.agents),
+        "slots": {"busy": busy, "total": total},
+    }
+
+
+def op_wait(call: Call) -> Any:
+    broker, job_id = call.broker, call.arg("id", str)
+
+    def check() -> Any:
+        job = broker.jobs.get(job_id)
+        return {"done": True, "job": job_view(job)} if job.state in TERMINAL_STATES else None
+
+    result = check()
+    if result is not None or call.hold() == 0:
+        return result or {"done": False, "job": job_view(broker.jobs.get(job_id))}
+    return call.park(f"job:{job_id}", check,
+                     lambda: {"done": False, "job": job_view(broker.jobs.get(job_id))})
+
+
+def op_cancel(call: Call) -> Any:
+    broker, job_id = call.broker, call.arg("id", str)
+    job = broker.jobs.cancel(job_id, broker.now)
+    if job.state is JobState.CANCELED:
+        return {"id": job.id, "state": job.state.value}
+    owner = broker.agents.owner(job.lease)
+    if owner is not None:
+        broker.send(owner.ident, m.Cancel(token=job.lease, reason="canceled by a user"))
+
+    def check() -> Any:
+        current = broker.jobs.get(job_id)
+        if current.state is JobState.PROCESSING:
+            return None
+        return {"id": current.id, "state": current.state.value}
+
+    def on_timeout() -> Any:
+        return {"id": job_id, "state": broker.jobs.get(job_id).state.value}
+
+    return call.park(f"job:{job_id}", check, on_timeout)
+
+
+def op_logs(call: Call) -> Any:
+    broker, job_id = call.broker, call.arg("id", str)
+    job = broker.jobs.get(job_id)
+    attempt = broker.store.latest_attempt(job.seq)
+    if attempt is None:
+        return {"attempt": None, "chunks": [], "done": job.state in TERMINAL_STATES,
+                "state": job.state.value}
+    after = call.arg("after", list, [0, 0])
+    if len(after) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in after):
+        raise SpecError("after", "must be [stdout offset, stderr offset]")
+    wanted = call.arg("attempt", int, attempt.number)
+    if wanted != attempt.number:  # a new attempt started while following
+        after = [0, 0]
+
+    def check() -> Any:
+        chunks = broker.store.output(attempt.id, {1: after[0], 2: after[1]})
+        ended = broker.store.attempt(attempt.id).finished_at is not None
+        if not chunks and not ended:
+            return None
+        return {"attempt": attempt.number, "done": ended,
+                "state": broker.jobs.get(job_id).state.value,
+                "chunks": [[c.stream, c.offset, c.data] for c in chunks]}
+
+    result = check()
+    if result is not None or call.hold() == 0:
+        return result or {"attempt": attempt.number, "chunks": [], "done": False,
+                          "state": job.state.value}
+    return call.park(f"out:{attempt.id}", check,
+                     lambda: {"attempt": attempt.number, "chunks": [], "done": False,
+                              "state": broker.jobs.get(job_id).state.value})
+
+
+def op_dlq_list(call: Call) -> Any:
+    limit = call.arg("limit", int, None, nullable=True)
+    return [dlq_view(job) for job in call.broker.store.dead_jobs(limit)]
+
+
+def op_dlq_retry(call: Call) -> Any:
+    broker = call.broker
+    if call.arg("all", bool, False):
+        ids = None
+    else:
+        ids = call.arg("ids", list)
+        if not ids or not all(isinstance(i, str) for i in ids):
+            raise SpecError("ids", "give job ids or all")
+    return {"retried": broker.jobs.dlq_retry(ids, broker.now)}
+
+
+def op_config_show(call: Call) -> Any:
+    return dict(call.broker.config)
+
+
+def op_config_get(call: Call) -> Any:
+    key = config_keys.normalize_key(call.arg("key", str))
+    return {key: call.broker.config[key]}
+
+
+def op_config_set(call: Call) -> Any:
+    broker = call.broker
+    key = config_keys.normalize_key(call.arg("key", str))
+    value = config_keys.parse_value(key, call.args.get("value"))
+    proposed = {**broker.config, key: value}
+    if proposed["lease_sec"] < 2 * proposed["heartbeat_sec"]:
+        raise config_keys.ConfigError("lease_sec must be at least twice heartbeat_sec")
+    broker.store.set_config(key, value)
+    broker.config[key] = value
+    if key in ("heartbeat_sec", "lease_sec", "kill_grace_sec", "output_limit"):
+        for agent in broker.agents:
+            welcome(broker, agent, [])
+    return {key: value}
+
+
+def agent_view(broker: "Broker", agent: Any) -> dict[str, Any]:
+    running = [job.id for job in (broker.store.job_by_lease(t) for t in sorted(agent.inflight)) if job]
+    return {
+        "id": agent.agent_id, "host": agent.host, "pid": agent.pid, "labels": agent.labels,
+        "slots": {"busy": len(agent.inflight), "total": agent.slots},
+        "last_heartbeat": to_iso(agent.last_seen_wall), "connected_at": to_iso(agent.connected_at),
+        "state": "draining" if agent.draining else "active", "running": running,
+    }
+
+
+def op_agents(call: Call) -> Any:
+    return [agent_view(call.broker, agent) for agent in call.broker.agents]
+
+
+def op_stop_agents(call: Call) -> Any:
+    """Ask every connected agent to stop gracefully; ``wait_agents`` follows them out."""
+    broker = call.broker
+    stopping = []
+    for agent in broker.agents:
+        if not agent.stop_sent:
+            broker.send(agent.ident, m.Stop())
+            agent.stop_sent = True
+        stopping.append(agent.agent_id)
+    return {"stopping": stopping}
+
+
+def op_wait_agents(call: Call) -> Any:
+    broker = call.broker
+    ids = set(call.arg("ids", list))
+
+    def remaining() -> list[str]:
+        return sorted(a.agent_id for a in broker.agents if a.agent_id in ids)
+
+    def check() -> Any:
+        return None if remaining() else {"remaining": []}
+
+    if not remaining() or call.hold() == 0:
+        return {"remaining": remaining()}
+    return call.park("agents", check, lambda: {"remaining": remaining()})
+
+
+OPS: dict[str, Callable[[Call], Any]] = {
+    "ping": op_ping, "enqueue": op_enqueue, "get": op_get, "list": op_list,
+    "status": op_status, "wait": op_wait, "cancel": op_cancel, "logs": op_logs,
+    "dlq_list": op_dlq_list, "dlq_retry": op_dlq_retry, "config_show": op_config_show,
+    "config_get": op_config_get, "config_set": op_config_set, "agents": op_agents,
+    "stop_agents": op_stop_agents, "wait_agents": op_wait_agents,
+}
+
+
+def handle(broker: "Broker", ident: bytes, req: m.Request) -> Any:
+    op = OPS.get(req.op)
+    if op is None:
+        raise JobError("invalid", f"unknown operation {req.op[:40]!r}")
+    return op(Call(broker, ident, req))

@@ -1,0 +1,164 @@
+"""Handlers for messages from agents, one short function per message type.
+
+Every handler runs inside a savepoint of the broker's batch transaction and
+only queues outgoing messages. A message from a peer that has not said
+Hello (for instance after a broker restart) is answered with ``hello_first``
+and dropped; the agent says Hello again and resends what it holds, so
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from queuectl.proto import messages as m
+from queuectl.proto.states import Outcome
+
+from .agents import AgentConn
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+log = logging.getLogger(__name__)
+
+HELLO_FIRST = "hello_first"
+MAX_SLOTS = 10_000
+
+
+def welcome(broker: "Broker", agent: AgentConn, cancel: list[int]) -> None:
+    cfg = broker.config
+    broker.send(agent.ident, m.Welcome(
+        heartbeat_sec=cfg["heartbeat_sec"], lease_sec=cfg["lease_sec"],
+        kill_grace_sec=cfg["kill_grace_sec"], output_limit=cfg["output_limit"], cancel=cancel))
+
+
+def _bad_hello(msg: m.Hello) -> str | None:
+    if not msg.agent_id or len(msg.agent_id) > 256:
+        return "agent_id must be 1-256 characters"
+    if not 1 <= msg.slots <= MAX_SLOTS:
+        return f"slots must be from 1 to {MAX_SLOTS}"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in msg.labels.items()):
+        return "labels must map strings to strings"
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in msg.tokens):
+        return "tokens must be integers"
+    return None
+
+
+def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
+    problem = _bad_hello(msg)
+    if problem:
+        broker.send(ident, m.Error(code="invalid", message=f"hello refused: {problem}"))
+        return
+    tokens = set(msg.tokens)
+    agent = broker.agents.get(ident)
+    if agent is None:
+        agent = AgentConn(agent_id=msg.agent_id, ident=ident, host=msg.host[:256], pid=msg.pid,
+                          slots=msg.slots, labels=dict(msg.labels), connected_at=broker.now,
+                          last_seen=broker.mono, last_seen_wall=broker.now)
+        broker.agents.add(agent)
+        log.info("agent %s connected from %s with %d slots", agent.agent_id, agent.host, agent.slots)
+    else:
+        # The same agent reconnected before its lease expired. Leases it no
+        # longer mentions ended on its side without a result we can wait for.
+        for token in sorted(agent.inflight - tokens):
+            agent.inflight.discard(token)
+            broker.jobs.finish(token, Outcome.LEASE_LOST, exit_code=None, detail="",
+                               started_at=None, finished_at=broker.now, now=broker.now)
+        agent.slots, agent.labels, agent.draining = msg.slots, dict(msg.labels), False
+    cancel = []
+    for token in sorted(tokens - agent.inflight):
+        job = broker.store.job_by_lease(token)
+        if token in broker.orphans and job is not None and job.agent == agent.agent_id:
+            del broker.orphans[token]
+            agent.inflight.add(token)  # adopted after a broker restart
+        else:
+            cancel.append(token)
+    if cancel:
+        log.info("agent %s: attempts %s are no longer leased to it; canceling", agent.agent_id, cancel)
+    welcome(broker, agent, cancel)
+    broker.dirty = True
+    broker.notify("agents")
+
+
+def on_started(broker: "Broker", agent: AgentConn, msg: m.Started) -> None:
+    if msg.token in agent.inflight:
+        broker.store.start_attempt(msg.token, msg.pid, msg.started_at)
+
+
+def on_output(broker: "Broker", agent: AgentConn, msg: m.Output) -> None:
+    if msg.stream not in (m.STDOUT, m.STDERR) or msg.offset < 0:
+        log.warning("agent %s sent output with a bad stream or offset; dropped", agent.agent_id)
+        return
+    attempt = broker.store.attempt(msg.token)
+    if attempt is None or attempt.agent != agent.agent_id:
+        return
+    broker.store.append_output(msg.token, msg.stream, msg.offset, msg.data,
+                               broker.config["output_limit"])
+    broker.notify(f"out:{msg.token}")
+
+
+def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
+    attempt = broker.store.attempt(msg.token)
+    if attempt is not None and attempt.agent == agent.agent_id:
+        try:
+            outcome = Outcome(msg.outcome)
+        except ValueError:
+            outcome, detail = Outcome.EXIT, f"unknown outcome {msg.outcome[:40]!r}"
+        else:
+            detail = msg.detail
+        agent.inflight.discard(msg.token)
+        broker.orphans.pop(msg.token, None)
+        broker.jobs.finish(msg.token, outcome, exit_code=msg.exit_code, detail=detail[:1000],
+                           started_at=msg.started_at, finished_at=msg.finished_at, now=broker.now)
+        broker.notify(f"out:{msg.token}")
+        broker.dirty = True
+    broker.ack(agent.ident, msg.token)
+
+
+def on_heartbeat(broker: "Broker", agent: AgentConn, msg: m.Heartbeat) -> None:
+    pass  # _handle_frame already refreshed agent.last_seen
+
+
+def on_drain(broker: "Broker", agent: AgentConn, msg: m.Drain) -> None:
+    agent.draining = True
+    log.info("agent %s is draining (%d jobs running)", agent.agent_id, len(agent.inflight))
+
+
+def on_reject(broker: "Broker", agent: AgentConn, msg: m.Reject) -> None:
+    if msg.token in agent.inflight:
+        agent.inflight.discard(msg.token)
+        broker.jobs.release(msg.token, broker.now)
+
+
+def on_bye(broker: "Broker", agent: AgentConn, msg: m.Bye) -> None:
+    if agent.inflight:
+        log.warning("agent %s left with %d jobs unreported; they run again",
+                    agent.agent_id, len(agent.inflight))
+    log.info("agent %s disconnected", agent.agent_id)
+    broker.drop_agent(agent, Outcome.LEASE_LOST)
+
+
+def _known(handler: Callable[["Broker", AgentConn, Any], None]):
+    """Wrap a handler so it runs only for agents that said Hello."""
+
+    def run(broker: "Broker", ident: bytes, msg: Any) -> None:
+        agent = broker.agents.get(ident)
+        if agent is None:
+            broker.send(ident, m.Error(code=HELLO_FIRST, message="unknown agent: say hello first"))
+            return
+        handler(broker, agent, msg)
+
+    return run
+
+
+HANDLERS: dict[type, Callable[["Broker", bytes, Any], None]] = {
+    m.Hello: on_hello,
+    m.Started: _known(on_started),
+    m.Output: _known(on_output),
+    m.Result: _known(on_result),
+    m.Heartbeat: _known(on_heartbeat),
+    m.Drain: _known(on_drain),
+    m.Reject: _known(on_reject),
+    m.Bye: _known(on_bye),
+}

@@ -1,0 +1,170 @@
+"""Job lifecycle actions: enqueue, lease, finish, retry or bury, cancel, revive.
+
+Each action is a few store calls inside the caller's transaction, following
+``lifecycle`` for what is allowed. No sockets here: the broker turns the
+returned jobs into messages, and ``on_change`` tells it which job changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any, Callable
+
+from queuectl.proto import jobspec
+from queuectl.proto.states import JobState, Outcome
+from queuectl.proto.timefmt import parse_iso
+
+from . import lifecycle
+from .store import DuplicateId, Job, NewJob, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRIORITY = 100
+DEFAULT_QUEUE = "default"
+
+
+class JobError(Exception):
+    """A user-caused error: unknown job, wrong state, duplicate id."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class JobService:
+    def __init__(self, store: Store, config: dict[str, Any],
+                 on_change: Callable[[Job], None]):
+        self.store = store
+        self.config = config
+        self.on_change = on_change
+
+    def _changed(self, job: Job) -> Job:
+        self.on_change(job)
+        return job
+
+    # --- enqueue ----------------------------------------------------------
+
+    def build(self, spec: dict[str, Any], now: float) -> NewJob:
+        """A canonical job spec plus today's defaults -> a row to insert."""
+        spec = jobspec.validate(spec)
+        if "run_at" in spec:
+            run_at = parse_iso(spec["run_at"])
+        else:
+            run_at = now + spec.get("delay", 0.0)
+        return NewJob(
+            id=spec.get("id") or secrets.token_hex(8),
+            command=spec["command"],
+            queue=spec.get("queue", DEFAULT_QUEUE),
+            priority=spec.get("priority", DEFAULT_PRIORITY),
+            run_at=run_at,
+            timeout_sec=spec.get("timeout_sec", self.config["timeout_sec"]),
+            max_retries=spec.get("max_retries", self.config["max_retries"]),
+            env=spec.get("env"),
+            cwd=spec.get("cwd"),
+            requires=spec.get("requires"),
+        )
+
+    def enqueue(self, specs: list[dict[str, Any]], now: float) -> list[NewJob]:
+        """Validate and insert all of ``specs`` or none. Raises SpecError or JobError."""
+        jobs = []
+        for number, spec in enumerate(specs, 1):
+            try:
+                jobs.append(self.build(spec, now))
+            except jobspec.SpecError as exc:
+                if len(specs) == 1:
+                    raise
+                raise jobspec.SpecError(None, f"job {number}: {exc}") from None
+        try:
+            self.store.insert_jobs(jobs, now)
+        except DuplicateId as exc:
+            raise JobError("conflict", str(exc)) from None
+        return jobs
+
+    # --- leases -----------------------------------------------------------
+
+    def finish(self, token: int, outcome: Outcome, *, exit_code: int | None, detail: str,
+               started_at: float | None, finished_at: float, now: float) -> Job | None:
+        """Apply the end of attempt ``token``. Returns the job, or None if the lease is stale.
+
+        A stale result (the lease expired, or the job was canceled or moved
+        on) is recorded on its attempt and changes nothing else.
+        """
+        reason = lifecycle.reason_text(outcome, exit_code, detail)
+        job = self.store.job_by_lease(token)
+        if job is None or job.state is not JobState.PROCESSING:
+            self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
+                                   exit_code=exit_code, reason=reason, stale=True)
+            log.info("stale result for attempt %d dropped (%s)", token, reason or "ok")
+            return None
+        self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
+                               exit_code=exit_code, reason=reason)
+        attempts = job.attempts + 1
+        ended = dict(attempts=attempts, lease=None, exit_code=exit_code,
+                     started_at=started_at if started_at is not None else job.started_at,
+                     finished_at=finished_at)
+        if outcome is Outcome.OK:
+            job = self.store.transition(job, JobState.COMPLETED, now, last_error=None, **ended)
+        elif job.cancel_requested or outcome is Outcome.CANCELED:
+            job = self.store.transition(job, JobState.CANCELED, now, last_error=reason, **ended)
+        else:
+            new_state = lifecycle.after_failure(attempts, job.max_retries)
+            run_at = job.run_at
+            if new_state is JobState.FAILED:
+                run_at = now + lifecycle.backoff_delay(
+                    attempts, self.config["base_backoff"], self.config["max_backoff"])
+            job = self.store.transition(job, new_state, now, last_error=reason,
+                                        run_at=run_at, **ended)
+        log.debug("job %s attempt %d (token %d) -> %s", job.id, attempts, token, job.state.value)
+        return self._changed(job)
+
+    def release(self, token: int, now: float) -> Job | None:
+        """Undo a lease whose job never started (rejected or undeliverable)."""
+        job = self.store.job_by_lease(token)
+        self.store.delete_attempt(token)
+        if job is None or job.state is not JobState.PROCESSING:
+            return None
+        if job.cancel_requested:
+            job = self.store.transition(job, JobState.CANCELED, now, lease=None,
+                                        last_error="canceled")
+        else:
+            job = self.store.transition(job, JobState.PENDING, now, lease=None, agent=None)
+        return self._changed(job)
+
+    # --- user actions -----------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.job(job_id)
+        if job is None:
+            raise JobError("not_found", f"no job with id {job_id!r}")
+        return job
+
+    def cancel(self, job_id: str, now: float) -> Job:
+        """Cancel a waiting job now; mark a processing one (the caller kills it)."""
+        job = self.get(job_id)
+        if job.state in (JobState.PENDING, JobState.FAILED):
+            return self._changed(self.store.transition(
+                job, JobState.CANCELED, now, last_error="canceled"))
+        if job.state is JobState.PROCESSING:
+            if not job.cancel_requested:
+                job = self.store.set_fields(job, now, cancel_requested=1)
+            return job
+        raise JobError("conflict", f"job {job_id!r} is {job.state.value}; only pending,"
+                                   " failed and processing jobs can be canceled")
+
+    def dlq_retry(self, job_ids: list[str] | None, now: float) -> list[str]:
+        """Move dead jobs back to pending with attempts reset (None = every dead job)."""
+        if job_ids is None:
+            jobs = self.store.dead_jobs()
+        else:
+            jobs = []
+            for job_id in job_ids:
+                job = self.get(job_id)
+                if job.state is not JobState.DEAD:
+                    raise JobError("conflict", f"job {job_id!r} is {job.state.value}, not in the DLQ")
+                jobs.append(job)
+        for job in jobs:
+            self._changed(self.store.transition(
+                job, JobState.PENDING, now, attempts=0, run_at=now, lease=None,
+                exit_code=None, last_error=None, started_at=None, finished_at=None))
+        return [job.id for job in jobs]

@@ -1,0 +1,359 @@
+"""The broker loop: one thread, one ROUTER socket, one ``zmq.Poller``.
+
+Each iteration receives a batch of frames and handles them, plus the timed
+work (``tick``), inside one SQLite transaction with a savepoint per message.
+Replies and dispatches go to an outbox that is sent only after the commit, so
+no peer ever hears of a change that a crash could undo (group commit).
+The loop sleeps in ``poll`` until a frame arrives, the next heartbeat or
+lease check is due, or the earliest scheduled ``run_at`` comes. It never
+polls the database for work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+import zmq
+
+from queuectl.proto import MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch, decode, encode
+from queuectl.proto import config as config_keys
+from queuectl.proto import messages as m
+from queuectl.proto.jobspec import SpecError
+from queuectl.proto.states import JobState, Outcome
+
+from . import admin, agent_handlers
+from .agents import AgentConn, Registry
+from .jobs import JobError, JobService
+from .parking import Parked, ParkingLot
+from .store import UNAVAILABLE_ERRORS, Job, Store
+
+log = logging.getLogger(__name__)
+
+BATCH = 512  # frames handled per transaction
+
+
+class Broker:
+    def __init__(self, store: Store, endpoint: str):
+        self.store = store
+        self.endpoint = endpoint
+        self.config: dict[str, Any] = {**config_keys.defaults(), **store.config()}
+        self.jobs = JobService(store, self.config, self._job_changed)
+        self.agents = Registry()
+        self.parking = ParkingLot()
+        self.outbox: list[tuple[bytes, Any]] = []
+        self.acks: dict[bytes, list[int]] = defaultdict(list)
+        self.orphans: dict[int, float] = {}  # token -> monotonic deadline
+        self.undelivered: list[int] = []
+        self.next_due: float | None = None
+        self.dirty = True
+        self.needs_resync = False
+        self.stopping = False
+        self.now = time.time()
+        self.mono = time.monotonic()
+        self._next_maintenance = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.socket: zmq.Socket | None = None
+
+    # --- lifecycle of the process ----------------------------------------
+
+    def bind(self) -> None:
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a reconnecting agent takes its identity back
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        if "[" in self.endpoint:
+            sock.setsockopt(zmq.IPV6, 1)
+        sock.bind(self.endpoint)
+        self.socket = sock
+
+    def request_stop(self) -> None:
+        """Safe to call from a signal handler."""
+        self.stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        assert self.socket is not None
+        self.now, self.mono = time.time(), time.monotonic()
+        with self.store.transaction():
+            self.resync()
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        log.info("broker listening on %s (store %s)", self.endpoint, self.store.path)
+        while not self.stopping:
+            events = dict(poller.poll(self._poll_timeout_ms()))
+            if self._wake_r in events:
+                os.read(self._wake_r, 4096)
+            frames = []
+            if self.socket in events:
+                for _ in range(BATCH):
+                    try:
+                        frames.append(self.socket.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            self.step(frames)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        for parked in self.parking.drop_all():
+            self._send_reply(parked.ident, parked.req_id, None, ErrorCode.UNAVAILABLE,
+                             "the broker is stopping")
+        self._flush()
+        log.info("broker stopped; %d jobs were processing and stay leased to their agents",
+                 len(self.store.leased_jobs()))
+        self.socket.close()
+        self.store.close()
+
+    def _poll_timeout_ms(self) -> int:
+        if self.undelivered or self.dirty:
+            return 0
+        interval = min(0.25, self.config["heartbeat_sec"] / 2)
+        wait = self._next_maintenance - time.monotonic()
+        wait = min(wait, interval)
+        if self.next_due is not None:
+            wait = min(wait, self.next_due - time.time())
+        deadline = self.parking.next_deadline()
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        return max(0, int(wait * 1000) + 1)
+
+    # --- one iteration -----------------------------------------------------
+
+    def step(self, frames: list[list[bytes]]) -> None:
+        """Handle ``frames`` and the timed work in one transaction, then send."""
+        self.now, self.mono = time.time(), time.monotonic()
+        requests = []
+        try:
+            with self.store.transaction():
+                for frame in frames:
+                    request = self._handle_frame(frame)
+                    if request is not None:
+                        requests.append(request)
+                self.tick()
+        except UNAVAILABLE_ERRORS as exc:
+            log.error("store commit failed (%s); the batch of %d messages is rolled back",
+                      exc, len(frames))
+            self._batch_failed(requests, exc)
+        if self.needs_resync:
+            with self.store.transaction():
+                self.resync()
+        self._flush()
+
+    def _batch_failed(self, requests: list[tuple[bytes, int]], exc: Exception) -> None:
+        """Nothing of the batch was stored: take back every message it would send."""
+        self.outbox.clear()
+        self.acks.clear()
+        for ident, req_id in requests:
+            self._send_reply(ident, req_id, None, ErrorCode.UNAVAILABLE,
+                             f"the broker could not write its store: {exc}")
+        self.needs_resync = True
+
+    def _handle_frame(self, frame: list[bytes]) -> tuple[bytes, int] | None:
+        if len(frame) != 2:
+            log.warning("dropped a message of %d frames (expected identity + 1)", len(frame))
+            return None
+        ident, data = frame
+        try:
+            msg = decode(data)
+        except VersionMismatch as exc:
+            self.send(ident, m.Error(code=ErrorCode.VERSION.value, message=f"broker: {exc}"))
+            return None
+        except ProtocolError as exc:
+            log.warning("dropped a malformed frame from peer %s: %s", ident.hex()[:16], exc)
+            self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value, message=f"malformed frame: {exc}"))
+            return None
+        agent = self.agents.get(ident)
+        if agent is not None:
+            agent.last_seen, agent.last_seen_wall = self.mono, self.now
+        if isinstance(msg, m.Request):
+            self._handle_request(ident, msg)
+            return ident, msg.req_id
+        handler = agent_handlers.HANDLERS.get(type(msg))
+        if handler is None:
+            self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value,
+                                     message=f"the broker does not accept {msg.TYPE} messages"))
+            return None
+        mark = len(self.outbox)
+        try:
+            with self.store.transaction():
+                handler(self, ident, msg)
+        except UNAVAILABLE_ERRORS:
+            raise  # the store itself fails: abandon the batch
+        except Exception:
+            log.exception("bug while handling %s from %s", msg.TYPE, ident.hex()[:16])
+            del self.outbox[mark:]
+            self.needs_resync = True
+        return None
+
+    def _handle_request(self, ident: bytes, req: m.Request) -> None:
+        mark = len(self.outbox)
+        try:
+            with self.store.transaction():
+                result = admin.handle(self, ident, req)
+        except (SpecError, config_keys.ConfigError) as exc:
+            self._send_reply(ident, req.req_id, None, ErrorCode.INVALID, str(exc))
+        except JobError as exc:
+            self._send_reply(ident, req.req_id, None, ErrorCode(exc.code), str(exc))
+        except UNAVAILABLE_ERRORS:
+            raise
+        except Exception:
+            log.exception("bug while handling request %s", req.op)
+            del self.outbox[mark:]
+            self.needs_resync = True
+            self._send_reply(ident, req.req_id, None, ErrorCode.INTERNAL,
+                             f"internal error in the broker while handling {req.op!r}; see its log")
+        else:
+            if result is not admin.PARKED:
+                self._send_reply(ident, req.req_id, result)
+
+    # --- timed work ---------------------------------------------------------
+
+    def tick(self) -> None:
+        """Timed work: expiries, heartbeats, released leases, due jobs, dispatch."""
+        for parked, result in self.parking.expire(self.mono):
+            self._send_reply(parked.ident, parked.req_id, result)
+        if self.mono >= self._next_maintenance:
+            self._maintain()
+            self._next_maintenance = self.mono + min(0.25, self.config["heartbeat_sec"] / 2)
+        while self.undelivered:
+            token = self.undelivered.pop()
+            owner = self.agents.owner(token)
+            if owner is not None:
+                owner.inflight.discard(token)
+            self.jobs.release(token, self.now)
+        if self.next_due is not None and self.now >= self.next_due:
+            promoted = self.store.promote_due(self.now)
+            self.next_due = self.store.next_due()
+            if promoted:
+                self.dirty = True
+        if self.dirty:
+            self.dispatch()
+
+    def _maintain(self) -> None:
+        heartbeat, lease = self.config["heartbeat_sec"], self.config["lease_sec"]
+        for agent in self.agents:
+            if self.mono - agent.last_seen > lease:
+                log.warning("agent %s lost: no heartbeat for %.1fs; %d jobs will run again",
+                            agent.agent_id, self.mono - agent.last_seen, len(agent.inflight))
+                self.drop_agent(agent, Outcome.LEASE_LOST)
+            elif self.mono - agent.last_sent >= heartbeat:
+                self.send(agent.ident, m.Heartbeat())
+        for token, deadline in list(self.orphans.items()):
+            if self.mono >= deadline:
+                del self.orphans[token]
+                log.warning("attempt %d: no agent reclaimed it after the broker restarted", token)
+                self.jobs.finish(token, Outcome.LEASE_LOST, exit_code=None, detail="",
+                                 started_at=None, finished_at=self.now, now=self.now)
+
+    def dispatch(self) -> None:
+        """Lease due jobs to agents with free slots, one per agent per round."""
+        self.dirty = False
+        agents = self.agents.with_credit()
+        while agents:
+            next_round = []
+            for agent in agents:
+                claimed = self.store.claim(self.now, agent.agent_id, agent.labels_json)
+                if claimed is None:
+                    continue
+                job, token = claimed
+                agent.inflight.add(token)
+                self.send(agent.ident, m.Dispatch(
+                    token=token, job_id=job.id, attempt=job.attempts + 1, command=job.command,
+                    timeout_sec=job.timeout_sec, env=job.env, cwd=job.cwd))
+                self._job_changed(job)
+                if agent.free > 0:
+                    next_round.append(agent)
+            agents = next_round
+
+    # --- shared helpers for handlers ------------------------------------------
+
+    def drop_agent(self, agent: AgentConn, outcome: Outcome) -> None:
+        """Forget an agent; its leases end as failed attempts with ``outcome``."""
+        self.agents.remove(agent)
+        for token in sorted(agent.inflight):
+            self.jobs.finish(token, outcome, exit_code=None, detail="", started_at=None,
+                             finished_at=self.now, now=self.now)
+        agent.inflight.clear()
+        self.notify("agents")
+        self.dirty = True
+
+    def resync(self) -> None:
+        """Rebuild lease bookkeeping from the store (at start and after a failed batch)."""
+        self.needs_resync = False
+        by_agent: dict[str, set[int]] = defaultdict(set)
+        leased = self.store.leased_jobs()
+        for job in leased:
+            by_agent[job.agent or ""].add(job.lease)
+        for agent in self.agents:
+            agent.inflight = by_agent.pop(agent.agent_id, set())
+        live = {job.lease for job in leased}
+        self.orphans = {t: d for t, d in self.orphans.items() if t in live}
+        for tokens in by_agent.values():
+            for token in tokens:
+                self.orphans.setdefault(token, self.mono + self.config["lease_sec"])
+        self.next_due = self.store.next_due()
+        self.dirty = True
+
+    def _job_changed(self, job: Job) -> None:
+        if job.state in (JobState.PENDING, JobState.FAILED):
+            if job.run_at <= self.now:
+                self.dirty = True
+            elif self.next_due is None or job.run_at < self.next_due:
+                self.next_due = job.run_at
+        self.notify(f"job:{job.id}")
+
+    def schedule(self, run_at: float) -> None:
+        if run_at <= self.now:
+            self.dirty = True
+        elif self.next_due is None or run_at < self.next_due:
+            self.next_due = run_at
+
+    def notify(self, key: str) -> None:
+        for parked, result in self.parking.notify(key):
+            self._send_reply(parked.ident, parked.req_id, result)
+
+    def park(self, ident: bytes, req_id: int, key: str, hold: float, check, on_timeout) -> Any:
+        self.parking.park(Parked(ident, req_id, key, self.mono + hold, check, on_timeout))
+        return admin.PARKED
+
+    # --- sending --------------------------------------------------------------
+
+    def send(self, ident: bytes, msg: Any) -> None:
+        self.outbox.append((ident, msg))
+
+    def ack(self, ident: bytes, token: int) -> None:
+        self.acks[ident].append(token)
+
+    def _send_reply(self, ident: bytes, req_id: int, result: Any,
+                    code: ErrorCode | None = None, error: str | None = None) -> None:
+        self.send(ident, m.Reply(req_id=req_id, ok=code is None, result=result,
+                                 error_code=code.value if code else None, error=error))
+
+    def _flush(self) -> None:
+        for ident, tokens in self.acks.items():
+            self.outbox.append((ident, m.Ack(tokens=tokens)))
+        self.acks.clear()
+        outbox, self.outbox = self.outbox, []
+        for ident, msg in outbox:
+            try:
+                self.socket.send_multipart([ident, encode(msg)], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if isinstance(msg, m.Dispatch):
+                    self.undelivered.append(msg.token)
+                log.debug("could not send %s to %s: %s", msg.TYPE, ident.hex()[:16], exc)
+                continue
+            agent = self.agents.get(ident)
+            if agent is not None:
+                agent.last_sent = self.mono

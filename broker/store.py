@@ -1,0 +1,520 @@
+"""The broker's SQLite store (APSW): every SQL statement and the migrations.
+
+Only the broker process opens this file. Methods return dataclasses, never
+rows. Timestamps are epoch seconds (UTC) in REAL columns.
+
+Two hidden columns make the hot paths index probes:
+* ``due`` is 1 exactly when a job may be claimed now (pending or failed, and
+  its run_at has come). ``promote_due`` sets it when the broker's timer
+  fires, so scheduled jobs never slow down claiming.
+* ``lease`` is the attempt id (the fencing token) while a job is processing.
+Per-state counts and the completed-duration totals are kept by triggers in
+the same transactions that change the jobs, so ``status`` is O(1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import apsw
+import apsw.bestpractice
+
+from queuectl.proto.states import ALL_STATES, JobState
+
+from . import lifecycle
+
+log = logging.getLogger(__name__)
+
+JOB_COLUMNS = (
+    "seq", "id", "command", "state", "queue", "priority", "run_at", "timeout_sec",
+    "max_retries", "attempts", "env", "cwd", "requires", "created_at", "updated_at",
+    "started_at", "finished_at", "exit_code", "last_error", "lease", "agent",
+    "cancel_requested",
+)
+ATTEMPT_COLUMNS = (
+    "id", "job_seq", "number", "agent", "dispatched_at", "started_at", "finished_at",
+    "pid", "exit_code", "reason", "stale",
+)
+_JOB_SELECT = ", ".join(JOB_COLUMNS)
+_ATTEMPT_SELECT = ", ".join(ATTEMPT_COLUMNS)
+# Columns a transition may set besides state/updated_at/due.
+_SETTABLE = frozenset({
+    "run_at", "attempts", "started_at", "finished_at", "exit_code", "last_error",
+    "lease", "agent", "cancel_requested",
+})
+
+MIGRATIONS = [
+    # version 1
+    f"""
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        command TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in ALL_STATES)})),
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        run_at REAL NOT NULL,
+        due INTEGER NOT NULL DEFAULT 0,
+        timeout_sec REAL NOT NULL,
+        max_retries INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        env TEXT,
+        cwd TEXT,
+        requires TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        exit_code INTEGER,
+        last_error TEXT,
+        lease INTEGER,
+        agent TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    -- claim-next: lowest priority value, then oldest run_at, then insertion order
+    CREATE INDEX jobs_claim ON jobs(priority, run_at, seq) WHERE due = 1;
+    -- the timer: the earliest run_at among jobs that are waiting for it
+    CREATE INDEX jobs_timer ON jobs(run_at) WHERE due = 0 AND state IN ('pending', 'failed');
+    CREATE INDEX jobs_state ON jobs(state, seq);
+    CREATE INDEX jobs_queue ON jobs(queue, seq);
+    CREATE INDEX jobs_lease ON jobs(lease) WHERE lease IS NOT NULL;
+
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        job_seq INTEGER NOT NULL REFERENCES jobs(seq) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        agent TEXT NOT NULL,
+        dispatched_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        pid INTEGER,
+        exit_code INTEGER,
+        reason TEXT,
+        stale INTEGER NOT NULL DEFAULT 0,
+        stdout_bytes INTEGER NOT NULL DEFAULT 0,
+        stderr_bytes INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX attempts_job ON attempts(job_seq, id);
+
+    CREATE TABLE output (
+        attempt_id INTEGER NOT NULL REFERENCES attempts(id) ON DELETE CASCADE,
+        stream INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (attempt_id, stream, offset)
+    );
+
+    CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+
+    CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO counts (state, n) VALUES {", ".join(f"('{s}', 0)" for s in ALL_STATES)};
+    CREATE TABLE totals (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
+    INSERT INTO totals (name, value) VALUES ('completed_n', 0), ('completed_seconds', 0);
+
+    CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+        UPDATE counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
+    WHEN OLD.state != NEW.state BEGIN
+        UPDATE counts SET n = n - 1 WHERE state = OLD.state;
+        UPDATE counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+        UPDATE counts SET n = n - 1 WHERE state = OLD.state;
+    END;
+    CREATE TRIGGER jobs_completed AFTER UPDATE OF state ON jobs
+    WHEN NEW.state = 'completed' AND OLD.state != 'completed'
+         AND NEW.started_at IS NOT NULL AND NEW.finished_at IS NOT NULL BEGIN
+        UPDATE totals SET value = value + 1 WHERE name = 'completed_n';
+        UPDATE totals SET value = value + (NEW.finished_at - NEW.started_at)
+            WHERE name = 'completed_seconds';
+    END;
+    """,
+]
+
+
+# Errors that mean the store cannot write right now (disk full, read-only,
+# locked by another process, I/O failure), as opposed to bugs in our SQL.
+UNAVAILABLE_ERRORS = (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.BusyError,
+                      apsw.LockedError, apsw.CantOpenError, apsw.CorruptError, apsw.NotADBError)
+
+
+class DuplicateId(Exception):
+    def __init__(self, job_id: str):
+        super().__init__(f"a job with id {job_id!r} already exists")
+        self.job_id = job_id
+
+
+class StaleState(Exception):
+    """The job was not in the state the caller read; nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    seq: int
+    id: str
+    command: str
+    state: JobState
+    queue: str
+    priority: int
+    run_at: float
+    timeout_sec: float
+    max_retries: int
+    attempts: int
+    env: dict | None
+    cwd: str | None
+    requires: dict | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    exit_code: int | None
+    last_error: str | None
+    lease: int | None
+    agent: str | None
+    cancel_requested: bool
+
+    @classmethod
+    def from_row(cls, row: tuple) -> "Job":
+        values = list(row)
+        values[3] = JobState(values[3])
+        values[10] = json.loads(values[10]) if values[10] is not None else None
+        values[12] = json.loads(values[12]) if values[12] is not None else None
+        values[21] = bool(values[21])
+        return cls(*values)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    id: int
+    job_seq: int
+    number: int
+    agent: str
+    dispatched_at: float
+    started_at: float | None
+    finished_at: float | None
+    pid: int | None
+    exit_code: int | None
+    reason: str | None
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    id: str
+    command: str
+    queue: str
+    priority: int
+    run_at: float
+    timeout_sec: float
+    max_retries: int
+    env: dict | None
+    cwd: str | None
+    requires: dict | None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    stream: int
+    offset: int
+    data: bytes
+
+
+def _labels_match(requires: str | None, labels: str | None) -> int:
+    """SQL function: does an agent with ``labels`` satisfy ``requires``? (both JSON)"""
+    if requires is None:
+        return 1
+    needed = json.loads(requires)
+    have = json.loads(labels) if labels else {}
+    return int(all(have.get(key) == value for key, value in needed.items()))
+
+
+class Store:
+    def __init__(self, path: str, synchronous: str = "NORMAL"):
+        self.path = path
+        self.conn = apsw.Connection(path)
+        for setup in (apsw.bestpractice.connection_wal,
+                      apsw.bestpractice.connection_enable_foreign_keys,
+                      apsw.bestpractice.connection_dqs,
+                      apsw.bestpractice.connection_recursive_triggers):
+            setup(self.conn)
+        self.conn.set_busy_timeout(5000)
+        # NORMAL in WAL mode survives a crash of the process; FULL also
+        # survives a power loss, at about a tenth of the commit rate.
+        self.conn.pragma("synchronous", synchronous)
+        self.conn.create_scalar_function("qc_labels_match", _labels_match, 2, deterministic=True)
+        self._migrate()
+
+    def close(self) -> None:
+        with contextlib.suppress(apsw.Error):
+            apsw.bestpractice.connection_optimize(self.conn)
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        version = self.conn.pragma("user_version")
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} has schema version {version}; this QueueCTL knows up to "
+                f"{len(MIGRATIONS)}. Upgrade QueueCTL.")
+        for number in range(version, len(MIGRATIONS)):
+            with self.conn:
+                self.conn.execute(MIGRATIONS[number])
+                self.conn.pragma("user_version", number + 1)
+            log.info("store %s migrated to schema version %d", self.path, number + 1)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A transaction, or a savepoint when nested inside one."""
+        with self.conn:
+            yield
+
+    def _one(self, sql: str, params: Any = ()) -> tuple | None:
+        for row in self.conn.execute(sql, params):
+            return row
+        return None
+
+    # --- jobs -------------------------------------------------------------
+
+    def insert_jobs(self, jobs: list[NewJob], now: float) -> None:
+        """Insert all of ``jobs`` or none (raises DuplicateId)."""
+        seen: set[str] = set()
+        for job in jobs:
+            if job.id in seen:
+                raise DuplicateId(job.id)
+            seen.add(job.id)
+        rows = [
+            (j.id, j.command, j.queue, j.priority, j.run_at, 1 if j.run_at <= now else 0,
+             j.timeout_sec, j.max_retries,
+             json.dumps(j.env) if j.env is not None else None, j.cwd,
+             json.dumps(j.requires, sort_keys=True) if j.requires is not None else None,
+             now, now)
+            for j in jobs
+        ]
+        try:
+            with self.conn:
+                self.conn.executemany(
+                    "INSERT INTO jobs (id, command, state, queue, priority, run_at, due,"
+                    " timeout_sec, max_retries, env, cwd, requires, created_at, updated_at)"
+                    " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except apsw.ConstraintError:
+            for job in jobs:
+                if self.job(job.id) is not None:
+                    raise DuplicateId(job.id) from None
+            raise
+
+    def job(self, job_id: str) -> Job | None:
+        row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(row) if row else None
+
+    def job_by_lease(self, token: int) -> Job | None:
+        row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE lease = ?", (token,))
+        return Job.from_row(row) if row else None
+
+    def list_jobs(self, state: str | None = None, queue: str | None = None,
+                  limit: int = 100) -> list[Job]:
+        where, params = [], []
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        if queue is not None:
+            where.append("queue = ?")
+            params.append(queue)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        params.append(limit)
+        sql = f"SELECT {_JOB_SELECT} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
+        return [Job.from_row(row) for row in self.conn.execute(sql, params)]
+
+    def claim(self, now: float, agent_id: str, labels_json: str | None) -> tuple[Job, int] | None:
+        """Lease the next due job this agent may run; returns (job, token) or None.
+
+        The broker is the only writer and runs one thread, so select, insert
+        and update inside one transaction cannot interleave with another claim.
+        """
+        row = self._one(
+            "SELECT seq, state, attempts FROM jobs WHERE due = 1"
+            " AND (requires IS NULL OR qc_labels_match(requires, ?))"
+            " ORDER BY priority, run_at, seq LIMIT 1", (labels_json,))
+        if row is None:
+            return None
+        seq, state, attempts = row
+        lifecycle.check(JobState(state), JobState.PROCESSING)
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO attempts (job_seq, number, agent, dispatched_at) VALUES (?, ?, ?, ?)",
+                (seq, attempts + 1, agent_id, now))
+            token = self.conn.last_insert_rowid()
+            job_row = self._one(
+                f"UPDATE jobs SET state = 'processing', due = 0, lease = ?, agent = ?,"
+                f" updated_at = ?, started_at = NULL, finished_at = NULL, exit_code = NULL"
+                f" WHERE seq = ? AND state = ? RETURNING {_JOB_SELECT}",
+                (token, agent_id, now, seq, state))
+        assert job_row is not None  # single writer: the row we just read is unchanged
+        return Job.from_row(job_row), token
+
+    def transition(self, job: Job, new: JobState, now: float, **fields: Any) -> Job:
+        """Move ``job`` from the state it was read in to ``new``, setting ``fields``.
+
+        One ``UPDATE ... WHERE seq = ? AND state = ?``: raises InvalidTransition
+        when the lifecycle forbids the change, StaleState when the job is no
+        longer in ``job.state``.
+        """
+        lifecycle.check(job.state, new)
+        unknown = set(fields) - _SETTABLE
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)}")
+        run_at = fields.get("run_at", job.run_at)
+        due = 1 if new in lifecycle.RUNNABLE and run_at <= now else 0
+        assignments = ["state = ?", "updated_at = ?", "due = ?"]
+        params: list[Any] = [new.value, now, due]
+        for column, value in fields.items():
+            assignments.append(f"{column} = ?")
+            params.append(value)
+        params += [job.seq, job.state.value]
+        row = self._one(
+            f"UPDATE jobs SET {', '.join(assignments)} WHERE seq = ? AND state = ?"
+            f" RETURNING {_JOB_SELECT}", params)
+        if row is None:
+            raise StaleState(f"job {job.id} is no longer {job.state.value}")
+        return Job.from_row(row)
+
+    def set_fields(self, job: Job, now: float, **fields: Any) -> Job:
+        """Change bookkeeping fields of a job without changing its state."""
+        unknown = set(fields) - _SETTABLE
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)}")
+        assignments = ", ".join(f"{column} = ?" for column in fields)
+        row = self._one(
+            f"UPDATE jobs SET {assignments}, updated_at = ? WHERE seq = ? AND state = ?"
+            f" RETURNING {_JOB_SELECT}", [*fields.values(), now, job.seq, job.state.value])
+        if row is None:
+            raise StaleState(f"job {job.id} is no longer {job.state.value}")
+        return Job.from_row(row)
+
+    def promote_due(self, now: float) -> int:
+        """Make every waiting job whose run_at has come claimable; returns how many."""
+        self.conn.execute(
+            "UPDATE jobs SET due = 1 WHERE due = 0 AND state IN ('pending', 'failed')"
+            " AND run_at <= ?", (now,))
+        return self.conn.changes()
+
+    def next_due(self) -> float | None:
+        row = self._one("SELECT min(run_at) FROM jobs WHERE due = 0 AND state IN ('pending', 'failed')")
+        return row[0] if row else None
+
+    def leased_jobs(self) -> list[Job]:
+        return [Job.from_row(r) for r in self.conn.execute(
+            f"SELECT {_JOB_SELECT} FROM jobs WHERE lease IS NOT NULL")]
+
+    def dead_jobs(self, limit: int | None = None) -> list[Job]:
+        return [Job.from_row(r) for r in self.conn.execute(
+            f"SELECT {_JOB_SELECT} FROM jobs WHERE state = 'dead' ORDER BY finished_at DESC, seq DESC"
+            f" LIMIT ?", (limit if limit is not None else -1,))]
+
+    # --- attempts ---------------------------------------------------------
+
+    def attempt(self, token: int) -> Attempt | None:
+        row = self._one(f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE id = ?", (token,))
+        return Attempt(*row[:-1], bool(row[-1])) if row else None
+
+    def attempts(self, job_seq: int) -> list[Attempt]:
+        return [Attempt(*r[:-1], bool(r[-1])) for r in self.conn.execute(
+            f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE job_seq = ? ORDER BY id", (job_seq,))]
+
+    def latest_attempt(self, job_seq: int) -> Attempt | None:
+        row = self._one(f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE job_seq = ?"
+                        f" ORDER BY id DESC LIMIT 1", (job_seq,))
+        return Attempt(*row[:-1], bool(row[-1])) if row else None
+
+    def start_attempt(self, token: int, pid: int, started_at: float) -> None:
+        self.conn.execute("UPDATE attempts SET pid = ?, started_at = ? WHERE id = ?",
+                          (pid, started_at, token))
+        self.conn.execute("UPDATE jobs SET started_at = ? WHERE lease = ?", (started_at, token))
+
+    def end_attempt(self, token: int, *, started_at: float | None, finished_at: float,
+                    exit_code: int | None, reason: str | None, stale: bool = False) -> None:
+        self.conn.execute(
+            "UPDATE attempts SET started_at = coalesce(?, started_at), finished_at = ?,"
+            " exit_code = ?, reason = ?, stale = ? WHERE id = ? AND finished_at IS NULL",
+            (started_at, finished_at, exit_code, reason, int(stale), token))
+
+    def delete_attempt(self, token: int) -> None:
+        """Forget an attempt that never started (rejected or undeliverable)."""
+        self.conn.execute("DELETE FROM attempts WHERE id = ?", (token,))
+
+    # --- output -----------------------------------------------------------
+
+    def append_output(self, token: int, stream: int, offset: int, data: bytes, limit: int) -> None:
+        """Store a chunk and drop the oldest bytes beyond ``limit`` for this stream."""
+        column = "stdout_bytes" if stream == 1 else "stderr_bytes"
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO output (attempt_id, stream, offset, data) VALUES (?, ?, ?, ?)",
+                (token, stream, offset, data))
+            if not self.conn.changes():
+                return  # a chunk we already have (resent after a reconnect)
+            row = self._one(f"UPDATE attempts SET {column} = {column} + ? WHERE id = ?"
+                            f" RETURNING {column}", (len(data), token))
+            stored = row[0] if row else 0
+            while stored > limit:
+                oldest = self._one(
+                    "SELECT offset, length(data) FROM output WHERE attempt_id = ? AND stream = ?"
+                    " ORDER BY offset LIMIT 1", (token, stream))
+                if oldest is None:
+                    break
+                first_offset, size = oldest
+                excess = stored - limit
+                if size <= excess:
+                    self.conn.execute("DELETE FROM output WHERE attempt_id = ? AND stream = ?"
+                                      " AND offset = ?", (token, stream, first_offset))
+                    stored -= size
+                else:
+                    self.conn.execute(
+                        "UPDATE output SET data = substr(data, ?), offset = offset + ?"
+                        " WHERE attempt_id = ? AND stream = ? AND offset = ?",
+                        (excess + 1, excess, token, stream, first_offset))
+                    stored -= excess
+            self.conn.execute(f"UPDATE attempts SET {column} = ? WHERE id = ?", (stored, token))
+
+    def output(self, token: int, after: dict[int, int] | None = None,
+               max_bytes: int = 8 * 1024 * 1024) -> list[Chunk]:
+        """Chunks of one attempt in arrival order, skipping bytes before ``after[stream]``."""
+        after = after or {}
+        chunks, total = [], 0
+        for stream, offset, data in self.conn.execute(
+                "SELECT stream, offset, data FROM output WHERE attempt_id = ?"
+                " ORDER BY rowid", (token,)):
+            start = after.get(stream, 0)
+            end = offset + len(data)
+            if end <= start:
+                continue
+            if offset < start:
+                data, offset = data[start - offset:], start
+            chunks.append(Chunk(stream, offset, bytes(data)))
+            total += len(data)
+            if total >= max_bytes:
+                break
+        return chunks
+
+    # --- stats and config -------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(ALL_STATES, 0)
+        counts.update(self.conn.execute("SELECT state, n FROM counts"))
+        return counts
+
+    def completed_duration(self) -> tuple[int, float]:
+        totals = dict(self.conn.execute("SELECT name, value FROM totals"))
+        return int(totals["completed_n"]), float(totals["completed_seconds"])
+
+    def config(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self.conn.execute(
+            "SELECT key, value FROM config")}
+
+    def set_config(self, key: str, value: Any) -> None:
+        self.conn.execute("INSERT INTO config (key, value) VALUES (?, ?)"
+                          " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                          (key, json.dumps(value)))

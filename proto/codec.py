@@ -1,0 +1,117 @@
+"""Envelope encoding: every frame is msgpack ``[VERSION, type, body]``.
+
+``decode`` is the only way bytes from a peer become a message, and it raises
+exactly one exception type, :class:`ProtocolError`, for anything malformed:
+bad msgpack, a wrong shape, an unknown type, a missing or mistyped field, or
+another protocol version (:class:`VersionMismatch`, a subclass, so the
+receiver can tell the peer which version it speaks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Callable
+
+import msgpack
+
+VERSION = 1
+# The largest frame either side accepts (also set as ZMQ_MAXMSGSIZE on the
+# broker's socket, so libzmq drops a bigger message before we ever see it).
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be decoded into a valid message."""
+
+
+class VersionMismatch(ProtocolError):
+    def __init__(self, peer_version: object):
+        super().__init__(
+            f"peer speaks protocol version {peer_version!r}, this side speaks {VERSION}"
+        )
+        self.peer_version = peer_version
+
+
+_REGISTRY: dict[str, type] = {}
+_CHECKS: dict[type, dict[str, tuple[tuple[type, ...], bool]]] = {}
+
+
+def _accepted_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
+    """Turn a field annotation into (isinstance types, may be None)."""
+    optional = False
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        optional = type(None) in args
+        members = [a for a in args if a is not type(None)]
+    else:
+        members = [annotation]
+    accepted: list[type] = []
+    for member in members:
+        base = typing.get_origin(member) or member
+        if base is typing.Any or base is object:
+            return (object,), True
+        if base is float:
+            accepted.extend([float, int])
+        else:
+            accepted.append(base)
+    return tuple(accepted), optional
+
+
+def message(type_name: str) -> Callable[[type], type]:
+    """Class decorator: register a frozen dataclass as wire message ``type_name``."""
+
+    def register(cls: type) -> type:
+        cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        hints = typing.get_type_hints(cls)
+        _CHECKS[cls] = {f.name: _accepted_types(hints[f.name]) for f in dataclasses.fields(cls)}
+        cls.TYPE = type_name  # type: ignore[attr-defined]
+        if type_name in _REGISTRY:
+            raise RuntimeError(f"duplicate message type {type_name}")
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return register
+
+
+def encode(msg: Any) -> bytes:
+    body = {name: getattr(msg, name) for name in _CHECKS[type(msg)]}
+    return msgpack.packb([VERSION, msg.TYPE, body], use_bin_type=True)
+
+
+def decode(frame: bytes) -> Any:
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
+    try:
+        envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"not a msgpack frame: {exc.__class__.__name__}") from None
+    if not isinstance(envelope, list) or len(envelope) != 3:
+        raise ProtocolError("envelope must be [version, type, body]")
+    version, type_name, body = envelope
+    if version != VERSION or isinstance(version, bool):
+        raise VersionMismatch(version)
+    cls = _REGISTRY.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {str(type_name)[:40]!r}")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{type_name}: body must be a map")
+    checks = _CHECKS[cls]
+    for key in body:
+        if key not in checks:
+            raise ProtocolError(f"{type_name}: unknown field {str(key)[:40]!r}")
+    for key, value in body.items():
+        accepted, optional = checks[key]
+        if value is None:
+            if not optional:
+                raise ProtocolError(f"{type_name}: field {key!r} must not be null")
+        elif isinstance(value, bool) and bool not in accepted and object not in accepted:
+            raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
+        elif not isinstance(value, accepted):
+            raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
+    try:
+        return cls(**body)
+    except TypeError:
+        raise ProtocolError(f"{type_name}: missing required fields") from None

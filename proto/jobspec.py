@@ -1,0 +1,157 @@
+"""The job JSON that users enqueue: validation and its canonical form.
+
+``validate`` is used by the client (so mistakes are reported before any
+network traffic) and again by the broker (which trusts no peer). It is
+idempotent: ``validate(validate(x)) == validate(x)``. In the canonical form
+``run_at`` is a UTC ISO string, resolved on the client side, because a
+timestamp without a zone means the local time of the person who wrote it;
+``delay`` is seconds and is resolved by the broker's clock.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from .timefmt import parse_duration, parse_iso, to_iso
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Linux refuses a single exec argument longer than MAX_ARG_STRLEN (128 KiB).
+MAX_COMMAND_BYTES = 131072 - 1
+INT64 = (-(2**63), 2**63 - 1)
+
+FIELDS = (
+    "id", "command", "priority", "run_at", "delay", "timeout_sec", "max_retries",
+    "queue", "env", "cwd", "requires",
+)
+# Fields of the job format users already write; the queue sets them itself.
+COMPAT_FIELDS = ("state", "attempts", "created_at", "updated_at")
+
+
+class SpecError(ValueError):
+    """An invalid job; the message names the field."""
+
+    def __init__(self, field: str | None, reason: str):
+        self.field = field
+        super().__init__(f"field '{field}': {reason}" if field else reason)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null", int: "integer", float: "number"}.get(type(value), type(value).__name__)
+
+
+def _string_map(field: str, value: Any, *, env: bool = False) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise SpecError(field, f"expected an object of strings, got {_type_name(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise SpecError(field, "keys must be non-empty strings")
+        if not isinstance(item, str):
+            raise SpecError(field, f"value of {key!r} must be a string, got {_type_name(item)}")
+        if "\0" in key or "\0" in item:
+            raise SpecError(field, f"{key!r} contains a NUL byte")
+        if env and "=" in key:
+            raise SpecError(field, f"variable name {key!r} contains '='")
+    return dict(value)
+
+
+def _check_compat(raw: dict) -> None:
+    if "state" in raw and raw["state"] != "pending":
+        raise SpecError("state", "only 'pending' is accepted; the queue sets the state")
+    if "attempts" in raw and not (_is_int(raw["attempts"]) and raw["attempts"] == 0):
+        raise SpecError("attempts", "only 0 is accepted; the queue counts attempts")
+
+
+def validate(raw: Any) -> dict[str, Any]:
+    """Check a job object and return its canonical form. Raises SpecError."""
+    if not isinstance(raw, dict):
+        raise SpecError(None, f"a job must be a JSON object, got {_type_name(raw)}")
+    for key in raw:
+        if key not in FIELDS and key not in COMPAT_FIELDS:
+            raise SpecError(str(key)[:64], "unknown field")
+    _check_compat(raw)
+    spec: dict[str, Any] = {}
+
+    if "id" in raw:
+        if not isinstance(raw["id"], str) or not ID_PATTERN.match(raw["id"]):
+            raise SpecError("id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        spec["id"] = raw["id"]
+
+    command = raw.get("command")
+    if "command" not in raw:
+        raise SpecError("command", "is required")
+    if not isinstance(command, str):
+        raise SpecError("command", f"expected a string, got {_type_name(command)}")
+    if not command.strip():
+        raise SpecError("command", "must not be empty")
+    if "\0" in command:
+        raise SpecError("command", "must not contain a NUL byte")
+    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        raise SpecError("command", f"is longer than {MAX_COMMAND_BYTES} bytes")
+    spec["command"] = command
+
+    if "priority" in raw:
+        if not _is_int(raw["priority"]):
+            raise SpecError("priority", f"expected an integer, got {_type_name(raw['priority'])}")
+        if not INT64[0] <= raw["priority"] <= INT64[1]:
+            raise SpecError("priority", "is out of the 64-bit integer range")
+        spec["priority"] = raw["priority"]
+
+    if "run_at" in raw and "delay" in raw:
+        raise SpecError("delay", "give either run_at or delay, not both")
+    if "run_at" in raw:
+        if not isinstance(raw["run_at"], str):
+            raise SpecError("run_at", f"expected an ISO-8601 string, got {_type_name(raw['run_at'])}")
+        try:
+            spec["run_at"] = to_iso(parse_iso(raw["run_at"]))
+        except (ValueError, OverflowError, OSError) as exc:
+            raise SpecError("run_at", str(exc)) from None
+    if "delay" in raw:
+        try:
+            spec["delay"] = parse_duration(raw["delay"])
+        except ValueError as exc:
+            raise SpecError("delay", str(exc)) from None
+        if spec["delay"] > 100 * 365 * 86400:
+            raise SpecError("delay", "is more than 100 years")
+
+    if "timeout_sec" in raw:
+        value = raw["timeout_sec"]
+        if not _is_number(value) or value <= 0:
+            raise SpecError("timeout_sec", "must be a number greater than 0")
+        spec["timeout_sec"] = value
+
+    if "max_retries" in raw:
+        value = raw["max_retries"]
+        if not _is_int(value):
+            raise SpecError("max_retries", f"expected an integer, got {_type_name(value)}")
+        if not 1 <= value <= 1_000_000:
+            raise SpecError("max_retries", "must be an integer from 1 to 1000000")
+        spec["max_retries"] = value
+
+    if "queue" in raw:
+        value = raw["queue"]
+        if not isinstance(value, str) or not ID_PATTERN.match(value):
+            raise SpecError("queue", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        spec["queue"] = value
+
+    if "env" in raw:
+        spec["env"] = _string_map("env", raw["env"], env=True)
+    if "cwd" in raw:
+        value = raw["cwd"]
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise SpecError("cwd", "must be a non-empty path")
+        spec["cwd"] = value
+    if "requires" in raw:
+        spec["requires"] = _string_map("requires", raw["requires"])
+    return spec

@@ -1,0 +1,140 @@
+"""Every message that crosses the wire, one frozen dataclass each.
+
+Agents and admin clients talk to the broker's single ROUTER socket.
+Agent -> broker: Hello, Started, Output, Result, Heartbeat, Drain, Reject, Bye.
+Broker -> agent: Welcome, Dispatch, Cancel, Ack, Heartbeat, Stop, Error.
+Client <-> broker: Request and Reply (admin operations by name).
+A *token* is the id of one attempt: the lease that fences stale results.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .codec import message
+
+STDOUT = 1
+STDERR = 2
+
+
+# --- agent -> broker -------------------------------------------------------
+
+@message("hello")
+class Hello:
+    agent_id: str
+    host: str
+    pid: int
+    slots: int
+    labels: dict
+    # Attempts this agent still runs or holds an unacknowledged result for;
+    # after a reconnect the broker adopts them or tells the agent to cancel.
+    tokens: list = ()
+
+
+@message("started")
+class Started:
+    token: int
+    pid: int
+    started_at: float
+
+
+@message("output")
+class Output:
+    token: int
+    stream: int
+    offset: int  # byte offset of ``data`` within the stream
+    data: bytes
+
+
+@message("result")
+class Result:
+    token: int
+    outcome: str  # one of proto.states.Outcome
+    exit_code: Optional[int]
+    detail: str
+    started_at: Optional[float]
+    finished_at: float
+
+
+@message("heartbeat")
+class Heartbeat:
+    pass
+
+
+@message("drain")
+class Drain:
+    """The agent takes no new jobs (it is stopping)."""
+
+
+@message("reject")
+class Reject:
+    """A dispatched job the agent will not start (no free slot, or draining)."""
+
+    token: int
+
+
+@message("bye")
+class Bye:
+    pass
+
+
+# --- broker -> agent -------------------------------------------------------
+
+@message("welcome")
+class Welcome:
+    heartbeat_sec: float
+    lease_sec: float
+    kill_grace_sec: float
+    output_limit: int
+    cancel: list = ()  # tokens from Hello that the broker no longer leases to this agent
+
+
+@message("dispatch")
+class Dispatch:
+    token: int
+    job_id: str
+    attempt: int
+    command: str
+    timeout_sec: float
+    env: Optional[dict] = None
+    cwd: Optional[str] = None
+
+
+@message("cancel")
+class Cancel:
+    token: int
+    reason: str
+
+
+@message("ack")
+class Ack:
+    tokens: list
+
+
+@message("stop")
+class Stop:
+    pass
+
+
+@message("error")
+class Error:
+    code: str
+    message: str
+
+
+# --- admin client <-> broker -----------------------------------------------
+
+@message("request")
+class Request:
+    req_id: int
+    op: str
+    args: dict
+
+
+@message("reply")
+class Reply:
+    req_id: int
+    ok: bool
+    result: Any = None
+    error_code: Optional[str] = None
+    error: Optional[str] = None

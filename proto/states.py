@@ -1,0 +1,47 @@
+"""Job states, attempt outcomes and the error codes of admin replies.
+
+These are names shared by every component; the broker owns the transition
+table that says which state changes are allowed (``broker/lifecycle.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"        # waiting, possibly until run_at
+    PROCESSING = "processing"  # leased to an agent
+    COMPLETED = "completed"
+    FAILED = "failed"          # an attempt failed; waiting for its retry time
+    DEAD = "dead"              # retries exhausted: in the DLQ
+    CANCELED = "canceled"
+
+
+ALL_STATES = tuple(s.value for s in JobState)
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELED})
+
+
+class Outcome(str, enum.Enum):
+    """How an attempt ended, as the agent reports it."""
+
+    OK = "ok"                   # exit code 0
+    EXIT = "exit"               # non-zero exit code
+    SIGNAL = "signal"           # killed by a signal nobody asked for
+    TIMEOUT = "timeout"         # killed at timeout_sec
+    CANCELED = "canceled"       # killed because a user canceled it
+    SPAWN_ERROR = "spawn_error" # could not start (bad cwd, bad env, ...)
+    LEASE_LOST = "lease_lost"   # the agent lost the broker past its lease and killed it
+    STOPPED = "stopped"         # the agent stopped and its grace period ran out
+
+
+class ErrorCode(str, enum.Enum):
+    """Error codes in admin replies; the CLI maps them to exit codes."""
+
+    INVALID = "invalid"        # exit 2
+    NOT_FOUND = "not_found"    # exit 1
+    CONFLICT = "conflict"      # exit 1: duplicate id, wrong state for the action
+    UNAVAILABLE = "unavailable"  # exit 1: the store cannot write right now
+    PROTOCOL = "protocol"      # exit 1: a malformed frame
+    VERSION = "version"        # exit 1: the peer speaks another protocol version
+    INTERNAL = "internal"      # exit 1: a bug in the broker
