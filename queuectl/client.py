@@ -162,20 +162,25 @@ class Client:
     # --- jobs -------------------------------------------------------------------
 
     @staticmethod
-    def _check(job: Any, number: int | None = None) -> dict[str, Any]:
+    def _check(job: Any, where: str = "") -> dict[str, Any]:
         try:
             return jobspec.validate(job)
         except jobspec.SpecError as exc:
-            where = f"job {number}: " if number is not None else ""
             raise InvalidInput(f"{where}{exc}") from None
 
     def enqueue(self, job: dict[str, Any]) -> dict[str, Any]:
         """Add one job; returns ``{"id", "state", "run_at"}``."""
         return self.call("enqueue", job=self._check(job))
 
-    def enqueue_many(self, jobs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-        """Add every job or none; returns ``{"enqueued": n, "ids": [...]}``."""
-        specs = [self._check(job, number) for number, job in enumerate(jobs, 1)]
+    def enqueue_many(self, jobs: Iterable[dict[str, Any]],
+                     names: Iterable[str] | None = None) -> dict[str, Any]:
+        """Add every job or none; returns ``{"enqueued": n, "ids": [...]}``.
+
+        ``names`` label the jobs in error messages (the CLI passes line numbers).
+        """
+        jobs = list(jobs)
+        labels = list(names) if names is not None else [f"job {n}" for n in range(1, len(jobs) + 1)]
+        specs = [self._check(job, f"{label}: ") for job, label in zip(jobs, labels)]
         return self.call("enqueue", jobs=specs)
 
     def get(self, job_id: str) -> dict[str, Any]:
