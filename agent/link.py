@@ -98,7 +98,8 @@ class Link:
             except ProtocolError as exc:
                 log.warning("dropped a malformed frame from the broker: %s", exc)
 
-    def close(self) -> None:
+    def close(self, linger: float = 2.0) -> None:
+        """Close for good, giving queued messages (the final Bye) ``linger`` seconds."""
         if self.socket is not None:
-            self.socket.close(linger=0)
+            self.socket.close(linger=int(linger * 1000))
             self.socket = None

@@ -143,35 +143,36 @@ def op_cancel(call: Call) -> Any:
 
 
 def op_logs(call: Call) -> Any:
+    """Output of the latest attempt after ``after`` offsets; parks while there is none yet."""
     broker, job_id = call.broker, call.arg("id", str)
-    job = broker.jobs.get(job_id)
-    attempt = broker.store.latest_attempt(job.seq)
-    if attempt is None:
-        return {"attempt": None, "chunks": [], "done": job.state in TERMINAL_STATES,
-                "state": job.state.value}
     after = call.arg("after", list, [0, 0])
     if len(after) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in after):
         raise SpecError("after", "must be [stdout offset, stderr offset]")
-    wanted = call.arg("attempt", int, attempt.number)
-    if wanted != attempt.number:  # a new attempt started while following
-        after = [0, 0]
+    wanted = call.arg("attempt", int, None, nullable=True)
+    job = broker.jobs.get(job_id)
 
-    def check() -> Any:
-        chunks = broker.store.output(attempt.id, {1: after[0], 2: after[1]})
-        ended = broker.store.attempt(attempt.id).finished_at is not None
-        if not chunks and not ended:
+    def read(ready_only: bool) -> Any:
+        current = broker.jobs.get(job_id)
+        attempt = broker.store.latest_attempt(current.seq)
+        if attempt is None:  # not started yet
+            done = current.state in TERMINAL_STATES
+            return {"attempt": None, "chunks": [], "done": done, "state": current.state.value} \
+                if done or not ready_only else None
+        offsets = after if attempt.number == wanted else [0, 0]  # a new attempt starts at 0
+        chunks = broker.store.output(attempt.id, {1: offsets[0], 2: offsets[1]})
+        ended = attempt.finished_at is not None
+        if ready_only and not chunks and not ended and attempt.number == wanted:
             return None
-        return {"attempt": attempt.number, "done": ended,
-                "state": broker.jobs.get(job_id).state.value,
+        return {"attempt": attempt.number, "done": ended, "state": current.state.value,
                 "chunks": [[c.stream, c.offset, c.data] for c in chunks]}
 
-    result = check()
+    result = read(ready_only=True)
     if result is not None or call.hold() == 0:
-        return result or {"attempt": attempt.number, "chunks": [], "done": False,
-                          "state": job.state.value}
-    return call.park(f"out:{attempt.id}", check,
-                     lambda: {"attempt": attempt.number, "chunks": [], "done": False,
-                              "state": broker.jobs.get(job_id).state.value})
+        return result or read(ready_only=False)
+    attempt = broker.store.latest_attempt(job.seq)
+    # Wake on new output of the running attempt, or on any change of a job not started yet.
+    key = f"out:{attempt.id}" if attempt is not None else f"job:{job_id}"
+    return call.park(key, lambda: read(ready_only=True), lambda: read(ready_only=False))
 
 
 def op_dlq_list(call: Call) -> Any:

@@ -63,8 +63,7 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
         # longer mentions ended on its side without a result we can wait for.
         for token in sorted(agent.inflight - tokens):
             agent.inflight.discard(token)
-            broker.jobs.finish(token, Outcome.LEASE_LOST, exit_code=None, detail="",
-                               started_at=None, finished_at=broker.now, now=broker.now)
+            broker.finish_attempt(token, Outcome.LEASE_LOST)
         agent.slots, agent.labels, agent.draining = msg.slots, dict(msg.labels), False
     cancel = []
     for token in sorted(tokens - agent.inflight):
@@ -108,11 +107,8 @@ def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
         else:
             detail = msg.detail
         agent.inflight.discard(msg.token)
-        broker.orphans.pop(msg.token, None)
-        broker.jobs.finish(msg.token, outcome, exit_code=msg.exit_code, detail=detail[:1000],
-                           started_at=msg.started_at, finished_at=msg.finished_at, now=broker.now)
-        broker.notify(f"out:{msg.token}")
-        broker.dirty = True
+        broker.finish_attempt(msg.token, outcome, exit_code=msg.exit_code, detail=detail[:1000],
+                              started_at=msg.started_at, finished_at=msg.finished_at)
     broker.ack(agent.ident, msg.token)
 
 

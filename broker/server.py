@@ -254,8 +254,7 @@ class Broker:
             if self.mono >= deadline:
                 del self.orphans[token]
                 log.warning("attempt %d: no agent reclaimed it after the broker restarted", token)
-                self.jobs.finish(token, Outcome.LEASE_LOST, exit_code=None, detail="",
-                                 started_at=None, finished_at=self.now, now=self.now)
+                self.finish_attempt(token, Outcome.LEASE_LOST)
 
     def dispatch(self) -> None:
         """Lease due jobs to agents with free slots, one per agent per round."""
@@ -283,10 +282,19 @@ class Broker:
         """Forget an agent; its leases end as failed attempts with ``outcome``."""
         self.agents.remove(agent)
         for token in sorted(agent.inflight):
-            self.jobs.finish(token, outcome, exit_code=None, detail="", started_at=None,
-                             finished_at=self.now, now=self.now)
+            self.finish_attempt(token, outcome)
         agent.inflight.clear()
         self.notify("agents")
+        self.dirty = True
+
+    def finish_attempt(self, token: int, outcome: Outcome, *, exit_code: int | None = None,
+                       detail: str = "", started_at: float | None = None,
+                       finished_at: float | None = None) -> None:
+        """End attempt ``token`` (from a result, or because its agent is gone)."""
+        self.orphans.pop(token, None)
+        self.jobs.finish(token, outcome, exit_code=exit_code, detail=detail, started_at=started_at,
+                         finished_at=self.now if finished_at is None else finished_at, now=self.now)
+        self.notify(f"out:{token}")  # `logs --follow` learns the attempt ended
         self.dirty = True
 
     def resync(self) -> None:

@@ -1,0 +1,44 @@
+"""Fixtures: a broker per test, agents on demand, everything cleaned up."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import Agent, Broker, Processes
+
+
+@pytest.fixture
+def procs(tmp_path):
+    owner = Processes(tmp_path)
+    yield owner
+    owner.cleanup()
+
+
+@pytest.fixture
+def broker(procs, tmp_path):
+    """A running broker with a fresh store in a temporary QUEUECTL_HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return Broker(procs, home).start()
+
+
+@pytest.fixture
+def start_agent(procs, broker):
+    """start_agent(count=2, labels={}, grace=None) -> Agent, connected to ``broker``."""
+    started = []
+
+    def start(count: int = 2, labels: dict[str, str] | None = None,
+              grace: float | None = None, wait: bool = True) -> Agent:
+        agent = Agent(procs, broker, count, labels or {}, grace, f"agent-{len(started) + 1}")
+        started.append(agent)
+        if wait:
+            from harness import wait_until
+
+            def connected() -> bool:
+                with broker.client() as qc:
+                    return any(a["pid"] == agent.pid for a in qc.agents())
+
+            wait_until(connected, 15, message=f"agent pid {agent.pid} to connect")
+        return agent
+
+    return start

@@ -1,0 +1,187 @@
+"""Helpers for integration tests: real processes, free loopback ports, deadlines.
+
+Every process is started in its own session and registered with a
+``Processes`` owner, which kills each process group at teardown even when
+the test failed. Waiting is ``wait_until(condition, timeout)``: poll a
+condition until it holds or the deadline passes, never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Return the first truthy value of ``condition()``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except AssertionError as exc:
+            last_error = exc
+        if time.monotonic() > deadline:
+            detail = f" (last: {last_error})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
+        time.sleep(interval)
+
+
+def program(name: str) -> list[str]:
+    """The console script installed next to this Python, else ``python -m``."""
+    script = BIN / name
+    if script.exists():
+        return [str(script)]
+    module = {"queuectl": "queuectl.cli.main", "queuectl-broker": "queuectl.broker",
+              "queuectl-agent": "queuectl.agent"}[name]
+    return [sys.executable, "-m", module]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Processes:
+    """Owns every process a test starts; ``cleanup`` kills their groups."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], log_name: str, env: dict[str, str] | None = None,
+              **kwargs: Any) -> subprocess.Popen:
+        log = open(self.workdir / log_name, "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env, **kwargs)
+        log.close()
+        proc.log_path = self.workdir / log_name  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class Broker:
+    """A real ``queuectl-broker`` on a free loopback port with its own store."""
+
+    def __init__(self, procs: Processes, home: Path, port: int | None = None):
+        self.procs = procs
+        self.home = home
+        self.port = port or free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.db = home / "queue.db"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "QUEUECTL_HOME": str(self.home), "QUEUECTL_BROKER": self.endpoint}
+
+    def start(self, *extra: str) -> "Broker":
+        self.starts += 1
+        self.proc = self.procs.start(
+            program("queuectl-broker") + ["--bind", self.endpoint, "--db", str(self.db), *extra],
+            f"broker-{self.starts}.log", env=self.env())
+        wait_until(self.answers, 15, message=f"broker on {self.endpoint}")
+        return self
+
+    def answers(self) -> bool:
+        from queuectl.client import BrokerUnreachable, Client
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {self.proc.returncode}: {self.log()}")
+        try:
+            with Client(self.endpoint, timeout=0.3) as qc:
+                qc.ping()
+            return True
+        except BrokerUnreachable:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def client(self, timeout: float = 5.0):
+        from queuectl.client import Client
+
+        return Client(self.endpoint, timeout=timeout)
+
+    def log(self) -> str:
+        if self.proc is None:
+            return ""
+        return Path(self.proc.log_path).read_text(errors="replace")[-4000:]
+
+
+class Agent:
+    """A real ``queuectl-agent`` process."""
+
+    def __init__(self, procs: Processes, broker: Broker, count: int, labels: dict[str, str],
+                 grace: float | None, name: str):
+        argv = program("queuectl-agent") + ["--count", str(count), "--broker", broker.endpoint]
+        for key, value in labels.items():
+            argv += ["--label", f"{key}={value}"]
+        if grace is not None:
+            argv += ["--grace", str(grace)]
+        self.proc = procs.start(argv, f"{name}.log", env=broker.env())
+        self.pid = self.proc.pid
+
+    def log(self) -> str:
+        return Path(self.proc.log_path).read_text(errors="replace")[-4000:]
+
+
+def run_cli(broker: Broker | None, *args: str, input: str | None = None,
+            timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``queuectl ARGS`` as a user would; returns the completed process."""
+    full_env = dict(env or (broker.env() if broker else os.environ))
+    return subprocess.run(program("queuectl") + list(args), input=input, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def cli_json(broker: Broker, *args: str) -> Any:
+    result = run_cli(broker, *args, "--json")
+    assert result.returncode == 0, f"queuectl {' '.join(args)} failed: {result.stderr}"
+    return json.loads(result.stdout)
