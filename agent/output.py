@@ -27,10 +27,12 @@ class StreamBuffer:
             del self.data[:excess]
             self.offset += excess
 
-    def take(self, max_bytes: int) -> tuple[int, bytes]:
-        """Remove and return up to ``max_bytes`` from the front, with their offset."""
-        chunk = bytes(self.data[:max_bytes])
-        del self.data[:len(chunk)]
-        offset = self.offset
-        self.offset += len(chunk)
-        return offset, chunk
+    def peek(self, max_bytes: int, start: int = 0) -> tuple[int, bytes]:
+        """Up to ``max_bytes`` from position ``start`` of what is held, with its stream offset."""
+        return self.offset + start, bytes(self.data[start:start + max_bytes])
+
+    def consume(self, count: int) -> None:
+        """Forget the first ``count`` bytes (they were sent)."""
+        count = min(count, len(self.data))
+        del self.data[:count]
+        self.offset += count

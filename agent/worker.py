@@ -243,18 +243,28 @@ class Agent:
 
     def _deliver(self, token: int) -> None:
         held = self.held[token]
-        if self._send_output(token, held.stdout, held.stderr) and self.link.send(held.result):
+        if self._send_held_output(token, held) and self.link.send(held.result):
             held.sent_at = time.monotonic()
 
-    def _send_output(self, token: int, *buffers: StreamBuffer) -> bool:
-        """Send what the buffers hold while the link is up; True when all was sent."""
-        for stream, buffer in zip((m.STDOUT, m.STDERR), buffers):
-            while len(buffer):
-                if not self.link.up:
-                    return False
-                offset, data = buffer.take(CHUNK)
+    def _send_held_output(self, token: int, held: Held) -> bool:
+        """Send a finished attempt's output without consuming it: until the Ack, a
+        broker that died or restarted may never have stored it, so every delivery
+        resends it all (the broker ignores chunks it already has)."""
+        for stream, buffer in zip((m.STDOUT, m.STDERR), (held.stdout, held.stderr)):
+            for start in range(0, len(buffer), CHUNK):
+                offset, data = buffer.peek(CHUNK, start)
                 if not self.link.send(m.Output(token=token, stream=stream, offset=offset, data=data)):
                     return False
+        return True
+
+    def _send_output(self, token: int, *buffers: StreamBuffer) -> bool:
+        """Stream what a running job's buffers hold; a chunk is dropped only once sent."""
+        for stream, buffer in zip((m.STDOUT, m.STDERR), buffers):
+            while len(buffer):
+                offset, data = buffer.peek(CHUNK)
+                if not self.link.send(m.Output(token=token, stream=stream, offset=offset, data=data)):
+                    return False
+                buffer.consume(len(data))
         return True
 
     def _watch(self, fd: int, job: RunningJob, is_pidfd: bool) -> None:

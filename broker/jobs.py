@@ -88,7 +88,8 @@ class JobService:
         """Apply the end of attempt ``token``. Returns the job, or None if the lease is stale.
 
         A stale result (the lease expired, or the job was canceled or moved
-        on) is recorded on its attempt and changes nothing else.
+        on) changes nothing: it is logged, and an attempt still open is marked
+        stale; an attempt already ended as "agent lost" keeps that reason.
         """
         reason = lifecycle.reason_text(outcome, exit_code, detail)
         job = self.store.job_by_lease(token)

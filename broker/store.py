@@ -144,8 +144,9 @@ UNAVAILABLE_ERRORS = (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.Bus
 
 
 class DuplicateId(Exception):
-    def __init__(self, job_id: str):
-        super().__init__(f"a job with id {job_id!r} already exists")
+    def __init__(self, job_id: str, in_batch: bool = False):
+        super().__init__(f"id {job_id!r} appears more than once in the batch" if in_batch
+                         else f"a job with id {job_id!r} already exists")
         self.job_id = job_id
 
 
@@ -284,7 +285,7 @@ class Store:
         seen: set[str] = set()
         for job in jobs:
             if job.id in seen:
-                raise DuplicateId(job.id)
+                raise DuplicateId(job.id, in_batch=True)
             seen.add(job.id)
         rows = [
             (j.id, j.command, j.queue, j.priority, j.run_at, 1 if j.run_at <= now else 0,

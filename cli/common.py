@@ -11,9 +11,10 @@ import typer
 if TYPE_CHECKING:
     from queuectl.client import Client
 
+# Only the global option reads QUEUECTL_BROKER, so a command's own --broker
+# given on the command line always wins over the environment.
 BrokerOpt = Annotated[Optional[str], typer.Option(
-    "--broker", envvar="QUEUECTL_BROKER", show_envvar=True,
-    help="broker endpoint [default: tcp://127.0.0.1:5555]")]
+    "--broker", help="broker endpoint [default: $QUEUECTL_BROKER or tcp://127.0.0.1:5555]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 
 
@@ -21,8 +22,12 @@ def client(ctx: typer.Context, broker: str | None) -> "Client":
     """A client for ``--broker`` (the command's, else the global one, else the default)."""
     from queuectl.client import Client
 
-    endpoint = broker or (ctx.obj or {}).get("broker")
-    return Client(endpoint)
+    return Client(endpoint(ctx, broker))
+
+
+def endpoint(ctx: typer.Context, broker: str | None) -> str | None:
+    """The command's ``--broker``, else the global one (which reads QUEUECTL_BROKER)."""
+    return broker or (ctx.obj or {}).get("broker")
 
 
 def emit_json(document: Any) -> None:

@@ -19,10 +19,16 @@ def _invalid(message: str) -> Exception:
 
 def _parse_object(text: str, where: str = "") -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        # JSON allows lone surrogate escapes ("\\ud800"), which no UTF-8 message can carry
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as exc:
         raise _invalid(f"{where}invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
                        " (quote the whole job in single quotes)") from None
+    except UnicodeEncodeError:
+        raise _invalid(f"{where}invalid text: a string holds a lone surrogate (\\ud800-\\udfff)"
+                       " or bytes that are not UTF-8") from None
+    return value
 
 
 def _read_lines(path: str) -> list[Any]:

@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
 
     command = typer.main.get_command(app)
     try:
-        command.main(args=sys.argv[1:] if argv is None else argv, prog_name="queuectl",
-                     standalone_mode=False)
+        # Without standalone mode, an Exit(n) (worker start, or Ctrl-C in
+        # typer >= 0.17) comes back as the return value.
+        code = command.main(args=sys.argv[1:] if argv is None else argv, prog_name="queuectl",
+                            standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:
         sys.stdout.write(exc.ctx.get_help() + "\n")
         return 0
@@ -58,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     except QueueError as exc:
         sys.stderr.write(f"queuectl: {exc}\n")
         return exc.exit_code
-    except click_errors.Abort:
+    except typer.Abort:  # not in typer._click.exceptions: typer owns Abort and Exit
         sys.stderr.write("queuectl: interrupted\n")
         return 130
     except KeyboardInterrupt:
         sys.stderr.write("queuectl: interrupted\n")
         return 130
-    except click_errors.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
     except BrokenPipeError:
         return 0  # `queuectl list | head` closed our stdout
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

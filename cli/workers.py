@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import BrokerOpt, JsonOpt, client, emit_json, note, say
+from .common import endpoint as common_endpoint
 
 app = typer.Typer(help="Run an agent in the foreground, or stop every agent.",
                   no_args_is_help=True)
@@ -39,7 +40,7 @@ def worker_start(
         labels[key.strip()] = value.strip()
     logging.basicConfig(level=os.environ.get("QUEUECTL_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    endpoint = broker or (ctx.obj or {}).get("broker") or default_endpoint()
+    endpoint = common_endpoint(ctx, broker) or default_endpoint()
     note(f"Starting an agent with {count} slot(s) for broker {endpoint}; Ctrl+C stops it")
     raise typer.Exit(run_agent(endpoint, count, labels, grace))
 

@@ -91,7 +91,7 @@ def decode(frame: bytes) -> Any:
     if not isinstance(envelope, list) or len(envelope) != 3:
         raise ProtocolError("envelope must be [version, type, body]")
     version, type_name, body = envelope
-    if version != VERSION or isinstance(version, bool):
+    if type(version) is not int or version != VERSION:
         raise VersionMismatch(version)
     cls = _REGISTRY.get(type_name) if isinstance(type_name, str) else None
     if cls is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .timefmt import parse_duration, parse_iso, to_iso
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")  # \Z: "$" would allow a trailing newline
 # Linux refuses a single exec argument longer than MAX_ARG_STRLEN (128 KiB).
 MAX_COMMAND_BYTES = 131072 - 1
 INT64 = (-(2**63), 2**63 - 1)
@@ -51,6 +51,16 @@ def _type_name(value: Any) -> str:
             type(None): "null", int: "integer", float: "number"}.get(type(value), type(value).__name__)
 
 
+def _check_text(field: str, value: str) -> None:
+    """Strings travel as UTF-8; a lone surrogate ("\\ud800") cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpecError(field, "is not valid Unicode text (it holds a lone surrogate)") from None
+    if "\0" in value:
+        raise SpecError(field, "must not contain a NUL byte")
+
+
 def _string_map(field: str, value: Any, *, env: bool = False) -> dict[str, str]:
     if not isinstance(value, dict):
         raise SpecError(field, f"expected an object of strings, got {_type_name(value)}")
@@ -59,8 +69,8 @@ def _string_map(field: str, value: Any, *, env: bool = False) -> dict[str, str]:
             raise SpecError(field, "keys must be non-empty strings")
         if not isinstance(item, str):
             raise SpecError(field, f"value of {key!r} must be a string, got {_type_name(item)}")
-        if "\0" in key or "\0" in item:
-            raise SpecError(field, f"{key!r} contains a NUL byte")
+        _check_text(field, key)
+        _check_text(field, item)
         if env and "=" in key:
             raise SpecError(field, f"variable name {key!r} contains '='")
     return dict(value)
@@ -95,9 +105,8 @@ def validate(raw: Any) -> dict[str, Any]:
         raise SpecError("command", f"expected a string, got {_type_name(command)}")
     if not command.strip():
         raise SpecError("command", "must not be empty")
-    if "\0" in command:
-        raise SpecError("command", "must not contain a NUL byte")
-    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+    _check_text("command", command)
+    if len(command.encode("utf-8")) > MAX_COMMAND_BYTES:
         raise SpecError("command", f"is longer than {MAX_COMMAND_BYTES} bytes")
     spec["command"] = command
 
@@ -149,8 +158,9 @@ def validate(raw: Any) -> dict[str, Any]:
         spec["env"] = _string_map("env", raw["env"], env=True)
     if "cwd" in raw:
         value = raw["cwd"]
-        if not isinstance(value, str) or not value or "\0" in value:
+        if not isinstance(value, str) or not value:
             raise SpecError("cwd", "must be a non-empty path")
+        _check_text("cwd", value)
         spec["cwd"] = value
     if "requires" in raw:
         spec["requires"] = _string_map("requires", raw["requires"])

@@ -15,7 +15,8 @@ def to_iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     moment = _dt.datetime.fromtimestamp(epoch, _UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat, not strftime("%Y"): glibc does not zero-pad years before 1000
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_iso(text: str) -> float:

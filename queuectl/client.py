@@ -181,6 +181,13 @@ class Client:
         jobs = list(jobs)
         labels = list(names) if names is not None else [f"job {n}" for n in range(1, len(jobs) + 1)]
         specs = [self._check(job, f"{label}: ") for job, label in zip(jobs, labels)]
+        first: dict[str, str] = {}
+        for spec, label in zip(specs, labels):
+            if "id" in spec:
+                if spec["id"] in first:
+                    raise Conflict(f"{label}: id {spec['id']!r} appears twice in the batch "
+                                   f"(first at {first[spec['id']]})")
+                first[spec["id"]] = label
         return self.call("enqueue", jobs=specs)
 
     def get(self, job_id: str) -> dict[str, Any]:

@@ -1,0 +1,293 @@
+"""The wire: every message round-trips; anything malformed is one ProtocolError."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+
+import msgpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
+from queuectl.proto import codec, messages as m
+
+MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+FLOAT = st.floats(allow_nan=False)  # NaN != NaN would defeat the equality check
+SCALAR = st.one_of(st.none(), st.booleans(), INT64, FLOAT, st.text(), st.binary())
+MSGPACK_VALUE = st.recursive(
+    SCALAR,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12)
+
+BY_TYPE = {
+    int: INT64,
+    float: st.one_of(FLOAT, INT64),  # an int is a valid float on the wire
+    str: st.text(),
+    bytes: st.binary(),
+    bool: st.booleans(),
+    dict: st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=5),
+    list: st.lists(INT64, max_size=5),
+}
+
+
+def strategy_for(annotation) -> st.SearchStrategy:
+    if annotation is typing.Any:
+        return MSGPACK_VALUE
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(*(st.none() if arg is type(None) else strategy_for(arg)
+                           for arg in typing.get_args(annotation)))
+    return BY_TYPE[annotation]
+
+
+def messages_of(cls) -> st.SearchStrategy:
+    hints = typing.get_type_hints(cls)
+    return st.builds(cls, **{f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(cls)})
+
+
+def sample(cls):
+    """One valid instance with plain values, for the malformed-frame tests."""
+    values = {int: 7, float: 1.5, str: "x", bytes: b"x", bool: True, dict: {"k": "v"}, list: [1]}
+    hints = typing.get_type_hints(cls)
+    body = {}
+    for field in dataclasses.fields(cls):
+        annotation = hints[field.name]
+        if annotation is typing.Any:
+            body[field.name] = {"any": [1, "two"]}
+            continue
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        body[field.name] = values[args[0] if args else annotation]
+    return cls(**body)
+
+
+def frame(version, type_name, body) -> bytes:
+    return msgpack.packb([version, type_name, body], use_bin_type=True)
+
+
+def body_of(msg) -> dict:
+    return {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+
+
+# --- round trips ---------------------------------------------------------------
+
+def test_every_message_in_the_module_is_registered():
+    declared = {obj for obj in vars(m).values() if isinstance(obj, type) and hasattr(obj, "TYPE")}
+    assert declared == set(MESSAGES)
+    assert {cls.TYPE for cls in MESSAGES} == {
+        "hello", "started", "output", "result", "heartbeat", "drain", "reject", "bye",
+        "welcome", "dispatch", "cancel", "ack", "stop", "error", "request", "reply"}
+
+
+@pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.TYPE)
+def test_every_message_round_trips(cls):
+    @settings(max_examples=40, deadline=None)
+    @given(msg=messages_of(cls))
+    def check(msg):
+        data = encode(msg)
+        assert isinstance(data, bytes)
+        decoded = decode(data)
+        assert type(decoded) is cls
+        assert decoded == msg
+
+    check()
+
+
+@pytest.mark.parametrize("msg", [
+    m.Hello(agent_id="a1", host="h", pid=1, slots=2, labels={}),
+    m.Welcome(heartbeat_sec=1.0, lease_sec=8.0, kill_grace_sec=5.0, output_limit=1024),
+    m.Dispatch(token=1, job_id="j", attempt=1, command="true", timeout_sec=60),
+    m.Reply(req_id=1, ok=True),
+], ids=lambda msg: msg.TYPE)
+def test_optional_fields_left_at_their_defaults_survive_the_wire(msg):
+    decoded = decode(encode(msg))
+    assert type(decoded) is type(msg)
+    for name, value in body_of(msg).items():
+        got = getattr(decoded, name)
+        # tuple defaults (()) come back as msgpack arrays, i.e. lists
+        assert (list(got) if isinstance(value, tuple) else got) == (
+            list(value) if isinstance(value, tuple) else value)
+
+
+def test_bytes_and_text_stay_distinct():
+    out = decode(encode(m.Output(token=1, stream=m.STDOUT, offset=0, data=b"\xff\x00raw")))
+    assert out.data == b"\xff\x00raw" and isinstance(out.data, bytes)
+    err = decode(encode(m.Error(code="x", message="ünïcødé ✓")))
+    assert err.message == "ünïcødé ✓"
+
+
+def test_every_frame_carries_the_protocol_version():
+    for cls in MESSAGES:
+        version, type_name, body = msgpack.unpackb(encode(sample(cls)), raw=False)
+        assert version == VERSION
+        assert type_name == cls.TYPE
+
+
+# --- malformed frames ---------------------------------------------------------------
+
+def only_protocol_error(data: bytes) -> ProtocolError:
+    """decode must raise ProtocolError, and no other exception type."""
+    try:
+        decode(data)
+    except ProtocolError as exc:
+        return exc
+    pytest.fail(f"decode accepted {data[:60]!r}")
+
+
+@settings(max_examples=500)
+@given(data=st.binary(max_size=200))
+def test_random_bytes_raise_only_protocol_error(data):
+    try:
+        decode(data)
+    except ProtocolError:
+        pass  # anything else propagates and fails the test
+
+
+@settings(max_examples=300)
+@given(value=MSGPACK_VALUE)
+def test_any_msgpack_value_raises_only_protocol_error(value):
+    try:
+        decode(msgpack.packb(value, use_bin_type=True))
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=150)
+@given(type_name=st.sampled_from([cls.TYPE for cls in MESSAGES]),
+       body=st.dictionaries(st.text(max_size=15), MSGPACK_VALUE, max_size=6))
+def test_random_bodies_for_real_types_raise_only_protocol_error(type_name, body):
+    try:
+        decode(frame(VERSION, type_name, body))
+    except ProtocolError:
+        pass
+
+
+@pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.TYPE)
+def test_truncated_frames_are_rejected(cls):
+    data = encode(sample(cls))
+    for cut in range(len(data)):
+        only_protocol_error(data[:cut])
+
+
+def test_trailing_garbage_is_rejected():
+    only_protocol_error(encode(m.Heartbeat()) + b"\x00")
+
+
+@pytest.mark.parametrize("value", [
+    None, 1, "hello", b"bytes", {"type": "hello"}, [], [VERSION], [VERSION, "heartbeat"],
+    [VERSION, "heartbeat", {}, "extra"], [VERSION, "heartbeat", []], [VERSION, "heartbeat", None],
+    [VERSION, "heartbeat", "body"], [VERSION, None, {}], [VERSION, 5, {}], [VERSION, b"heartbeat", {}],
+    [VERSION, ["heartbeat"], {}],
+])
+def test_valid_msgpack_of_the_wrong_shape_is_rejected(value):
+    only_protocol_error(msgpack.packb(value, use_bin_type=True))
+
+
+@pytest.mark.parametrize("type_name", ["nope", "Hello", "HELLO", "", "hello ", "x" * 1000])
+def test_unknown_message_type_is_rejected(type_name):
+    error = only_protocol_error(frame(VERSION, type_name, {}))
+    assert "unknown message type" in str(error)
+    assert len(str(error)) < 200  # a peer cannot make our log lines huge
+
+
+@pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.TYPE)
+def test_unknown_field_is_rejected(cls):
+    body = {**body_of(sample(cls)), "surprise": 1}
+    assert "unknown field" in str(only_protocol_error(frame(VERSION, cls.TYPE, body)))
+
+
+def test_non_string_field_names_are_rejected():
+    only_protocol_error(frame(VERSION, "reject", {b"token": 1}))
+    only_protocol_error(msgpack.packb([VERSION, "reject", {1: 1}], use_bin_type=True))
+
+
+REQUIRED = [(cls, f.name) for cls in MESSAGES for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING]
+
+
+@pytest.mark.parametrize("cls, name", REQUIRED, ids=lambda x: getattr(x, "TYPE", x))
+def test_missing_required_field_is_rejected(cls, name):
+    body = body_of(sample(cls))
+    del body[name]
+    only_protocol_error(frame(VERSION, cls.TYPE, body))
+
+
+WRONG = {int: "1", float: "1.5", str: 1, bytes: "text", bool: 1, dict: [1], list: {"a": 1}}
+
+
+def wrong_values():
+    for cls in MESSAGES:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            annotation = hints[field.name]
+            if annotation is typing.Any:
+                continue
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            base = args[0] if args else annotation
+            yield cls, field.name, WRONG[base]
+            if base is not bool:
+                yield cls, field.name, True
+            if type(None) not in typing.get_args(annotation):
+                yield cls, field.name, None
+
+
+@pytest.mark.parametrize("cls, name, value", list(wrong_values()),
+                         ids=lambda x: getattr(x, "TYPE", repr(x)))
+def test_wrong_field_types_are_rejected(cls, name, value):
+    body = {**body_of(sample(cls)), name: value}
+    only_protocol_error(frame(VERSION, cls.TYPE, body))
+
+
+@pytest.mark.parametrize("msg", [m.Reject(token=True), m.Started(token=1, pid=False, started_at=0.0),
+                                 m.Started(token=1, pid=1, started_at=True)], ids=repr)
+def test_bool_where_a_number_is_expected_is_rejected(msg):
+    # msgpack has a real boolean type; True must not pass for token 1
+    error = only_protocol_error(encode(msg))
+    assert "wrong type" in str(error)
+
+
+def test_int_where_bool_is_expected_is_rejected():
+    only_protocol_error(frame(VERSION, "reply", {"req_id": 1, "ok": 1}))
+
+
+def test_invalid_utf8_in_a_string_is_rejected():
+    good = encode(m.Error(code="abc", message="hello"))
+    assert b"hello" in good
+    only_protocol_error(good.replace(b"hello", b"hel\xffo"))
+    only_protocol_error(encode(m.Error(code="abc", message="x")).replace(b"\xa3abc", b"\xa3\xc3\x28c"))
+    only_protocol_error(encode(m.Heartbeat()).replace(b"heartbeat", b"heartbea\xff"))
+
+
+def test_frames_over_max_frame_are_rejected_before_parsing():
+    big = encode(m.Output(token=1, stream=1, offset=0, data=b"x" * MAX_FRAME))
+    assert len(big) > MAX_FRAME
+    error = only_protocol_error(big)
+    assert "limit" in str(error)
+
+
+def test_a_frame_just_under_max_frame_is_accepted():
+    data = b"x" * (MAX_FRAME - 64)
+    assert decode(encode(m.Output(token=1, stream=1, offset=0, data=data))).data == data
+
+
+# --- versions ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", [0, 2, VERSION + 1, -1, 2**40, "1", 1.5, None, True])
+def test_another_protocol_version_raises_version_mismatch_with_the_peer_version(version):
+    with pytest.raises(VersionMismatch) as info:
+        decode(frame(version, "heartbeat", {}))
+    assert info.value.peer_version == version
+    assert type(info.value.peer_version) is type(version)
+    assert isinstance(info.value, ProtocolError)  # one except clause catches every bad frame
+    assert str(VERSION) in str(info.value)
+
+
+def test_version_is_checked_before_the_type_and_body():
+    # a newer peer may have new message types; it must hear "version", not "unknown type"
+    with pytest.raises(VersionMismatch) as info:
+        decode(frame(2, "brand-new-type", {"new": "field"}))
+    assert info.value.peer_version == 2
