@@ -37,7 +37,7 @@ SETTINGS: dict[str, Setting] = {
                            "default timeout of a job"),
     "heartbeat_sec": Setting(1.0, False, lambda v: 0.05 <= v <= 60, "0.05 to 60 seconds",
                              "how often broker and agents exchange heartbeats"),
-    "lease_sec": Setting(8.0, False, lambda v: 0.5 <= v <= 3600, "0.5 to 3600 seconds",
+    "lease_sec": Setting(6.0, False, lambda v: 0.5 <= v <= 3600, "0.5 to 3600 seconds",
                          "silence after which an agent is lost and its jobs run again"),
     "kill_grace_sec": Setting(5.0, False, lambda v: 0 <= v <= 3600, "0 to 3600 seconds",
                               "SIGTERM-to-SIGKILL grace on timeout and cancel"),
