@@ -45,8 +45,9 @@ def _stop(proc: subprocess.Popen, name: str, patience: float) -> None:
 
 
 def up(
-    agents: Annotated[int, typer.Option("--agents", "-n", min=1, max=10_000,
-                                        help="local agent slots [default: number of CPUs]")] = 0,
+    agents: Annotated[Optional[int], typer.Option(
+        "--agents", "-n", min=1, max=10_000,
+        help="local agent slots [default: number of CPUs]")] = None,
     bind: Annotated[Optional[str], typer.Option(
         "--bind", help="broker endpoint [default: tcp://127.0.0.1:5555]")] = None,
     db: Annotated[Optional[str], typer.Option(

@@ -507,7 +507,8 @@ def test_up_runs_broker_and_agents_until_ctrl_c(procs, tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     db = tmp_path / "up.db"
     env = {**os.environ, "QUEUECTL_HOME": str(home), "QUEUECTL_BROKER": endpoint}
-    up = procs.start(program("queuectl") + ["up", "--agents", "2", "--bind", endpoint,
+    # No --agents: the default (one slot per CPU) is what the README runs.
+    up = procs.start(program("queuectl") + ["up", "--bind", endpoint,
                                             "--db", str(db), "--no-http"], "up.log", env=env)
     from queuectl.client import BrokerUnreachable, Client
 
@@ -526,9 +527,10 @@ def test_up_runs_broker_and_agents_until_ctrl_c(procs, tmp_path):
         def agent_ready():
             result = run_cli(None, "agents", "--json", env=env)
             agents = json.loads(result.stdout) if result.returncode == 0 else []
-            return agents if sum(a["slots"]["total"] for a in agents) == 2 else None
+            return agents if sum(a["slots"]["total"] for a in agents) == slots else None
 
-        agents = wait_until(agent_ready, 20, message="2 agent slots")
+        slots = os.cpu_count() or 1
+        agents = wait_until(agent_ready, 20, message=f"{slots} agent slots")
         agent_pid = agents[0]["pid"]
         assert pid_alive(broker_pid) and pid_alive(agent_pid)
         assert db.exists()
