@@ -66,7 +66,8 @@ def lock_store(db_path: str) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        raise SystemExit(f"queuectl-broker: another broker (pid {holder}) owns {db_path}")
+        os.close(fd)
+        raise SystemExit(f"queuectl-broker: another broker (pid {holder}) owns {db_path}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -34,6 +34,16 @@ def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document) + "\n")
 
 
+def present(document: Any, as_json: bool, table: str) -> None:
+    """Print ``document`` as JSON for scripts, or as ``render.<table>`` for people."""
+    if as_json:
+        emit_json(document)
+    else:
+        from . import render  # rich loads only when a table is printed
+
+        getattr(render, table)(document)
+
+
 def say(text: str) -> None:
     sys.stdout.write(text + "\n")
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import BrokerOpt, JsonOpt, client, emit_json, say
+from .common import BrokerOpt, JsonOpt, client, emit_json, present, say
 
 app = typer.Typer(help="Show and change the broker's settings (kept across restarts).",
                   no_args_is_help=True)
@@ -16,13 +16,7 @@ app = typer.Typer(help="Show and change the broker's settings (kept across resta
 def config_show(ctx: typer.Context, broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:
     """Every setting."""
     with client(ctx, broker) as qc:
-        doc = qc.config_show()
-    if as_json:
-        emit_json(doc)
-    else:
-        from . import render
-
-        render.config(doc)
+        present(qc.config_show(), as_json, "config")
 
 
 @app.command("get")

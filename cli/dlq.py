@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import BrokerOpt, JsonOpt, client, emit_json, say
+from .common import BrokerOpt, JsonOpt, client, emit_json, present, say
 
 app = typer.Typer(help="Dead jobs (retries exhausted): list them, run them again.",
                   no_args_is_help=True)
@@ -16,13 +16,7 @@ app = typer.Typer(help="Dead jobs (retries exhausted): list them, run them again
 def dlq_list(ctx: typer.Context, broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:
     """Dead jobs with their last failure reason, the most recent first."""
     with client(ctx, broker) as qc:
-        items = qc.dlq_list()
-    if as_json:
-        emit_json(items)
-    else:
-        from . import render
-
-        render.dlq(items)
+        present(qc.dlq_list(), as_json, "dlq")
 
 
 @app.command("retry")

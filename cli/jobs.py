@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import BrokerOpt, JsonOpt, client, emit_json, say
+from .common import BrokerOpt, JsonOpt, client, emit_json, present, say
 
 
 def _invalid(message: str) -> Exception:
@@ -80,13 +80,7 @@ def enqueue(
 def status(ctx: typer.Context, broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:
     """Counts per state, the DLQ, average duration, agents and slots."""
     with client(ctx, broker) as qc:
-        doc = qc.status()
-    if as_json:
-        emit_json(doc)
-    else:
-        from . import render
-
-        render.status(doc)
+        present(qc.status(), as_json, "status")
 
 
 def list_jobs(
@@ -102,26 +96,14 @@ def list_jobs(
     if state is not None and state not in ALL_STATES:
         raise _invalid(f"unknown state {state!r} (one of: {', '.join(ALL_STATES)})")
     with client(ctx, broker) as qc:
-        items = qc.list(state=state, queue=queue, limit=limit)
-    if as_json:
-        emit_json(items)
-    else:
-        from . import render
-
-        render.jobs(items)
+        present(qc.list(state=state, queue=queue, limit=limit), as_json, "jobs")
 
 
 def show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
          broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:
     """One job with its attempts."""
     with client(ctx, broker) as qc:
-        doc = qc.get(job_id)
-    if as_json:
-        emit_json(doc)
-    else:
-        from . import render
-
-        render.job(doc)
+        present(qc.get(job_id), as_json, "job")
 
 
 def logs(

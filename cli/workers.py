@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import BrokerOpt, JsonOpt, client, emit_json, note, say
+from .common import BrokerOpt, JsonOpt, client, emit_json, note, present, say
 from .common import endpoint as common_endpoint
 
 app = typer.Typer(help="Run an agent in the foreground, or stop every agent.",
@@ -66,10 +66,4 @@ def worker_stop(ctx: typer.Context, broker: BrokerOpt = None, as_json: JsonOpt =
 def agents(ctx: typer.Context, broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:
     """Connected agents: host, labels, slots, last heartbeat, running jobs."""
     with client(ctx, broker) as qc:
-        items = qc.agents()
-    if as_json:
-        emit_json(items)
-    else:
-        from . import render
-
-        render.agents(items)
+        present(qc.agents(), as_json, "agents")
