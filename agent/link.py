@@ -1,10 +1,17 @@
-"""The agent's connection to the broker: a DEALER socket, Hello, liveness.
+"""The agent's connection to the broker: one DEALER socket, two kinds of liveness.
 
-Shaped like the ZeroMQ guide's Paranoid Pirate worker: any frame from the
-broker proves it is alive. After ``3 x heartbeat`` of silence the agent
-recreates its socket (dropping anything queued for the dead broker) and says
-Hello again, with exponential backoff between tries. Until a Welcome comes
-back the link is down and ``send`` refuses, so the caller holds its results.
+* **Transport**: libzmq's ZMTP heartbeats (PING/PONG) and the socket monitor
+  say whether the connection is up. The broker's libzmq I/O thread answers
+  PINGs even while its loop is busy writing a big batch to SQLite, so a busy
+  broker is not mistaken for a dead one. libzmq reconnects by itself, with
+  exponential backoff from 100 ms to 5 s.
+* **Session**: the broker knows this agent once it has answered Hello with
+  Welcome. After every (re)connection the agent says Hello again: a broker
+  that restarted adopts the agent's leases, or tells it to cancel them.
+
+``unheard_for`` is how long the broker may have been unable to hear us: zero
+while the transport is up (our heartbeats reach its queue and it reads them
+before judging any lease), else the time since the broker was last heard.
 """
 
 from __future__ import annotations
@@ -14,14 +21,15 @@ import time
 from typing import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from queuectl.proto import MAX_FRAME, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import messages as m
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 5.0
+HELLO_RETRY = 2.0  # seconds between Hellos while connected but not welcomed
+EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 class Link:
@@ -31,47 +39,71 @@ class Link:
         self.hello = hello
         self.ctx = zmq.Context.instance()
         self.socket: zmq.Socket | None = None
-        self.up = False
+        self.monitor: zmq.Socket | None = None
+        self.heartbeat = 0.0     # the ZMTP heartbeat the socket was opened with
+        self.transport_up = False
+        self.up = False          # welcomed by the broker
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
-        self.backoff = BACKOFF_FIRST
-        self.retry_at = 0.0
+        self.hello_at = 0.0
 
-    def connect(self, now: float) -> None:
-        """(Re)create the socket and say Hello; a Welcome will bring the link up."""
-        if self.socket is not None:
-            self.socket.close(linger=0)
+    def open(self, heartbeat: float) -> None:
+        """(Re)create the socket; raises zmq.ZMQError for a malformed endpoint."""
+        self.close(linger=0)
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self.identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
         sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+        # A dead or cut-off broker is noticed within 2 heartbeats.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(heartbeat * 1000)))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(heartbeat * 1000)))
         if "[" in self.endpoint:
             sock.setsockopt(zmq.IPV6, 1)
-        sock.connect(self.endpoint)
-        self.socket = sock
-        self.up = False
-        self.retry_at = now + self.backoff
-        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+        self.monitor = sock.get_monitor_socket(EVENTS)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError:
+            self.socket = sock
+            self.close(linger=0)
+            raise
+        self.socket, self.heartbeat = sock, heartbeat
+        self.transport_up = self.up = False
+
+    def on_monitor(self, now: float) -> None:
+        """Apply connection events from libzmq."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                log.info("connected to broker %s", self.endpoint)
+                self.transport_up, self.up = True, False
+                self.last_heard = now
+                self.say_hello(now)  # the broker may be a new process
+            elif event == zmq.EVENT_DISCONNECTED and self.transport_up:
+                log.warning("lost the connection to broker %s; reconnecting", self.endpoint)
+                self.transport_up = self.up = False
+
+    def say_hello(self, now: float) -> None:
+        self.hello_at = now
         self._send(self.hello())
 
-    def welcomed(self) -> None:
-        if not self.up:
-            log.info("connected to broker %s", self.endpoint)
-        self.up = True
-        self.backoff = BACKOFF_FIRST
+    def tick(self, now: float) -> None:
+        if self.transport_up and not self.up and now - self.hello_at >= HELLO_RETRY:
+            self.say_hello(now)
 
-    def needs_reconnect(self, now: float, heartbeat: float) -> bool:
-        if self.up:
-            if now - self.last_heard > 3 * heartbeat:
-                log.warning("broker %s silent for %.1fs; reconnecting", self.endpoint,
-                            now - self.last_heard)
-                return True
-            return False
-        return now >= self.retry_at
+    def welcomed(self) -> None:
+        self.up = True
+
+    def unheard_for(self, now: float) -> float:
+        return 0.0 if self.transport_up else now - self.last_heard
 
     def send(self, msg: object) -> bool:
-        """Send if the link is up; False means the caller must hold the message."""
+        """Send if the broker has welcomed us; False means the caller must hold it."""
         return self.up and self._send(msg)
 
     def _send(self, msg: object) -> bool:
@@ -99,7 +131,12 @@ class Link:
                 log.warning("dropped a malformed frame from the broker: %s", exc)
 
     def close(self, linger: float = 2.0) -> None:
-        """Close for good, giving queued messages (the final Bye) ``linger`` seconds."""
+        """Close, giving queued messages (the final Bye) ``linger`` seconds."""
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
         if self.socket is not None:
             self.socket.close(linger=int(linger * 1000))
             self.socket = None
+        self.transport_up = self.up = False

@@ -20,12 +20,20 @@ def parse_label(text: str) -> tuple[str, str]:
 
 def run_agent(broker: str, count: int, labels: dict[str, str], grace: float) -> int:
     """Run an agent in the foreground until SIGTERM/SIGINT; returns the exit code."""
-    from .worker import Agent  # zmq is imported here, not at CLI start-up
+    import zmq  # imported here, not at CLI start-up
+
+    from .worker import Agent
 
     agent = Agent(broker, count, labels, grace)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: agent.signal(signum))
-    return agent.run()
+    try:
+        return agent.run()
+    except zmq.ZMQError as exc:
+        if agent.watchdog is not None:
+            raise  # not an endpoint problem: a bug worth its traceback
+        print(f"queuectl-agent: bad broker endpoint {broker!r}: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,9 +77,9 @@ class Agent:
     # --- the loop -------------------------------------------------------------
 
     def run(self) -> int:
+        self._open_link()  # first: a malformed endpoint fails before anything starts
         self.watchdog = Watchdog()
         self.poller.register(self._wake_r, zmq.POLLIN)
-        self._reconnect(time.monotonic())
         log.info("agent %s: %d slots, labels %s, broker %s", self.agent_id, self.slots,
                  self.labels or "none", self.link.endpoint)
         while not self._finished(time.monotonic()):
@@ -102,6 +102,8 @@ class Agent:
         if target is self.link.socket:
             for msg in self.link.receive():
                 self._on_message(msg)
+        elif target is self.link.monitor:
+            self.link.on_monitor(time.monotonic())
         elif target == self._wake_r:
             os.read(self._wake_r, 4096)
         elif target in self.fds:
@@ -120,7 +122,8 @@ class Agent:
         if self.jobs:
             wake = min(wake, now + FLUSH_EVERY)
             for job in self.jobs.values():
-                wake = min(wake, job.deadline, job.kill_at or wake)
+                # A job being killed waits for its SIGKILL time, not its past deadline.
+                wake = min(wake, job.kill_at if job.forced is not None else job.deadline)
         return max(0, int((wake - now) * 1000) + 1)
 
     def _finished(self, now: float) -> bool:
@@ -138,11 +141,13 @@ class Agent:
         if self.held:
             log.warning("agent %s: results of attempts %s were not acknowledged; the broker "
                         "will run those jobs again", self.agent_id, sorted(self.held))
+        if self.watchdog is not None:
+            self.watchdog.close()
+        # Bye comes last: the broker treats this agent as gone once Bye arrived
+        # and the connection closed, which `worker stop` waits for.
         if not self.fatal:
             self.link.send(m.Bye())
         self.link.close()
-        if self.watchdog is not None:
-            self.watchdog.close()
         if self.fatal:
             log.error("agent %s stopped: %s", self.agent_id, self.fatal)
             return 1
@@ -156,11 +161,14 @@ class Agent:
                        slots=self.slots, labels=self.labels,
                        tokens=sorted(set(self.jobs) | set(self.held)))
 
-    def _reconnect(self, now: float) -> None:
-        if self.link.socket is not None:
-            self.poller.unregister(self.link.socket)
-        self.link.connect(now)
+    def _open_link(self) -> None:
+        """(Re)open the broker socket with ZMTP heartbeats matching ``self.heartbeat``."""
+        for sock in (self.link.socket, self.link.monitor):
+            if sock is not None:
+                self.poller.unregister(sock)
+        self.link.open(self.heartbeat)
         self.poller.register(self.link.socket, zmq.POLLIN)
+        self.poller.register(self.link.monitor, zmq.POLLIN)
 
     def _on_message(self, msg: Any) -> None:
         if isinstance(msg, m.Dispatch):
@@ -183,6 +191,12 @@ class Agent:
     def _welcome(self, msg: m.Welcome) -> None:
         self.heartbeat, self.lease = msg.heartbeat_sec, msg.lease_sec
         self.kill_grace, self.output_limit = msg.kill_grace_sec, msg.output_limit
+        if self.heartbeat != self.link.heartbeat:
+            # Transport failure detection must follow heartbeat_sec (the lease
+            # arithmetic depends on it): reconnect with the new ZMTP heartbeat.
+            log.info("heartbeat is now %ss; reconnecting with it", self.heartbeat)
+            self._open_link()
+            return
         self.link.welcomed()
         for token in msg.cancel:
             job = self.jobs.get(token)
@@ -200,7 +214,8 @@ class Agent:
     def _error(self, msg: m.Error) -> None:
         if msg.code == "hello_first":
             log.info("the broker does not know this agent (it restarted?); saying hello again")
-            self._reconnect(time.monotonic())
+            self.link.up = False
+            self.link.say_hello(time.monotonic())
         elif msg.code == "version":
             self.fatal = msg.message
         else:
@@ -278,14 +293,13 @@ class Agent:
     # --- timers and stopping -----------------------------------------------------
 
     def _timers(self, now: float) -> None:
-        if self.link.needs_reconnect(now, self.heartbeat):
-            self._reconnect(now)
+        self.link.tick(now)
         if self.link.up and now - self.link.last_sent >= self.heartbeat:
             self.link.send(m.Heartbeat())
-        silence = now - self.link.last_heard
+        silence = self.link.unheard_for(now)
         for job in list(self.jobs.values()):
             if job.forced is None and silence > max(self.lease - 2 * self.heartbeat, self.heartbeat):
-                log.warning("job %s (attempt %d): no word from the broker for %.1fs, past the "
+                log.warning("job %s (attempt %d): cut off from the broker for %.1fs, past the "
                             "lease; killing it so it cannot run twice", job.job_id, job.token, silence)
                 job.kill(Outcome.LEASE_LOST, 0)
             elif job.forced is None and now >= job.deadline:

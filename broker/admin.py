@@ -205,8 +205,12 @@ def op_config_set(call: Call) -> Any:
     key = config_keys.normalize_key(call.arg("key", str))
     value = config_keys.parse_value(key, call.args.get("value"))
     proposed = {**broker.config, key: value}
-    if proposed["lease_sec"] < 2 * proposed["heartbeat_sec"]:
-        raise config_keys.ConfigError("lease_sec must be at least twice heartbeat_sec")
+    if proposed["lease_sec"] < 4 * proposed["heartbeat_sec"]:
+        # Agents kill their jobs after lease - 2 x heartbeat without the broker,
+        # and notice a dead connection within 2 heartbeats (agent/link.py).
+        raise config_keys.ConfigError(
+            f"lease_sec must be at least 4 x heartbeat_sec ({4 * proposed['heartbeat_sec']:g} with"
+            f" heartbeat_sec {proposed['heartbeat_sec']:g}); got {proposed['lease_sec']:g}")
     broker.store.set_config(key, value)
     broker.config[key] = value
     if key in ("heartbeat_sec", "lease_sec", "kill_grace_sec", "output_limit"):
@@ -221,7 +225,9 @@ def agent_view(broker: "Broker", agent: Any) -> dict[str, Any]:
         "id": agent.agent_id, "host": agent.host, "pid": agent.pid, "labels": agent.labels,
         "slots": {"busy": len(agent.inflight), "total": agent.slots},
         "last_heartbeat": to_iso(agent.last_seen_wall), "connected_at": to_iso(agent.connected_at),
-        "state": "draining" if agent.draining else "active", "running": running,
+        "state": "stopping" if agent.departing_since is not None
+        else "draining" if agent.draining else "active",
+        "running": running,
     }
 
 
@@ -234,9 +240,7 @@ def op_stop_agents(call: Call) -> Any:
     broker = call.broker
     stopping = []
     for agent in broker.agents:
-        if not agent.stop_sent:
-            broker.send(agent.ident, m.Stop())
-            agent.stop_sent = True
+        broker.send(agent.ident, m.Stop())
         stopping.append(agent.agent_id)
     return {"stopping": stopping}
 
@@ -251,6 +255,9 @@ def op_wait_agents(call: Call) -> Any:
     def check() -> Any:
         return None if remaining() else {"remaining": []}
 
+    for agent in broker.agents:  # again: a Stop can be lost when an agent reconnects
+        if agent.agent_id in ids and agent.departing_since is None:
+            broker.send(agent.ident, m.Stop())
     if not remaining() or call.hold() == 0:
         return {"remaining": remaining()}
     return call.park("agents", check, lambda: {"remaining": remaining()})

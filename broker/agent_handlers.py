@@ -38,10 +38,12 @@ def _bad_hello(msg: m.Hello) -> str | None:
         return "agent_id must be 1-256 characters"
     if not 1 <= msg.slots <= MAX_SLOTS:
         return f"slots must be from 1 to {MAX_SLOTS}"
+    if not 0 <= msg.pid < 2**31:
+        return "pid is out of range"
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in msg.labels.items()):
         return "labels must map strings to strings"
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in msg.tokens):
-        return "tokens must be integers"
+    if not all(type(t) is int and 0 < t < 2**63 for t in msg.tokens):
+        return "tokens must be attempt ids (positive 64-bit integers)"
     return None
 
 
@@ -50,21 +52,27 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
     if problem:
         broker.send(ident, m.Error(code="invalid", message=f"hello refused: {problem}"))
         return
+    if ident != msg.agent_id.encode():
+        # Agents use their id as socket identity. libzmq gives a reconnecting
+        # agent's identity to the new connection and renames the old one, so
+        # a Hello still queued on the old connection arrives under another name.
+        log.debug("ignored a stale hello from agent %s", msg.agent_id)
+        return
     tokens = set(msg.tokens)
     agent = broker.agents.get(ident)
     if agent is None:
         agent = AgentConn(agent_id=msg.agent_id, ident=ident, host=msg.host[:256], pid=msg.pid,
                           slots=msg.slots, labels=dict(msg.labels), connected_at=broker.now,
                           last_seen=broker.mono, last_seen_wall=broker.now)
-        broker.agents.add(agent)
         log.info("agent %s connected from %s with %d slots", agent.agent_id, agent.host, agent.slots)
     else:
-        # The same agent reconnected before its lease expired. Leases it no
-        # longer mentions ended on its side without a result we can wait for.
+        # The same agent said Hello again (it reconnected). An attempt it no
+        # longer mentions never reached it, or ended without a result.
         for token in sorted(agent.inflight - tokens):
             agent.inflight.discard(token)
-            broker.finish_attempt(token, Outcome.LEASE_LOST)
-        agent.slots, agent.labels, agent.draining = msg.slots, dict(msg.labels), False
+            broker.forget_lease(token)
+        agent.slots, agent.labels = msg.slots, dict(msg.labels)
+        agent.draining, agent.departing_since = False, None
     cancel = []
     for token in sorted(tokens - agent.inflight):
         job = broker.store.job_by_lease(token)
@@ -75,7 +83,12 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
             cancel.append(token)
     if cancel:
         log.info("agent %s: attempts %s are no longer leased to it; canceling", agent.agent_id, cancel)
+    broker.agents.add(agent)
     welcome(broker, agent, cancel)
+    for token in sorted(agent.inflight):  # cancels requested while it was away
+        job = broker.store.job_by_lease(token)
+        if job is not None and job.cancel_requested:
+            broker.send(ident, m.Cancel(token=token, reason="canceled by a user"))
     broker.dirty = True
     broker.notify("agents")
 
@@ -132,7 +145,8 @@ def on_bye(broker: "Broker", agent: AgentConn, msg: m.Bye) -> None:
         log.warning("agent %s left with %d jobs unreported; they run again",
                     agent.agent_id, len(agent.inflight))
     log.info("agent %s disconnected", agent.agent_id)
-    broker.drop_agent(agent, Outcome.LEASE_LOST)
+    broker.end_leases(agent, Outcome.LEASE_LOST)
+    broker.depart(agent)
 
 
 def _known(handler: Callable[["Broker", AgentConn, Any], None]):

@@ -23,8 +23,9 @@ class AgentConn:
     last_seen_wall: float
     last_sent: float = 0.0     # monotonic
     inflight: set[int] = field(default_factory=set)
-    draining: bool = False
-    stop_sent: bool = False
+    draining: bool = False     # stopping: takes no new jobs
+    reachable: bool = True     # false after a send to it failed, until it speaks again
+    departing_since: float | None = None  # said Bye; gone once its connection closes
 
     @property
     def labels_json(self) -> str | None:
@@ -32,7 +33,9 @@ class AgentConn:
 
     @property
     def free(self) -> int:
-        return 0 if self.draining else max(0, self.slots - len(self.inflight))
+        if self.draining or not self.reachable or self.departing_since is not None:
+            return 0
+        return max(0, self.slots - len(self.inflight))
 
 
 class Registry:

@@ -159,7 +159,7 @@ class JobService:
             jobs = self.store.dead_jobs()
         else:
             jobs = []
-            for job_id in job_ids:
+            for job_id in dict.fromkeys(job_ids):  # each id once, in the order given
                 job = self.get(job_id)
                 if job.state is not JobState.DEAD:
                     raise JobError("conflict", f"job {job_id!r} is {job.state.value}, not in the DLQ")

@@ -29,11 +29,12 @@ from . import admin, agent_handlers
 from .agents import AgentConn, Registry
 from .jobs import JobError, JobService
 from .parking import Parked, ParkingLot
-from .store import UNAVAILABLE_ERRORS, Job, Store
+from .store import UNAVAILABLE_ERRORS, Job, StaleState, Store
 
 log = logging.getLogger(__name__)
 
 BATCH = 512  # frames handled per transaction
+DEPARTURE_WAIT = 5.0  # seconds a departing agent's connection may take to close
 
 
 class Broker:
@@ -141,7 +142,9 @@ class Broker:
                     request = self._handle_frame(frame)
                     if request is not None:
                         requests.append(request)
-                self.tick()
+                # Judge leases only with an empty inbox: a heartbeat still
+                # queued behind a full batch must not count as missing.
+                self.tick(judge_leases=len(frames) < BATCH)
         except UNAVAILABLE_ERRORS as exc:
             log.error("store commit failed (%s); the batch of %d messages is rolled back",
                       exc, len(frames))
@@ -150,6 +153,17 @@ class Broker:
             with self.store.transaction():
                 self.resync()
         self._flush()
+        self._discount_deafness(time.monotonic() - self.mono)
+
+    def _discount_deafness(self, duration: float) -> None:
+        """A long step (a huge batch) is time the broker could not hear anyone:
+        move every lease clock forward by it, so no agent is lost for our delay."""
+        if duration > self.config["heartbeat_sec"]:
+            log.info("a loop iteration took %.1fs; lease clocks extended by that much", duration)
+            for agent in self.agents:
+                agent.last_seen += duration
+            for token in self.orphans:
+                self.orphans[token] += duration
 
     def _batch_failed(self, requests: list[tuple[bytes, int]], exc: Exception) -> None:
         """Nothing of the batch was stored: take back every message it would send."""
@@ -177,6 +191,7 @@ class Broker:
         agent = self.agents.get(ident)
         if agent is not None:
             agent.last_seen, agent.last_seen_wall = self.mono, self.now
+            agent.reachable = True
         if isinstance(msg, m.Request):
             self._handle_request(ident, msg)
             return ident, msg.req_id
@@ -206,6 +221,8 @@ class Broker:
             self._send_reply(ident, req.req_id, None, ErrorCode.INVALID, str(exc))
         except JobError as exc:
             self._send_reply(ident, req.req_id, None, ErrorCode(exc.code), str(exc))
+        except StaleState as exc:  # the job changed between two steps of the request
+            self._send_reply(ident, req.req_id, None, ErrorCode.CONFLICT, str(exc))
         except UNAVAILABLE_ERRORS:
             raise
         except Exception:
@@ -220,12 +237,12 @@ class Broker:
 
     # --- timed work ---------------------------------------------------------
 
-    def tick(self) -> None:
+    def tick(self, judge_leases: bool = True) -> None:
         """Timed work: expiries, heartbeats, released leases, due jobs, dispatch."""
         for parked, result in self.parking.expire(self.mono):
             self._send_reply(parked.ident, parked.req_id, result)
         if self.mono >= self._next_maintenance:
-            self._maintain()
+            self._maintain(judge_leases)
             self._next_maintenance = self.mono + min(0.25, self.config["heartbeat_sec"] / 2)
         while self.undelivered:
             token = self.undelivered.pop()
@@ -241,10 +258,14 @@ class Broker:
         if self.dirty:
             self.dispatch()
 
-    def _maintain(self) -> None:
+    def _maintain(self, judge_leases: bool) -> None:
         heartbeat, lease = self.config["heartbeat_sec"], self.config["lease_sec"]
         for agent in self.agents:
-            if self.mono - agent.last_seen > lease:
+            if agent.departing_since is not None:
+                if not self._still_connected(agent) or \
+                        self.mono - agent.departing_since > DEPARTURE_WAIT:
+                    self.forget_agent(agent)
+            elif judge_leases and self.mono - agent.last_seen > lease:
                 log.warning("agent %s lost: no heartbeat for %.1fs; %d jobs will run again",
                             agent.agent_id, self.mono - agent.last_seen, len(agent.inflight))
                 self.drop_agent(agent, Outcome.LEASE_LOST)
@@ -278,14 +299,43 @@ class Broker:
 
     # --- shared helpers for handlers ------------------------------------------
 
-    def drop_agent(self, agent: AgentConn, outcome: Outcome) -> None:
-        """Forget an agent; its leases end as failed attempts with ``outcome``."""
-        self.agents.remove(agent)
+    def _still_connected(self, agent: AgentConn) -> bool:
+        """Probe a departing agent: ROUTER_MANDATORY refuses a closed connection."""
+        try:
+            self.socket.send_multipart([agent.ident, encode(m.Heartbeat())], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    def end_leases(self, agent: AgentConn, outcome: Outcome) -> None:
+        """End every attempt leased to ``agent`` as a failed attempt with ``outcome``."""
         for token in sorted(agent.inflight):
             self.finish_attempt(token, outcome)
         agent.inflight.clear()
-        self.notify("agents")
         self.dirty = True
+
+    def drop_agent(self, agent: AgentConn, outcome: Outcome) -> None:
+        """Forget an agent; its leases end as failed attempts with ``outcome``."""
+        self.end_leases(agent, outcome)
+        self.forget_agent(agent)
+
+    def forget_agent(self, agent: AgentConn) -> None:
+        self.agents.remove(agent)
+        self.notify("agents")
+
+    def depart(self, agent: AgentConn) -> None:
+        """The agent said Bye: it counts as gone once its connection has closed."""
+        agent.departing_since = self.mono
+        self._next_maintenance = min(self._next_maintenance, self.mono + 0.02)
+
+    def forget_lease(self, token: int) -> None:
+        """An agent no longer has attempt ``token``: undo it if it never started."""
+        attempt = self.store.attempt(token)
+        if attempt is not None and attempt.started_at is None:
+            self.jobs.release(token, self.now)  # the dispatch was lost on the way
+            self.dirty = True
+        else:
+            self.finish_attempt(token, Outcome.LEASE_LOST)
 
     def finish_attempt(self, token: int, outcome: Outcome, *, exit_code: int | None = None,
                        detail: str = "", started_at: float | None = None,
@@ -360,7 +410,12 @@ class Broker:
             except zmq.ZMQError as exc:
                 if isinstance(msg, m.Dispatch):
                     self.undelivered.append(msg.token)
-                log.debug("could not send %s to %s: %s", msg.TYPE, ident.hex()[:16], exc)
+                agent = self.agents.get(ident)
+                if agent is not None and agent.reachable:
+                    # Not connected right now: dispatch nothing more to it until
+                    # it speaks again (or its lease expires).
+                    agent.reachable = False
+                    log.info("agent %s is unreachable: %s", agent.agent_id, exc)
                 continue
             agent = self.agents.get(ident)
             if agent is not None:

@@ -75,8 +75,12 @@ MIGRATIONS = [
         agent TEXT,
         cancel_requested INTEGER NOT NULL DEFAULT 0
     );
-    -- claim-next: lowest priority value, then oldest run_at, then insertion order
-    CREATE INDEX jobs_claim ON jobs(priority, run_at, seq) WHERE due = 1;
+    -- claim-next: lowest priority value, then oldest run_at, then insertion order.
+    -- Jobs that require labels have their own index, so a backlog that no
+    -- agent can take never slows down claiming the others.
+    CREATE INDEX jobs_claim ON jobs(priority, run_at, seq) WHERE due = 1 AND requires IS NULL;
+    CREATE INDEX jobs_claim_placed ON jobs(priority, run_at, seq)
+        WHERE due = 1 AND requires IS NOT NULL;
     -- the timer: the earliest run_at among jobs that are waiting for it
     CREATE INDEX jobs_timer ON jobs(run_at) WHERE due = 0 AND state IN ('pending', 'failed');
     CREATE INDEX jobs_state ON jobs(state, seq);
@@ -95,8 +99,10 @@ MIGRATIONS = [
         exit_code INTEGER,
         reason TEXT,
         stale INTEGER NOT NULL DEFAULT 0,
-        stdout_bytes INTEGER NOT NULL DEFAULT 0,
-        stderr_bytes INTEGER NOT NULL DEFAULT 0
+        stdout_bytes INTEGER NOT NULL DEFAULT 0,   -- stored (after trimming)
+        stderr_bytes INTEGER NOT NULL DEFAULT 0,
+        stdout_end INTEGER NOT NULL DEFAULT 0,     -- stream offset after the last stored byte
+        stderr_end INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX attempts_job ON attempts(job_seq, id);
 
@@ -248,6 +254,10 @@ class Store:
         # survives a power loss, at about a tenth of the commit rate.
         self.conn.pragma("synchronous", synchronous)
         self.conn.create_scalar_function("qc_labels_match", _labels_match, 2, deterministic=True)
+        # Claim cache: label sets that matched no due placed job, and the
+        # generation of placed jobs they were checked against.
+        self._placed_generation = 0
+        self._no_placed_match: dict[str, int] = {}
         self._migrate()
 
     def close(self) -> None:
@@ -291,7 +301,7 @@ class Store:
             (j.id, j.command, j.queue, j.priority, j.run_at, 1 if j.run_at <= now else 0,
              j.timeout_sec, j.max_retries,
              json.dumps(j.env) if j.env is not None else None, j.cwd,
-             json.dumps(j.requires, sort_keys=True) if j.requires is not None else None,
+             json.dumps(j.requires, sort_keys=True) if j.requires else None,  # {}: anywhere
              now, now)
             for j in jobs
         ]
@@ -306,6 +316,8 @@ class Store:
                 if self.job(job.id) is not None:
                     raise DuplicateId(job.id) from None
             raise
+        if any(j.requires and j.run_at <= now for j in jobs):
+            self._placed_generation += 1
 
     def job(self, job_id: str) -> Job | None:
         row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE id = ?", (job_id,))
@@ -329,16 +341,29 @@ class Store:
         sql = f"SELECT {_JOB_SELECT} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
         return [Job.from_row(row) for row in self.conn.execute(sql, params)]
 
+    def _next_due(self, labels_json: str | None) -> tuple | None:
+        """The best due job for an agent with these labels: (seq, state, attempts) or None."""
+        order = "ORDER BY priority, run_at, seq LIMIT 1"
+        free = self._one(f"SELECT priority, run_at, seq, state, attempts FROM jobs"
+                         f" WHERE due = 1 AND requires IS NULL {order}")
+        placed = None
+        if labels_json is not None and \
+                self._no_placed_match.get(labels_json) != self._placed_generation:
+            placed = self._one(f"SELECT priority, run_at, seq, state, attempts FROM jobs"
+                               f" WHERE due = 1 AND requires IS NOT NULL"
+                               f" AND qc_labels_match(requires, ?) {order}", (labels_json,))
+            if placed is None:
+                self._no_placed_match[labels_json] = self._placed_generation
+        best = min((row for row in (free, placed) if row is not None), default=None)
+        return best[2:] if best else None
+
     def claim(self, now: float, agent_id: str, labels_json: str | None) -> tuple[Job, int] | None:
         """Lease the next due job this agent may run; returns (job, token) or None.
 
         The broker is the only writer and runs one thread, so select, insert
         and update inside one transaction cannot interleave with another claim.
         """
-        row = self._one(
-            "SELECT seq, state, attempts FROM jobs WHERE due = 1"
-            " AND (requires IS NULL OR qc_labels_match(requires, ?))"
-            " ORDER BY priority, run_at, seq LIMIT 1", (labels_json,))
+        row = self._next_due(labels_json)
         if row is None:
             return None
         seq, state, attempts = row
@@ -380,6 +405,8 @@ class Store:
             f" RETURNING {_JOB_SELECT}", params)
         if row is None:
             raise StaleState(f"job {job.id} is no longer {job.state.value}")
+        if due and job.requires is not None:
+            self._placed_generation += 1
         return Job.from_row(row)
 
     def set_fields(self, job: Job, now: float, **fields: Any) -> Job:
@@ -400,7 +427,10 @@ class Store:
         self.conn.execute(
             "UPDATE jobs SET due = 1 WHERE due = 0 AND state IN ('pending', 'failed')"
             " AND run_at <= ?", (now,))
-        return self.conn.changes()
+        promoted = self.conn.changes()
+        if promoted:
+            self._placed_generation += 1  # some of them may require labels
+        return promoted
 
     def next_due(self) -> float | None:
         row = self._one("SELECT min(run_at) FROM jobs WHERE due = 0 AND state IN ('pending', 'failed')")
@@ -449,24 +479,28 @@ class Store:
     # --- output -----------------------------------------------------------
 
     def append_output(self, token: int, stream: int, offset: int, data: bytes, limit: int) -> None:
-        """Store a chunk and drop the oldest bytes beyond ``limit`` for this stream."""
-        column = "stdout_bytes" if stream == 1 else "stderr_bytes"
+        """Store a chunk and drop the oldest bytes beyond ``limit`` for this stream.
+
+        Bytes before the stream's stored end were stored already (an agent
+        resends unacknowledged output after a reconnect) and are skipped.
+        """
+        name = "stdout" if stream == 1 else "stderr"
         with self.conn:
-            self.conn.execute(
-                "INSERT OR IGNORE INTO output (attempt_id, stream, offset, data) VALUES (?, ?, ?, ?)",
-                (token, stream, offset, data))
-            if not self.conn.changes():
-                return  # a chunk we already have (resent after a reconnect)
-            row = self._one(f"UPDATE attempts SET {column} = {column} + ? WHERE id = ?"
-                            f" RETURNING {column}", (len(data), token))
-            stored = row[0] if row else 0
+            row = self._one(f"SELECT {name}_end, {name}_bytes FROM attempts WHERE id = ?", (token,))
+            if row is None:
+                return
+            end, stored = row
+            if offset + len(data) <= end:
+                return
+            if offset < end:
+                data, offset = data[end - offset:], end
+            self.conn.execute("INSERT INTO output (attempt_id, stream, offset, data)"
+                              " VALUES (?, ?, ?, ?)", (token, stream, offset, data))
+            stored += len(data)
             while stored > limit:
-                oldest = self._one(
+                first_offset, size = self._one(
                     "SELECT offset, length(data) FROM output WHERE attempt_id = ? AND stream = ?"
                     " ORDER BY offset LIMIT 1", (token, stream))
-                if oldest is None:
-                    break
-                first_offset, size = oldest
                 excess = stored - limit
                 if size <= excess:
                     self.conn.execute("DELETE FROM output WHERE attempt_id = ? AND stream = ?"
@@ -478,7 +512,8 @@ class Store:
                         " WHERE attempt_id = ? AND stream = ? AND offset = ?",
                         (excess + 1, excess, token, stream, first_offset))
                     stored -= excess
-            self.conn.execute(f"UPDATE attempts SET {column} = ? WHERE id = ?", (stored, token))
+            self.conn.execute(f"UPDATE attempts SET {name}_bytes = ?, {name}_end = ? WHERE id = ?",
+                              (stored, offset + len(data), token))
 
     def output(self, token: int, after: dict[int, int] | None = None,
                max_bytes: int = 8 * 1024 * 1024) -> list[Chunk]:

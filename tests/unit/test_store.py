@@ -527,3 +527,39 @@ def test_config_round_trip_keeps_types_and_overwrites(store):
     config = store.config()
     assert config == {"max_retries": 7, "base_backoff": 1.5}
     assert type(config["max_retries"]) is int and type(config["base_backoff"]) is float
+
+
+def test_resending_output_after_trimming_stores_no_byte_twice(store):
+    """An agent resends unacknowledged output after a reconnect; trimming must
+    not make an old chunk look new."""
+    token = claimed_token(store, "a")
+    store.append_output(token, 1, 0, b"0123456789", 12)
+    store.append_output(token, 1, 10, b"abcdef", 12)       # trims "0123" away
+    assert stream_text(store, token, 1) == (4, b"456789abcdef")
+    store.append_output(token, 1, 0, b"0123456789", 12)    # the resend of both chunks
+    store.append_output(token, 1, 10, b"abcdef", 12)
+    store.append_output(token, 1, 12, b"cdefXY", 12)       # overlaps: only "XY" is new
+    assert stream_text(store, token, 1) == (6, b"6789abcdefXY")
+
+
+def test_an_unplaceable_backlog_does_not_hide_a_job_that_becomes_placeable(store):
+    """Claims remember that no due job matches a label set; that memory must
+    end when a matching job becomes due (inserted, promoted or retried)."""
+    gpu = {"gpu": "a100"}
+    store.insert_jobs([new_job(f"tpu{n}", priority=1, requires={"tpu": "v5"}) for n in range(50)], NOW)
+    assert claim_id(store, labels=gpu) is None
+    store.insert_jobs([new_job("inserted", requires=gpu)], NOW)
+    assert claim_id(store, labels=gpu) == "inserted"
+    assert claim_id(store, labels=gpu) is None
+    store.insert_jobs([new_job("later", requires=gpu, run_at=NOW + 60)], NOW)
+    assert claim_id(store, labels=gpu) is None
+    store.promote_due(NOW + 61)
+    assert claim_id(store, NOW + 61, labels=gpu) == "later"
+    # A failed attempt that becomes due again is found too.
+    assert claim_id(store, NOW + 61, labels=gpu) is None
+    job = store.job("later")
+    store.transition(job, JobState.FAILED, NOW + 62, lease=None, attempts=1, run_at=NOW + 62)
+    assert claim_id(store, NOW + 62, labels=gpu) == "later"
+    # Jobs without requirements were never hidden behind the backlog.
+    store.insert_jobs([new_job("free", priority=500)], NOW)
+    assert claim_id(store, NOW + 62, labels=gpu) == "free"
