@@ -69,7 +69,7 @@ def op_enqueue(call: Call) -> Any:
         broker.schedule(job.run_at)
         return {"id": job.id, "state": JobState.PENDING.value, "run_at": to_iso(job.run_at)}
     specs = call.arg("jobs", list)
-    jobs = broker.jobs.enqueue(specs, broker.now)
+    jobs = broker.jobs.enqueue(specs, broker.now, batch=True)
     for job in jobs:
         broker.schedule(job.run_at)
     return {"enqueued": len(jobs), "ids": [job.id for job in jobs]}

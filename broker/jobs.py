@@ -65,20 +65,27 @@ class JobService:
             requires=spec.get("requires"),
         )
 
-    def enqueue(self, specs: list[dict[str, Any]], now: float) -> list[NewJob]:
-        """Validate and insert all of ``specs`` or none. Raises SpecError or JobError."""
+    def enqueue(self, specs: list[dict[str, Any]], now: float, batch: bool = False) -> list[NewJob]:
+        """Validate and insert all of ``specs`` or none. Raises SpecError or JobError.
+
+        In a batch, an error names the job as ``job N: `` (counted from 1), which
+        the client turns into the user's own label (a line number).
+        """
         jobs = []
         for number, spec in enumerate(specs, 1):
             try:
                 jobs.append(self.build(spec, now))
             except jobspec.SpecError as exc:
-                if len(specs) == 1:
+                if not batch:
                     raise
                 raise jobspec.SpecError(None, f"job {number}: {exc}") from None
         try:
             self.store.insert_jobs(jobs, now)
         except DuplicateId as exc:
-            raise JobError("conflict", str(exc)) from None
+            if not batch:
+                raise JobError("conflict", str(exc)) from None
+            number = next(n for n, job in enumerate(jobs, 1) if job.id == exc.job_id)
+            raise JobError("conflict", f"job {number}: {exc}") from None
         return jobs
 
     # --- leases -----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from .common import endpoint as common_endpoint
 from .common import note
 
 PR_SET_PDEATHSIG = 1
+HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})\Z")
 
 
 def _die_with_parent() -> None:
@@ -44,22 +47,45 @@ def _stop(proc: subprocess.Popen, name: str, patience: float) -> None:
         proc.wait()
 
 
+def _check_http(http: str | None, no_http: bool) -> None:
+    """Validate ``--http HOST:PORT``; the stats page itself is not built yet."""
+    from queuectl.client import InvalidInput
+
+    if http is None:
+        return
+    if no_http:
+        raise InvalidInput("give --http HOST:PORT or --no-http, not both")
+    match = HOST_PORT.match(http)
+    if not match or not 1 <= int(match.group(2)) <= 65535:
+        raise InvalidInput(f"--http must be HOST:PORT with a port from 1 to 65535 "
+                           f"(e.g. 127.0.0.1:8080), got {http!r}")
+    note(f"queuectl: warning: the stats page is not available in this version; "
+         f"--http {http} is ignored")
+
+
 def up(
+    ctx: typer.Context,
     agents: Annotated[Optional[int], typer.Option(
         "--agents", "-n", min=1, max=10_000,
         help="local agent slots [default: number of CPUs]")] = None,
     bind: Annotated[Optional[str], typer.Option(
-        "--bind", help="broker endpoint [default: tcp://127.0.0.1:5555]")] = None,
+        "--bind", help="broker endpoint [default: --broker, else $QUEUECTL_BROKER, "
+                       "else tcp://127.0.0.1:5555]")] = None,
     db: Annotated[Optional[str], typer.Option(
         "--db", help="SQLite store [default: $QUEUECTL_HOME/queue.db]")] = None,
+    http: Annotated[Optional[str], typer.Option(
+        "--http", metavar="HOST:PORT",
+        help="where the stats page would listen (not available in this version)")] = None,
     no_http: Annotated[bool, typer.Option(
         "--no-http", help="do not serve the stats page")] = False,
 ) -> None:
     """Run a broker and local agents in the foreground until Ctrl-C."""
-    from queuectl.client import BrokerUnreachable, Client, QueueError
+    from queuectl.client import BrokerUnreachable, Client, QueueError, default_endpoint
 
+    _check_http(http, no_http)
     slots = agents or os.cpu_count() or 1
-    endpoint = bind or "tcp://127.0.0.1:5555"
+    # The endpoint every other command uses by default, so `queuectl status` finds it.
+    endpoint = bind or common_endpoint(ctx, None) or default_endpoint()
     broker_args = ["--bind", endpoint] + (["--db", db] if db else [])
     broker = _spawn("queuectl.broker", *broker_args)
     deadline = time.monotonic() + 15

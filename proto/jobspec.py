@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Any
 
 from .timefmt import parse_duration, parse_iso, to_iso
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")  # \Z: "$" would allow a trailing newline
+MAX_QUEUE_CHARS = 128
 # Linux refuses a single exec argument longer than MAX_ARG_STRLEN (128 KiB).
 MAX_COMMAND_BYTES = 131072 - 1
 INT64 = (-(2**63), 2**63 - 1)
@@ -59,6 +61,19 @@ def _check_text(field: str, value: str) -> None:
         raise SpecError(field, "is not valid Unicode text (it holds a lone surrogate)") from None
     if "\0" in value:
         raise SpecError(field, "must not contain a NUL byte")
+
+
+def _queue_name(value: Any) -> str:
+    """A queue is any name people choose (the contract says "string"), but one
+    that prints on one line: 1-128 characters, no control characters."""
+    if not isinstance(value, str):
+        raise SpecError("queue", f"expected a string, got {_type_name(value)}")
+    if not value or len(value) > MAX_QUEUE_CHARS:
+        raise SpecError("queue", f"must be 1-{MAX_QUEUE_CHARS} characters long")
+    _check_text("queue", value)
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise SpecError("queue", "must not contain control characters (newline, tab, ...)")
+    return value
 
 
 def _string_map(field: str, value: Any, *, env: bool = False) -> dict[str, str]:
@@ -149,10 +164,7 @@ def validate(raw: Any) -> dict[str, Any]:
         spec["max_retries"] = value
 
     if "queue" in raw:
-        value = raw["queue"]
-        if not isinstance(value, str) or not ID_PATTERN.match(value):
-            raise SpecError("queue", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-        spec["queue"] = value
+        spec["queue"] = _queue_name(raw["queue"])
 
     if "env" in raw:
         spec["env"] = _string_map("env", raw["env"], env=True)

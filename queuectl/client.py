@@ -11,62 +11,35 @@ The CLI and the stats page are thin layers over it::
 
 Every method raises a subclass of :class:`QueueError`, whose ``exit_code``
 is the one the CLI uses: 2 invalid input, 3 no broker answered, 1 otherwise.
-The socket is a DEALER with request ids (the guide's Lazy Pirate client): a
-reply that does not come within ``timeout`` seconds closes the socket, so a
-late reply can never be mistaken for the answer to a later request.
+``wait``, ``logs(follow=True)`` and ``stop_agents(wait=True)`` ride out a
+broker restart. The transport (timeouts, reconnection) is in
+``queuectl.transport``.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-import zmq
-
-from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import config as config_keys
 from queuectl.proto import jobspec
-from queuectl.proto import messages as m
 from queuectl.proto.states import TERMINAL_STATES
 
-DEFAULT_BROKER = "tcp://127.0.0.1:5555"
-DEFAULT_TIMEOUT = 5.0
-HOLD = 10.0  # seconds the broker may hold a waiting request (wait, logs --follow)
+from .transport import (BrokerError, BrokerUnreachable, Conflict, Connection, InvalidInput,
+                        NotFound, ProtocolMismatch, QueueError, Unavailable, default_endpoint,
+                        default_timeout, size_allowance)
 
+__all__ = [
+    "BrokerError", "BrokerUnreachable", "Client", "Conflict", "InvalidInput", "LogChunk",
+    "NotFound", "ProtocolMismatch", "QueueError", "Unavailable", "default_endpoint",
+    "default_timeout",
+]
 
-class QueueError(Exception):
-    exit_code = 1
-
-
-class InvalidInput(QueueError):
-    exit_code = 2
-
-
-class NotFound(QueueError):
-    pass
-
-
-class Conflict(QueueError):
-    pass
-
-
-class BrokerUnreachable(QueueError):
-    exit_code = 3
-
-
-class ProtocolMismatch(QueueError):
-    pass
-
-
-class BrokerError(QueueError):
-    pass
-
-
-_ERRORS = {"invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
-           "version": ProtocolMismatch}
+HOLD = 10.0  # seconds the broker may park a waiting request (wait, logs --follow)
+DLQ_RETRY_ALL_EXTRA = 120.0  # retrying every dead job touches an unknown number of rows
+_BATCH_ITEM = re.compile(r"^job (\d+): ")  # how the broker names a job of a batch
 
 
 @dataclass(frozen=True)
@@ -79,19 +52,10 @@ class LogChunk:
     skipped: int = 0
 
 
-def default_endpoint() -> str:
-    return os.environ.get("QUEUECTL_BROKER") or DEFAULT_BROKER
-
-
 class Client:
     def __init__(self, endpoint: str | None = None, timeout: float | None = None):
-        self.endpoint = endpoint or default_endpoint()
-        if timeout is None:
-            timeout = float(os.environ.get("QUEUECTL_TIMEOUT", DEFAULT_TIMEOUT))
-        self.timeout = timeout
-        self._ctx = zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
-        self._ids = itertools.count(1)
+        self._conn = Connection(endpoint, timeout)
+        self.endpoint, self.timeout = self._conn.endpoint, self._conn.timeout
 
     def __enter__(self) -> "Client":
         return self
@@ -100,64 +64,11 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        self._conn.close()
 
-    # --- transport ------------------------------------------------------------
-
-    def _connect(self) -> zmq.Socket:
-        if self._socket is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
-            if "[" in self.endpoint:
-                sock.setsockopt(zmq.IPV6, 1)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as exc:
-                sock.close(linger=0)
-                raise InvalidInput(f"bad broker endpoint {self.endpoint!r}: {exc}") from None
-            self._socket = sock
-        return self._socket
-
-    def call(self, op: str, hold: float = 0.0, **args: Any) -> Any:
-        """Send one admin request and return its result (or raise its error)."""
-        if hold:
-            args["hold"] = hold
-        req_id = next(self._ids)
-        frame = encode(m.Request(req_id=req_id, op=op, args=args))
-        if len(frame) > MAX_FRAME:
-            raise InvalidInput(f"the request is {len(frame)} bytes, more than the {MAX_FRAME} "
-                               "bytes one message may carry; split it into smaller batches")
-        sock = self._connect()
-        sock.send(frame)
-        deadline = time.monotonic() + self.timeout + hold
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
-                self.close()
-                raise BrokerUnreachable(
-                    f"no broker answered at {self.endpoint} within {self.timeout:g}s "
-                    "(is queuectl-broker running? set --broker or QUEUECTL_BROKER)")
-            reply = self._decode(sock.recv())
-            if isinstance(reply, m.Reply) and reply.req_id == req_id:
-                if reply.ok:
-                    return reply.result
-                raise _ERRORS.get(reply.error_code, BrokerError)(reply.error or "broker error")
-
-    def _decode(self, frame: bytes) -> Any:
-        try:
-            msg = decode(frame)
-        except VersionMismatch as exc:
-            raise ProtocolMismatch(f"the broker at {self.endpoint} speaks protocol version "
-                                   f"{exc.peer_version!r}; this client speaks {VERSION}. "
-                                   "Install matching QueueCTL versions.") from None
-        except ProtocolError as exc:
-            raise BrokerError(f"malformed reply from {self.endpoint}: {exc}") from None
-        if isinstance(msg, m.Error):
-            raise _ERRORS.get(msg.code, BrokerError)(msg.message)
-        return msg
+    def call(self, op: str, hold: float = 0.0, extra: float = 0.0, **args: Any) -> Any:
+        """Send one admin request by name (see broker/admin.py) and return its result."""
+        return self._conn.call(op, hold=hold, extra=extra, **args)
 
     # --- jobs -------------------------------------------------------------------
 
@@ -188,7 +99,15 @@ class Client:
                     raise Conflict(f"{label}: id {spec['id']!r} appears twice in the batch "
                                    f"(first at {first[spec['id']]})")
                 first[spec["id"]] = label
-        return self.call("enqueue", jobs=specs)
+        try:
+            return self.call("enqueue", extra=size_allowance(len(specs)), jobs=specs)
+        except (Conflict, InvalidInput) as exc:
+            numbered = _BATCH_ITEM.match(str(exc))
+            if numbered and 1 <= int(numbered.group(1)) <= len(labels):
+                label = labels[int(numbered.group(1)) - 1]
+                raise type(exc)(f"{label}: {str(exc)[numbered.end():]}; nothing from the batch "
+                                "was enqueued") from None
+            raise
 
     def get(self, job_id: str) -> dict[str, Any]:
         """One job, with its ``attempts_log``."""
@@ -197,7 +116,8 @@ class Client:
     def list(self, state: str | None = None, queue: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
         """Jobs, newest first."""
-        return self.call("list", state=state, queue=queue, limit=limit)
+        return self.call("list", extra=size_allowance(limit), state=state, queue=queue,
+                         limit=limit)
 
     def status(self) -> dict[str, Any]:
         return self.call("status")
@@ -209,9 +129,13 @@ class Client:
         answers the moment the job ends (no polling).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+
+        def attempt() -> Any:
             hold = HOLD if deadline is None else max(0.0, min(HOLD, deadline - time.monotonic()))
-            result = self.call("wait", hold=hold, id=job_id)
+            return self.call("wait", hold=hold, id=job_id)
+
+        while True:
+            result = self._conn.survive_restarts(attempt, deadline)
             if result["done"]:
                 return result["job"]
             if deadline is not None and time.monotonic() >= deadline:
@@ -228,7 +152,11 @@ class Client:
             args: dict[str, Any] = {"id": job_id, "after": after}
             if attempt is not None:
                 args["attempt"] = attempt
-            result = self.call("logs", hold=HOLD if follow else 0.0, **args)
+            if follow:
+                result = self._conn.survive_restarts(
+                    lambda args=args: self.call("logs", hold=HOLD, **args))
+            else:
+                result = self.call("logs", **args)
             if result["attempt"] != attempt:
                 attempt, after = result["attempt"], [0, 0]
             for stream, offset, data in result["chunks"]:
@@ -244,13 +172,14 @@ class Client:
     # --- the dead-letter queue, config, agents ---------------------------------
 
     def dlq_list(self, limit: int | None = None) -> list[dict[str, Any]]:
-        return self.call("dlq_list", limit=limit)
+        return self.call("dlq_list", extra=size_allowance(limit or 0), limit=limit)
 
     def dlq_retry(self, job_ids: list[str] | None = None) -> list[str]:
         """Move dead jobs back to pending with attempts reset; None retries them all."""
         if job_ids is None:
-            return self.call("dlq_retry", all=True)["retried"]
-        return self.call("dlq_retry", ids=list(job_ids))["retried"]
+            return self.call("dlq_retry", extra=DLQ_RETRY_ALL_EXTRA, all=True)["retried"]
+        job_ids = list(job_ids)
+        return self.call("dlq_retry", extra=size_allowance(len(job_ids)), ids=job_ids)["retried"]
 
     def config_show(self) -> dict[str, Any]:
         return self.call("config_show")
@@ -281,7 +210,9 @@ class Client:
         """Ask every agent to stop gracefully; with ``wait``, return once they exited."""
         ids = self.call("stop_agents")["stopping"]
         while wait and ids:
-            if not self.call("wait_agents", hold=HOLD, ids=ids)["remaining"]:
+            result = self._conn.survive_restarts(
+                lambda: self.call("wait_agents", hold=HOLD, ids=ids))
+            if not result["remaining"]:
                 break
         return ids
 

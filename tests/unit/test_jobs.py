@@ -450,9 +450,16 @@ def test_enqueue_of_a_duplicate_id_is_a_conflict(svc):
 
 def test_a_batch_with_one_bad_job_inserts_nothing_and_names_the_job(svc):
     with pytest.raises(SpecError) as info:
-        svc.jobs.enqueue([{"id": "ok", "command": "true"}, {"id": "bad", "command": ""}], NOW)
+        svc.jobs.enqueue([{"id": "ok", "command": "true"}, {"id": "bad", "command": ""}], NOW,
+                         batch=True)
     assert "job 2" in str(info.value) and "command" in str(info.value)
     assert svc.store.list_jobs() == []
     with pytest.raises(JobError):
-        svc.jobs.enqueue([{"id": "x", "command": "true"}, {"id": "x", "command": "true"}], NOW)
+        svc.jobs.enqueue([{"id": "x", "command": "true"}, {"id": "x", "command": "true"}], NOW,
+                         batch=True)
     assert svc.store.list_jobs() == []
+    svc.enqueue(id="taken")
+    with pytest.raises(JobError) as info:  # an id already stored: the batch names the job
+        svc.jobs.enqueue([{"command": "true"}, {"id": "taken", "command": "true"}], NOW,
+                         batch=True)
+    assert str(info.value).startswith("job 2: ") and "taken" in str(info.value)

@@ -204,12 +204,19 @@ def test_max_retries_rejected(value):
 
 # --- queue, env, cwd, requires ----------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["default", "ci-builds", "q.1:a_b"])
+# The contract says only "string": any name that prints on one line.
+@pytest.mark.parametrize("value", [
+    "default", "ci-builds", "q.1:a_b", "two words", "nightly/reports", "ünïcode", "队列", "🎉",
+    "x" * 128, "é" * 128, "🎉" * 128, "a'b\"c",
+])
 def test_queue_accepted(value):
     assert validate(job(queue=value))["queue"] == value
 
 
-@pytest.mark.parametrize("value", ["", "two words", "x" * 129, "q\n", 1, None])
+@pytest.mark.parametrize("value", [
+    "", "x" * 129, "é" * 129, "q\n", "tab\tq", "\rq", "nul\0", "del\x7f", "c1\x85", "\x1b[31m",
+    "lone \ud800", "\udfff", 1, None, True, ["default"], {"name": "q"},
+])
 def test_queue_rejected(value):
     assert_rejects("queue", job(queue=value))
 

@@ -1,0 +1,199 @@
+"""Request and reply with a broker: the client's socket, its timeouts, its errors.
+
+One DEALER socket with request ids (the ZeroMQ guide's Lazy Pirate client):
+a reply that does not come in time closes the socket, so a late reply can
+never be taken for the answer to a later request. A request that may take
+long (one the broker parks, or a big batch) is preceded by a ping, so that a
+missing broker is still reported within ``timeout`` seconds (exit code 3).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from typing import Any, Callable, TypeVar
+
+import zmq
+
+from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
+from queuectl.proto import messages as m
+
+DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+DEFAULT_TIMEOUT = 5.0
+SLOW_RATE = 10_000     # jobs a second that even a slow broker stores or lists
+PING_ABOVE = 1.0       # requests that may take longer than this are preceded by a ping
+RECONNECT_BUDGET = 30.0  # seconds a wait without a deadline rides out a missing broker
+T = TypeVar("T")
+
+
+class QueueError(Exception):
+    exit_code = 1
+
+
+class InvalidInput(QueueError):
+    exit_code = 2
+
+
+class NotFound(QueueError):
+    pass
+
+
+class Conflict(QueueError):
+    pass
+
+
+class BrokerUnreachable(QueueError):
+    exit_code = 3
+
+
+class ProtocolMismatch(QueueError):
+    pass
+
+
+class BrokerError(QueueError):
+    pass
+
+
+class Unavailable(BrokerError):
+    """The broker cannot serve the request now: it is stopping, or its store
+    cannot write. The same request may work later."""
+
+
+ERRORS = {"invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
+          "version": ProtocolMismatch, "unavailable": Unavailable}
+
+
+def default_endpoint() -> str:
+    return os.environ.get("QUEUECTL_BROKER") or DEFAULT_BROKER
+
+
+def default_timeout() -> float:
+    """``QUEUECTL_TIMEOUT`` in seconds, else 5. Raises InvalidInput unless it is a number > 0."""
+    text = os.environ.get("QUEUECTL_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidInput(f"QUEUECTL_TIMEOUT must be a number of seconds greater than 0, "
+                           f"got {text[:40]!r}")
+    return value
+
+
+def size_allowance(items: int) -> float:
+    """Extra seconds a slow broker may need for a request about ``items`` jobs."""
+    return max(0, items) / SLOW_RATE
+
+
+class Connection:
+    def __init__(self, endpoint: str | None = None, timeout: float | None = None):
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout = default_timeout() if timeout is None else timeout
+        self.answered = False  # a broker has answered this connection at least once
+        self._ctx = zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _connect(self) -> zmq.Socket:
+        if self._socket is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+            if "[" in self.endpoint:
+                sock.setsockopt(zmq.IPV6, 1)
+            try:
+                sock.connect(self.endpoint)
+            except zmq.ZMQError as exc:
+                sock.close(linger=0)
+                raise InvalidInput(f"bad broker endpoint {self.endpoint!r}: {exc}") from None
+            self._socket = sock
+        return self._socket
+
+    def call(self, op: str, hold: float = 0.0, extra: float = 0.0, **args: Any) -> Any:
+        """One admin request; returns its result or raises its error.
+
+        ``hold`` is how long the broker may park the request (``wait``,
+        ``logs --follow``); ``extra`` is time the work itself may take.
+        """
+        if hold:
+            args["hold"] = hold
+        req_id = next(self._ids)
+        frame = encode(m.Request(req_id=req_id, op=op, args=args))
+        if len(frame) > MAX_FRAME:
+            raise InvalidInput(f"the request is {len(frame)} bytes, more than the {MAX_FRAME} "
+                               "bytes one message may carry; split it into smaller batches")
+        if hold + extra > PING_ABOVE:
+            self.call("ping")  # fails within `timeout` if no broker is there
+            try:
+                return self._exchange(frame, req_id, self.timeout + hold + extra)
+            except BrokerUnreachable:
+                raise BrokerUnreachable(
+                    f"the broker at {self.endpoint} answered a ping but not the {op} request "
+                    f"within {self.timeout + hold + extra:.0f}s; it may still complete it, "
+                    "so check before retrying") from None
+        return self._exchange(frame, req_id, self.timeout)
+
+    def _exchange(self, frame: bytes, req_id: int, wait: float) -> Any:
+        sock = self._connect()
+        sock.send(frame)
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
+                self.close()
+                raise BrokerUnreachable(
+                    f"no broker answered at {self.endpoint} within {wait:g}s "
+                    "(is queuectl-broker running? set --broker or QUEUECTL_BROKER)")
+            reply = self._decode(sock.recv())
+            self.answered = True
+            if isinstance(reply, m.Reply) and reply.req_id == req_id:
+                if reply.ok:
+                    return reply.result
+                raise ERRORS.get(reply.error_code, BrokerError)(reply.error or "broker error")
+
+    def _decode(self, frame: bytes) -> Any:
+        try:
+            msg = decode(frame)
+        except VersionMismatch as exc:
+            raise ProtocolMismatch(f"the broker at {self.endpoint} speaks protocol version "
+                                   f"{exc.peer_version!r}; this client speaks {VERSION}. "
+                                   "Install matching QueueCTL versions.") from None
+        except ProtocolError as exc:
+            raise BrokerError(f"malformed reply from {self.endpoint}: {exc}") from None
+        if isinstance(msg, m.Error):
+            raise ERRORS.get(msg.code, BrokerError)(msg.message)
+        return msg
+
+    def survive_restarts(self, attempt: Callable[[], T], deadline: float | None = None) -> T:
+        """Run an idempotent request until it is answered, across broker restarts.
+
+        While the broker is missing or stopping, reconnect with backoff and send
+        it again, until ``deadline`` (monotonic) or, without one, for
+        RECONNECT_BUDGET seconds of continuous failure. A broker that never
+        answered this connection is reported at once, like any other request.
+        """
+        failing_since: float | None = None
+        pause = 0.05
+        while True:
+            try:
+                return attempt()
+            except (BrokerUnreachable, Unavailable) as exc:
+                if not self.answered:
+                    raise
+                self.close()
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                give_up = failing_since + RECONNECT_BUDGET if deadline is None else deadline
+                if now >= give_up:
+                    raise type(exc)(f"gave up waiting: {exc}") from None
+                time.sleep(min(pause, give_up - now))  # backoff between reconnections
+                pause = min(pause * 2, 1.0)
