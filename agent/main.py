@@ -8,10 +8,13 @@ import os
 import signal
 import sys
 
-DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+from queuectl.transport import DEFAULT_BROKER, default_endpoint
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def parse_label(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> (key, value); raises argparse.ArgumentTypeError."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"label {text!r} must be KEY=VALUE")
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Run QueueCTL jobs: connect N execution slots to a broker.")
     parser.add_argument("--count", type=int, default=os.cpu_count() or 1,
                         help="execution slots, jobs run at once (default: number of CPUs)")
-    parser.add_argument("--broker", default=os.environ.get("QUEUECTL_BROKER", DEFAULT_BROKER),
+    parser.add_argument("--broker", default=default_endpoint(),
                         help=f"broker endpoint (default $QUEUECTL_BROKER or {DEFAULT_BROKER})")
     parser.add_argument("--label", type=parse_label, action="append", default=[],
                         metavar="KEY=VALUE", help="a label jobs can require (repeatable)")
@@ -55,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--count must be from 1 to 10000")
     if args.grace < 0:
         parser.error("--grace must be zero or more")
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
     return run_agent(args.broker, args.count, dict(args.label), args.grace)
 
 

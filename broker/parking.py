@@ -39,9 +39,6 @@ class ParkingLot:
         self._by_key.setdefault(parked.key, []).append(parked)
         heapq.heappush(self._deadlines, (parked.deadline, next(self._counter), parked))
 
-    def watching(self, key: str) -> bool:
-        return key in self._by_key
-
     def notify(self, key: str) -> list[tuple[Parked, Any]]:
         """Evaluate the requests parked on ``key``; returns (parked, reply) for the ready ones."""
         waiting = self._by_key.get(key)

@@ -23,9 +23,9 @@ from queuectl.proto import MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch,
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
 from queuectl.proto.jobspec import SpecError
-from queuectl.proto.states import JobState, Outcome
+from queuectl.proto.states import Outcome
 
-from . import admin, agent_handlers
+from . import admin, agent_handlers, lifecycle
 from .agents import AgentConn, Registry
 from .jobs import JobError, JobService
 from .parking import Parked, ParkingLot
@@ -365,14 +365,12 @@ class Broker:
         self.dirty = True
 
     def _job_changed(self, job: Job) -> None:
-        if job.state in (JobState.PENDING, JobState.FAILED):
-            if job.run_at <= self.now:
-                self.dirty = True
-            elif self.next_due is None or job.run_at < self.next_due:
-                self.next_due = job.run_at
+        if job.state in lifecycle.RUNNABLE:
+            self.schedule(job.run_at)
         self.notify(f"job:{job.id}")
 
     def schedule(self, run_at: float) -> None:
+        """A job becomes claimable at ``run_at``: dispatch now, or wake the loop then."""
         if run_at <= self.now:
             self.dirty = True
         elif self.next_due is None or run_at < self.next_due:

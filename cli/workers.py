@@ -29,17 +29,17 @@ def worker_start(
 ) -> None:
     """Run an agent with COUNT slots in the foreground until Ctrl+C or SIGTERM,
     which let running jobs finish first."""
-    from queuectl.agent.main import run_agent
+    import argparse
+
+    from queuectl.agent.main import LOG_FORMAT, parse_label, run_agent
     from queuectl.client import InvalidInput, default_endpoint
 
-    labels = {}
-    for text in label or []:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(f"label {text!r} must be KEY=VALUE")
-        labels[key.strip()] = value.strip()
+    try:
+        labels = dict(parse_label(text) for text in label or [])
+    except argparse.ArgumentTypeError as exc:
+        raise InvalidInput(str(exc)) from None
     logging.basicConfig(level=os.environ.get("QUEUECTL_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=LOG_FORMAT)
     endpoint = common_endpoint(ctx, broker) or default_endpoint()
     note(f"Starting an agent with {count} slot(s) for broker {endpoint}; Ctrl+C stops it")
     raise typer.Exit(run_agent(endpoint, count, labels, grace))
