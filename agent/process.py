@@ -100,6 +100,11 @@ class RunningJob:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def exited_by_itself(self) -> bool:
+        """The shell has exited with a status of its own (not by a signal); not reaped yet."""
+        info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return info is not None and info.si_code == os.CLD_EXITED
+
     def reap(self) -> int:
         """The shell has exited (pidfd readable): collect it and its buffered output."""
         if self.forced is not None:

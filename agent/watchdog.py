@@ -1,53 +1,100 @@
-"""The orphan killer: one small process per agent, so jobs never outlive it.
+"""The orphan killer: one small process per agent, so jobs never outlive it
+and never run on past a frozen agent's lease.
 
-The agent writes ``+PGID`` when a job starts and ``-PGID`` when it has been
-reaped, one per line, on this process's stdin. When stdin reaches EOF the
-agent is gone (the kernel closes the pipe even on SIGKILL), and every
-process group still listed is killed. Costs nothing per job: no
-``preexec_fn`` and no wrapper process, so spawning stays on the fast path.
-The watchdog runs in its own session and ignores the terminal's signals, so
-a Ctrl-C or a kill of the agent's process group does not take it down first.
+The agent writes lines on this process's stdin: ``+PGID`` when a job starts,
+``-PGID`` when it has been reaped, ``=SECONDS`` to set the silence limit,
+and ``.`` as a sign of life. The watchdog kills every process group still
+listed (SIGKILL) when:
+
+* stdin reaches EOF: the agent is gone (the kernel closes the pipe even on
+  SIGKILL);
+* the agent has been silent for longer than the limit while jobs run: it is
+  frozen (SIGSTOP, a debugger, a starved VM). The broker would soon judge its
+  lease lost and run the jobs elsewhere; killing them first is what keeps one
+  job from running twice at the same time. The agent sets the limit to
+  ``lease_sec - 2 * heartbeat_sec``, the same cut-off it applies itself when
+  it loses the broker.
+
+Costs nothing per job: no ``preexec_fn`` and no wrapper process, so spawning
+stays on the fast path. The watchdog runs in its own session and ignores the
+terminal's signals, so a Ctrl-C, a SIGSTOP or a kill of the agent's process
+group does not take it down with the agent.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 
 log = logging.getLogger(__name__)
 
+ALIVE_EVERY = 0.25  # at most this fraction of the limit between two signs of life
 
-def main() -> int:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    groups: set[int] = set()
-    for line in sys.stdin.buffer:
-        try:
-            sign, pgid = line[:1], int(line[1:])
-        except ValueError:
-            continue
-        if sign == b"+":
-            groups.add(pgid)
-        elif sign == b"-":
-            groups.discard(pgid)
+
+def _kill(groups: set[int]) -> None:
     for pgid in groups:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def main() -> int:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    fd = sys.stdin.fileno()
+    groups: set[int] = set()
+    limit: float | None = None
+    heard = time.monotonic()
+    pending = b""
+    while True:
+        timeout = None
+        if groups and limit is not None:
+            timeout = max(0.0, heard + limit - time.monotonic())
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            sys.stderr.write(
+                f"queuectl watchdog: agent pid {os.getppid()} silent for {limit:g}s, past its "
+                f"lease; killed the process groups {sorted(groups)} so they cannot run twice\n")
+            sys.stderr.flush()
+            _kill(groups)
+            groups.clear()
+            continue
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        heard = time.monotonic()
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            sign, arg = line[:1], line[1:]
+            try:
+                if sign == b"+":
+                    groups.add(int(arg))
+                elif sign == b"-":
+                    groups.discard(int(arg))
+                elif sign == b"=":
+                    limit = float(arg)
+            except ValueError:
+                continue
+    _kill(groups)
     return 0
 
 
 class Watchdog:
     """The agent's handle on its watchdog process."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: float) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from queuectl.agent.watchdog import main; main()"],
             stdin=subprocess.PIPE, start_new_session=True)
+        self.limit = 0.0
+        self._alive_at = 0.0
+        self.set_limit(limit)
 
     def _write(self, line: bytes) -> None:
         try:
@@ -61,6 +108,17 @@ class Watchdog:
 
     def forget(self, pgid: int) -> None:
         self._write(b"-%d\n" % pgid)
+
+    def set_limit(self, seconds: float) -> None:
+        if seconds != self.limit:
+            self.limit = seconds
+            self._write(b"=%r\n" % seconds)
+
+    def alive(self, now: float) -> None:
+        """A sign of life, sent often enough that a running agent is never taken for frozen."""
+        if now - self._alive_at >= self.limit * ALIVE_EVERY:
+            self._alive_at = now
+            self._write(b".\n")
 
     def close(self) -> None:
         try:

@@ -78,17 +78,42 @@ class Agent:
 
     def run(self) -> int:
         self._open_link()  # first: a malformed endpoint fails before anything starts
-        self.watchdog = Watchdog()
+        self.watchdog = Watchdog(self.cutoff)
         self.poller.register(self._wake_r, zmq.POLLIN)
         log.info("agent %s: %d slots, labels %s, broker %s", self.agent_id, self.slots,
                  self.labels or "none", self.link.endpoint)
         while not self._finished(time.monotonic()):
-            for target, _ in self.poller.poll(self._timeout_ms()):
+            timeout = self._timeout_ms()
+            asleep_since = time.monotonic()
+            events = self.poller.poll(timeout)
+            self._check_frozen(time.monotonic() - asleep_since - timeout / 1000)
+            for target, _ in events:
                 self._on_event(target)
             now = time.monotonic()
             self._handle_signals(now)
             self._timers(now)
         return self._goodbye()
+
+    @property
+    def cutoff(self) -> float:
+        """Seconds without the broker after which running jobs must die: the broker
+        judges the lease lost after ``lease`` seconds and runs the job elsewhere;
+        two heartbeats of margin cover the last heartbeat's age and the broker's tick."""
+        return max(self.lease - 2 * self.heartbeat, self.heartbeat)
+
+    def _check_frozen(self, overslept: float) -> None:
+        """After a stop (SIGSTOP, a debugger, a starved machine) longer than the
+        cut-off, the watchdog has killed the jobs and the broker may have run them
+        elsewhere: whatever they report now is a lost lease, not a result."""
+        if overslept <= self.cutoff or not self.jobs:
+            return
+        log.warning("agent %s was frozen for %.1fs, past its lease; its %d running jobs are "
+                    "killed (the watchdog did it already) and count as lost", self.agent_id,
+                    overslept, len(self.jobs))
+        for job in self.jobs.values():
+            if not job.exited_by_itself():
+                job.forced, job.forced_detail = Outcome.LEASE_LOST, "agent frozen past its lease"
+                job.kill(Outcome.LEASE_LOST, 0)
 
     def signal(self, signum: int) -> None:
         """Record a signal (called from the handler) and wake the loop."""
@@ -113,7 +138,7 @@ class Agent:
             elif not job.read(target):
                 self._unwatch(target)
                 job.pipe_closed(target)
-            elif len(job.stdout) + len(job.stderr) >= CHUNK:
+            elif job.stdout.unsent() + job.stderr.unsent() >= CHUNK:
                 self._send_output(job.token, job.stdout, job.stderr)
 
     def _timeout_ms(self) -> int:
@@ -198,12 +223,14 @@ class Agent:
             self._open_link()
             return
         self.link.welcomed()
+        self.watchdog.set_limit(self.cutoff)
         for token in msg.cancel:
             job = self.jobs.get(token)
             if job is not None:
                 log.warning("job %s (attempt %d): the broker no longer leases it here; killing it",
                             job.job_id, token)
                 job.kill(Outcome.LEASE_LOST, 0)
+        self._rewind(msg.offsets)
         if self.draining_since is not None:
             self.link.send(m.Drain())
         for job in self.jobs.values():
@@ -257,30 +284,33 @@ class Agent:
         self._deliver(job.token)
 
     def _deliver(self, token: int) -> None:
+        """Send a finished attempt's unsent output, then its result."""
         held = self.held[token]
-        if self._send_held_output(token, held) and self.link.send(held.result):
+        if self._send_output(token, held.stdout, held.stderr) and self.link.send(held.result):
             held.sent_at = time.monotonic()
 
-    def _send_held_output(self, token: int, held: Held) -> bool:
-        """Send a finished attempt's output without consuming it: until the Ack, a
-        broker that died or restarted may never have stored it, so every delivery
-        resends it all (the broker ignores chunks it already has)."""
-        for stream, buffer in zip((m.STDOUT, m.STDERR), (held.stdout, held.stderr)):
-            for start in range(0, len(buffer), CHUNK):
-                offset, data = buffer.peek(CHUNK, start)
-                if not self.link.send(m.Output(token=token, stream=stream, offset=offset, data=data)):
-                    return False
-        return True
-
     def _send_output(self, token: int, *buffers: StreamBuffer) -> bool:
-        """Stream what a running job's buffers hold; a chunk is dropped only once sent."""
+        """Send what the buffers hold beyond what was sent; stops when the link refuses."""
         for stream, buffer in zip((m.STDOUT, m.STDERR), buffers):
-            while len(buffer):
+            while buffer.unsent():
                 offset, data = buffer.peek(CHUNK)
                 if not self.link.send(m.Output(token=token, stream=stream, offset=offset, data=data)):
                     return False
-                buffer.consume(len(data))
+                buffer.mark_sent(len(data))
         return True
+
+    def _rewind(self, offsets: list) -> None:
+        """Apply how far the broker stored each attempt's output (from Welcome): a
+        broker that crashed may have lost chunks it was sent."""
+        for entry in offsets:
+            try:
+                token, stdout_end, stderr_end = (int(value) for value in entry)
+            except (TypeError, ValueError):
+                continue
+            owner = self.jobs.get(token) or self.held.get(token)
+            if owner is not None:
+                owner.stdout.rewind(stdout_end)
+                owner.stderr.rewind(stderr_end)
 
     def _watch(self, fd: int, job: RunningJob, is_pidfd: bool) -> None:
         self.fds[fd] = (job, is_pidfd)
@@ -296,9 +326,10 @@ class Agent:
         self.link.tick(now)
         if self.link.up and now - self.link.last_sent >= self.heartbeat:
             self.link.send(m.Heartbeat())
+        self.watchdog.alive(now)
         silence = self.link.unheard_for(now)
         for job in list(self.jobs.values()):
-            if job.forced is None and silence > max(self.lease - 2 * self.heartbeat, self.heartbeat):
+            if job.forced is None and silence > self.cutoff:
                 log.warning("job %s (attempt %d): cut off from the broker for %.1fs, past the "
                             "lease; killing it so it cannot run twice", job.job_id, job.token, silence)
                 job.kill(Outcome.LEASE_LOST, 0)
@@ -318,6 +349,9 @@ class Agent:
                 self._send_output(job.token, job.stdout, job.stderr)
             for token, held in list(self.held.items()):
                 if held.sent_at is None or now - held.sent_at > 5 * self.heartbeat:
+                    if held.sent_at is not None:  # no Ack: the broker may have lost its output
+                        held.stdout.rewind(0)
+                        held.stderr.rewind(0)
                     self._deliver(token)
 
     def _handle_signals(self, now: float) -> None:

@@ -26,11 +26,19 @@ HELLO_FIRST = "hello_first"
 MAX_SLOTS = 10_000
 
 
-def welcome(broker: "Broker", agent: AgentConn, cancel: list[int]) -> None:
+def welcome(broker: "Broker", agent: AgentConn, cancel: list[int],
+            kept: list[int] = ()) -> None:
+    """Welcome (again) an agent; ``kept`` are the attempts it reported that go on."""
     cfg = broker.config
+    offsets = []
+    for token in kept:
+        ends = broker.store.output_ends(token)
+        if ends is not None:
+            offsets.append([token, *ends])
     broker.send(agent.ident, m.Welcome(
         heartbeat_sec=cfg["heartbeat_sec"], lease_sec=cfg["lease_sec"],
-        kill_grace_sec=cfg["kill_grace_sec"], output_limit=cfg["output_limit"], cancel=cancel))
+        kill_grace_sec=cfg["kill_grace_sec"], output_limit=cfg["output_limit"], cancel=cancel,
+        offsets=offsets))
 
 
 def _bad_hello(msg: m.Hello) -> str | None:
@@ -84,7 +92,7 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
     if cancel:
         log.info("agent %s: attempts %s are no longer leased to it; canceling", agent.agent_id, cancel)
     broker.agents.add(agent)
-    welcome(broker, agent, cancel)
+    welcome(broker, agent, cancel, sorted(tokens - set(cancel)))
     for token in sorted(agent.inflight):  # cancels requested while it was away
         job = broker.store.job_by_lease(token)
         if job is not None and job.cancel_requested:

@@ -95,15 +95,26 @@ class JobService:
         """Apply the end of attempt ``token``. Returns the job, or None if the lease is stale.
 
         A stale result (the lease expired, or the job was canceled or moved
-        on) changes nothing: it is logged, and an attempt still open is marked
-        stale; an attempt already ended as "agent lost" keeps that reason.
+        on) changes nothing: it is recorded and dropped. An attempt still open
+        is ended and marked stale; an attempt already ended (as "agent lost")
+        keeps that end and records the late result next to it. A resent copy
+        of the result that ended the attempt changes nothing at all.
         """
         reason = lifecycle.reason_text(outcome, exit_code, detail)
         job = self.store.job_by_lease(token)
         if job is None or job.state is not JobState.PROCESSING:
-            self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
-                                   exit_code=exit_code, reason=reason, stale=True)
-            log.info("stale result for attempt %d dropped (%s)", token, reason or "ok")
+            attempt = self.store.attempt(token)
+            if attempt is None:
+                return None
+            if attempt.finished_at is None:
+                self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
+                                       exit_code=exit_code, reason=reason, stale=True)
+            elif attempt.finished_at == finished_at:
+                return None  # the result that ended it, resent (its Ack was lost)
+            else:
+                self.store.record_late_result(token, reason or f"exit code {exit_code}")
+            log.info("stale result for attempt %d recorded and dropped (%s)", token,
+                     reason or "ok")
             return None
         self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
                                exit_code=exit_code, reason=reason)

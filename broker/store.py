@@ -37,7 +37,7 @@ JOB_COLUMNS = (
 )
 ATTEMPT_COLUMNS = (
     "id", "job_seq", "number", "agent", "dispatched_at", "started_at", "finished_at",
-    "pid", "exit_code", "reason", "stale",
+    "pid", "exit_code", "reason", "late_result", "stale",
 )
 _JOB_SELECT = ", ".join(JOB_COLUMNS)
 _ATTEMPT_SELECT = ", ".join(ATTEMPT_COLUMNS)
@@ -140,6 +140,11 @@ MIGRATIONS = [
             WHERE name = 'completed_seconds';
     END;
     """,
+    # version 2: a result that arrives after its attempt was ended by the
+    # broker (agent lost) is kept here, so users can see what the old run did.
+    """
+    ALTER TABLE attempts ADD COLUMN late_result TEXT;
+    """,
 ]
 
 
@@ -207,6 +212,7 @@ class Attempt:
     pid: int | None
     exit_code: int | None
     reason: str | None
+    late_result: str | None
     stale: bool
 
 
@@ -471,6 +477,15 @@ class Store:
             "UPDATE attempts SET started_at = coalesce(?, started_at), finished_at = ?,"
             " exit_code = ?, reason = ?, stale = ? WHERE id = ? AND finished_at IS NULL",
             (started_at, finished_at, exit_code, reason, int(stale), token))
+
+    def record_late_result(self, token: int, text: str) -> None:
+        """Keep what an already ended attempt reported too late (its first end stands)."""
+        self.conn.execute("UPDATE attempts SET late_result = ? WHERE id = ?"
+                          " AND finished_at IS NOT NULL AND late_result IS NULL", (text, token))
+
+    def output_ends(self, token: int) -> tuple[int, int] | None:
+        """Stream offsets after the last stored byte of stdout and stderr."""
+        return self._one("SELECT stdout_end, stderr_end FROM attempts WHERE id = ?", (token,))
 
     def delete_attempt(self, token: int) -> None:
         """Forget an attempt that never started (rejected or undeliverable)."""

@@ -52,6 +52,7 @@ def attempt_view(attempt: Attempt) -> dict[str, Any]:
         "pid": attempt.pid,
         "exit_code": attempt.exit_code,
         "reason": attempt.reason,
+        "late_result": attempt.late_result,
         "stale": attempt.stale,
     }
 

@@ -87,6 +87,9 @@ class Welcome:
     kill_grace_sec: float
     output_limit: int
     cancel: list = ()  # tokens from Hello that the broker no longer leases to this agent
+    # [token, stdout_end, stderr_end] for the other tokens from Hello: how far
+    # the broker stored their output; the agent resends what follows.
+    offsets: list = ()
 
 
 @message("dispatch")

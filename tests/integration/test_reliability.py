@@ -258,6 +258,73 @@ def test_a_job_running_across_a_broker_crash_completes_once(broker, start_agent,
     assert run_cli(broker, "logs", "survivor").stdout == "finished\n"
 
 
+def test_a_frozen_agent_s_job_is_killed_before_it_runs_elsewhere_and_its_late_result_is_kept(
+        broker, start_agent, tmp_path):
+    """SIGSTOP the agent past its lease: its watchdog kills the job, the job runs on
+    another agent, and what the frozen agent reports on SIGCONT is recorded, not applied."""
+    with broker.client() as qc:
+        fast_liveness(qc, heartbeat=0.25, lease=1.0)
+    runs = tmp_path / "runs"
+    # Each run appends "start TOKEN" and, if it lives 2 s, "end TOKEN".
+    command = (f"echo start $QUEUECTL_ATTEMPT_ID >> {q(runs)}; sleep 2; "
+               f"echo end $QUEUECTL_ATTEMPT_ID >> {q(runs)}")
+    frozen = start_agent(count=1)
+    with broker.client() as qc:
+        qc.enqueue({"id": "icy", "command": command, "max_retries": 5})
+        wait_until(lambda: runs.exists() and runs.read_text(), 10, message="the first run")
+        first_pid = qc.get("icy")["attempts_log"][0]["pid"]
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: not pid_alive(first_pid), 5, message="the watchdog to kill the job")
+            lost_at = wait_until(lambda: qc.get("icy")["attempts_log"][0]["reason"], 10,
+                                 message="the broker to judge the lease lost")
+            start_agent(count=1)
+            done = qc.wait("icy", timeout=30)
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        wait_until(lambda: qc.get("icy")["attempts_log"][0]["late_result"], 15,
+                   message="the frozen agent's late result to be recorded")
+        shown = qc.get("icy")
+    assert lost_at == "agent lost"
+    assert done["state"] == "completed"
+    first, second = shown["attempts_log"]
+    assert first["reason"] == "agent lost" and first["late_result"] == "agent lost"
+    assert second["exit_code"] == 0 and second["agent"] != first["agent"]
+    lines = runs.read_text().split("\n")
+    assert lines == [f"start {first['token']}", f"start {second['token']}",
+                     f"end {second['token']}", ""], "the frozen run must die before the next starts"
+    assert "frozen" in frozen.log() and "killed the process groups" in frozen.log()
+
+
+def test_output_sent_to_a_broker_that_crashed_before_storing_it_is_sent_again(
+        broker, start_agent, tmp_path):
+    """The broker is frozen while the job prints (the chunks reach its socket but are
+    never stored), then SIGKILLed: the agent must resend them to the next broker."""
+    progress, gate = tmp_path / "progress", tmp_path / "go"
+    command = (f"i=0; while [ ! -e {q(gate)} ]; do i=$((i+1)); echo line $i; "
+               f"echo $i > {q(progress)}; sleep 0.02; done; echo last")
+    agent = start_agent(count=1)
+    with broker.client() as qc:
+        qc.enqueue({"id": "chatty", "command": command})
+        wait_until(lambda: progress.exists() and int(progress.read_text() or 0) > 5, 10)
+    printed = lambda: int(progress.read_text() or 0)  # noqa: E731
+    os.kill(broker.proc.pid, signal.SIGSTOP)
+    frozen_at = printed()
+    # at least one output flush (every 0.2 s) while the broker cannot store it
+    wait_until(lambda: printed() > frozen_at + 20, 10, message="output while the broker is frozen")
+    broker.kill()
+    broker.start()
+    assert agent.proc.poll() is None
+    gate.touch()
+    with broker.client() as qc:
+        done = qc.wait("chatty", timeout=20)
+    assert done["state"] == "completed" and done["attempts"] == 1
+    lines = run_cli(broker, "logs", "chatty").stdout.splitlines()
+    total = printed()
+    assert lines == [f"line {i}" for i in range(1, total + 1)] + ["last"], \
+        f"lost lines: {sorted(set(range(1, total + 1)) - {int(x.split()[1]) for x in lines[:-1]})}"
+
+
 # --- timeouts -------------------------------------------------------------------
 
 @pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["plain", "ignores-SIGTERM"])

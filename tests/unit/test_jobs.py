@@ -198,7 +198,10 @@ def test_a_late_result_from_a_lost_lease_changes_nothing(svc):
 
     assert svc.store.job("a") == running
     assert running.state is R and running.lease == new
-    assert svc.store.attempt(old) == old_attempt  # the first recorded end stands
+    late = svc.store.attempt(old)
+    assert (late.finished_at, late.reason, late.exit_code) == (
+        old_attempt.finished_at, "agent lost", None)  # the first recorded end stands
+    assert late.late_result == "exit code 0"  # and what the old run did is kept
     assert svc.store.attempt(new).finished_at is None
     assert len(svc.changed) == changes
     assert svc.store.completed_duration() == (0, 0.0)
@@ -224,7 +227,9 @@ def test_a_result_resent_after_it_was_applied_changes_nothing(svc):
     token = svc.claim()
     done = svc.ok(token, NOW + 2)
     attempt = svc.store.attempt(token)
-    assert svc.ok(token, NOW + 5) is None
+    # the agent resends the same result (same timestamps) when the Ack was lost
+    assert svc.jobs.finish(token, Outcome.OK, exit_code=0, detail="", started_at=NOW,
+                           finished_at=NOW + 2, now=NOW + 5) is None
     assert svc.store.job("a") == done
     assert svc.store.attempt(token) == attempt
     assert svc.store.completed_duration() == (1, pytest.approx(2.0))

@@ -485,6 +485,31 @@ def test_a_new_store_is_at_the_latest_schema_version(store):
     assert store.conn.pragma("user_version") == len(MIGRATIONS)
 
 
+def test_a_version_1_store_is_migrated_in_place_keeping_its_jobs_and_attempts(tmp_path):
+    path = str(tmp_path / "queue.db")
+    old = apsw.Connection(path)
+    with old:
+        old.execute(MIGRATIONS[0])
+        old.pragma("user_version", 1)
+        old.execute("INSERT INTO jobs (id, command, queue, priority, state, run_at, timeout_sec,"
+                    " max_retries, created_at, updated_at) VALUES ('old', 'true', 'default', 0,"
+                    " 'completed', 1, 60, 3, 1, 2)")
+        old.execute("INSERT INTO attempts (job_seq, number, agent, dispatched_at, finished_at,"
+                    " exit_code) VALUES (1, 1, 'a', 1, 2, 0)")
+    old.close()
+
+    store = Store(path)
+    try:
+        assert store.conn.pragma("user_version") == len(MIGRATIONS)
+        job = store.job("old")
+        assert job.state is JobState.COMPLETED
+        [attempt] = store.attempts(job.seq)
+        assert (attempt.exit_code, attempt.late_result) == (0, None)
+        assert store.counts()["completed"] == 1
+    finally:
+        store.close()
+
+
 def test_a_reopened_store_keeps_its_data_and_schema_version(tmp_path):
     path = str(tmp_path / "queue.db")
     first = Store(path)
