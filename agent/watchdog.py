@@ -91,7 +91,9 @@ class Watchdog:
     def __init__(self, limit: float) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from queuectl.agent.watchdog import main; main()"],
-            stdin=subprocess.PIPE, start_new_session=True)
+            # cwd "/": with -c, Python imports from the working directory first,
+            # which must not shadow the installed package (say, a source checkout).
+            stdin=subprocess.PIPE, start_new_session=True, cwd="/")
         self.limit = 0.0
         self._alive_at = 0.0
         self.set_limit(limit)

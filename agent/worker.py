@@ -32,6 +32,7 @@ from .watchdog import Watchdog
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024       # bytes of output per message
+OUTPUT_WINDOW = 8 * CHUNK  # bytes of output sent and not yet acknowledged, at most
 FLUSH_EVERY = 0.2        # seconds between output flushes of running jobs
 ACK_WAIT = 10.0          # seconds a stopping agent waits to deliver its last results
 
@@ -70,6 +71,7 @@ class Agent:
         self.fatal: str | None = None
         self.pending_signals: list[int] = []
         self._last_flush = 0.0
+        self.output_inflight = 0  # bytes of Output the broker has not acknowledged
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.watchdog: Watchdog | None = None
@@ -201,6 +203,7 @@ class Agent:
         elif isinstance(msg, m.Ack):
             for token in msg.tokens:
                 self.held.pop(token, None)
+            self.output_inflight = max(0, self.output_inflight - msg.output_bytes)
         elif isinstance(msg, m.Cancel):
             job = self.jobs.get(msg.token)
             if job is not None:
@@ -230,6 +233,7 @@ class Agent:
                 log.warning("job %s (attempt %d): the broker no longer leases it here; killing it",
                             job.job_id, token)
                 job.kill(Outcome.LEASE_LOST, 0)
+        self.output_inflight = 0  # what the last connection carried is gone or received
         self._rewind(msg.offsets)
         if self.draining_since is not None:
             self.link.send(m.Drain())
@@ -290,13 +294,17 @@ class Agent:
             held.sent_at = time.monotonic()
 
     def _send_output(self, token: int, *buffers: StreamBuffer) -> bool:
-        """Send what the buffers hold beyond what was sent; stops when the link refuses."""
+        """Send what the buffers hold beyond what was sent; stops when the link refuses
+        or the send window is full (the buffers then keep only the newest bytes)."""
         for stream, buffer in zip((m.STDOUT, m.STDERR), buffers):
             while buffer.unsent():
+                if self.output_inflight >= OUTPUT_WINDOW:
+                    return False
                 offset, data = buffer.peek(CHUNK)
                 if not self.link.send(m.Output(token=token, stream=stream, offset=offset, data=data)):
                     return False
                 buffer.mark_sent(len(data))
+                self.output_inflight += len(data)
         return True
 
     def _rewind(self, offsets: list) -> None:

@@ -107,6 +107,7 @@ def on_started(broker: "Broker", agent: AgentConn, msg: m.Started) -> None:
 
 
 def on_output(broker: "Broker", agent: AgentConn, msg: m.Output) -> None:
+    broker.ack_output(agent.ident, len(msg.data))
     if msg.stream not in (m.STDOUT, m.STDERR) or msg.offset < 0:
         log.warning("agent %s sent output with a bad stream or offset; dropped", agent.agent_id)
         return

@@ -34,6 +34,8 @@ from .store import UNAVAILABLE_ERRORS, Job, StaleState, Store
 log = logging.getLogger(__name__)
 
 BATCH = 512  # frames handled per transaction
+STORE_RETRY = (0.1, 2.0)  # backoff bounds (seconds) for timed writes while the store fails
+STORE_LOG_EVERY = 10.0    # seconds between log lines about a store that keeps failing
 DEPARTURE_WAIT = 5.0  # seconds a departing agent's connection may take to close
 
 
@@ -47,6 +49,7 @@ class Broker:
         self.parking = ParkingLot()
         self.outbox: list[tuple[bytes, Any]] = []
         self.acks: dict[bytes, list[int]] = defaultdict(list)
+        self.output_received: dict[bytes, int] = defaultdict(int)
         self.orphans: dict[int, float] = {}  # token -> monotonic deadline
         self.undelivered: list[int] = []
         self.next_due: float | None = None
@@ -56,6 +59,11 @@ class Broker:
         self.now = time.time()
         self.mono = time.monotonic()
         self._next_maintenance = 0.0
+        self._drained_at = 0.0  # when the inbox was last read to the end
+        self.store_failing_since: float | None = None
+        self.store_retry_at = 0.0
+        self._store_backoff = 0.0
+        self._store_logged_at = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.socket: zmq.Socket | None = None
@@ -118,9 +126,12 @@ class Broker:
         self.store.close()
 
     def _poll_timeout_ms(self) -> int:
+        interval = min(0.25, self.config["heartbeat_sec"] / 2)
+        backoff = self.store_retry_at - time.monotonic()
+        if backoff > 0:  # the store failed: timed writes wait until then
+            return int(min(backoff, interval) * 1000) + 1
         if self.undelivered or self.dirty:
             return 0
-        interval = min(0.25, self.config["heartbeat_sec"] / 2)
         wait = self._next_maintenance - time.monotonic()
         wait = min(wait, interval)
         if self.next_due is not None:
@@ -135,23 +146,35 @@ class Broker:
     def step(self, frames: list[list[bytes]]) -> None:
         """Handle ``frames`` and the timed work in one transaction, then send."""
         self.now, self.mono = time.time(), time.monotonic()
-        requests = []
+        requests: list[tuple[bytes, int]] = []  # answered with an error if the batch fails
+        timed = self.mono >= self.store_retry_at
+        writes = self.store.total_changes()
         try:
             with self.store.transaction():
                 for frame in frames:
-                    request = self._handle_frame(frame)
-                    if request is not None:
-                        requests.append(request)
-                # Judge leases only with an empty inbox: a heartbeat still
-                # queued behind a full batch must not count as missing.
-                self.tick(judge_leases=len(frames) < BATCH)
+                    self._handle_frame(frame, requests)
+                if len(frames) < BATCH:
+                    self._drained_at = self.mono
+                if timed:
+                    # Judge leases with an empty inbox: a heartbeat still queued
+                    # behind a full batch must not count as missing. Under
+                    # overload lasting a whole lease, judge anyway: ROUTER reads
+                    # its peers in turn, so a live agent's heartbeat is in every
+                    # full batch, and a dead agent must not go unnoticed forever.
+                    self.tick(judge_leases=self.mono - self._drained_at < 1e-9
+                              or self.mono - self._drained_at > self.config["lease_sec"])
+                else:
+                    self._expire_parked()
+            if self.needs_resync:
+                with self.store.transaction():
+                    self.resync()
         except UNAVAILABLE_ERRORS as exc:
-            log.error("store commit failed (%s); the batch of %d messages is rolled back",
-                      exc, len(frames))
-            self._batch_failed(requests, exc)
-        if self.needs_resync:
-            with self.store.transaction():
-                self.resync()
+            self._batch_failed(requests, exc, len(frames))
+        else:
+            if self.store_failing_since is not None and self.store.total_changes() > writes:
+                log.warning("the store accepts writes again after %.1fs of failures",
+                            self.mono - self.store_failing_since)
+                self.store_failing_since, self._store_backoff = None, 0.0
         self._flush()
         self._discount_deafness(time.monotonic() - self.mono)
 
@@ -165,8 +188,21 @@ class Broker:
             for token in self.orphans:
                 self.orphans[token] += duration
 
-    def _batch_failed(self, requests: list[tuple[bytes, int]], exc: Exception) -> None:
-        """Nothing of the batch was stored: take back every message it would send."""
+    def _batch_failed(self, requests: list[tuple[bytes, int]], exc: Exception,
+                      frames: int) -> None:
+        """Nothing of the batch was stored: take back every message it would send, and
+        hold timed writes back (exponential backoff) so a full or locked store is
+        retried calmly instead of in a busy loop."""
+        if self.store_failing_since is None:
+            self.store_failing_since = self._store_logged_at = self.mono
+            log.error("store commit failed (%s); the batch of %d messages is rolled back; "
+                      "retrying with backoff", exc, frames)
+        elif self.mono - self._store_logged_at >= STORE_LOG_EVERY:
+            self._store_logged_at = self.mono
+            log.error("the store still fails (%s) after %.0fs; requests get an error until "
+                      "it recovers", exc, self.mono - self.store_failing_since)
+        self._store_backoff = min(max(self._store_backoff * 2, STORE_RETRY[0]), STORE_RETRY[1])
+        self.store_retry_at = time.monotonic() + self._store_backoff
         self.outbox.clear()
         self.acks.clear()
         for ident, req_id in requests:
@@ -174,32 +210,33 @@ class Broker:
                              f"the broker could not write its store: {exc}")
         self.needs_resync = True
 
-    def _handle_frame(self, frame: list[bytes]) -> tuple[bytes, int] | None:
+    def _handle_frame(self, frame: list[bytes], requests: list[tuple[bytes, int]]) -> None:
         if len(frame) != 2:
             log.warning("dropped a message of %d frames (expected identity + 1)", len(frame))
-            return None
+            return
         ident, data = frame
         try:
             msg = decode(data)
         except VersionMismatch as exc:
             self.send(ident, m.Error(code=ErrorCode.VERSION.value, message=f"broker: {exc}"))
-            return None
+            return
         except ProtocolError as exc:
             log.warning("dropped a malformed frame from peer %s: %s", ident.hex()[:16], exc)
             self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value, message=f"malformed frame: {exc}"))
-            return None
+            return
         agent = self.agents.get(ident)
         if agent is not None:
             agent.last_seen, agent.last_seen_wall = self.mono, self.now
             agent.reachable = True
         if isinstance(msg, m.Request):
+            requests.append((ident, msg.req_id))  # first: the store may fail while handling it
             self._handle_request(ident, msg)
-            return ident, msg.req_id
+            return
         handler = agent_handlers.HANDLERS.get(type(msg))
         if handler is None:
             self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value,
                                      message=f"the broker does not accept {msg.TYPE} messages"))
-            return None
+            return
         mark = len(self.outbox)
         try:
             with self.store.transaction():
@@ -210,7 +247,6 @@ class Broker:
             log.exception("bug while handling %s from %s", msg.TYPE, ident.hex()[:16])
             del self.outbox[mark:]
             self.needs_resync = True
-        return None
 
     def _handle_request(self, ident: bytes, req: m.Request) -> None:
         mark = len(self.outbox)
@@ -239,8 +275,7 @@ class Broker:
 
     def tick(self, judge_leases: bool = True) -> None:
         """Timed work: expiries, heartbeats, released leases, due jobs, dispatch."""
-        for parked, result in self.parking.expire(self.mono):
-            self._send_reply(parked.ident, parked.req_id, result)
+        self._expire_parked()
         if self.mono >= self._next_maintenance:
             self._maintain(judge_leases)
             self._next_maintenance = self.mono + min(0.25, self.config["heartbeat_sec"] / 2)
@@ -257,6 +292,10 @@ class Broker:
                 self.dirty = True
         if self.dirty:
             self.dispatch()
+
+    def _expire_parked(self) -> None:
+        for parked, result in self.parking.expire(self.mono):
+            self._send_reply(parked.ident, parked.req_id, result)
 
     def _maintain(self, judge_leases: bool) -> None:
         heartbeat, lease = self.config["heartbeat_sec"], self.config["lease_sec"]
@@ -392,15 +431,22 @@ class Broker:
     def ack(self, ident: bytes, token: int) -> None:
         self.acks[ident].append(token)
 
+    def ack_output(self, ident: bytes, size: int) -> None:
+        """Output received (stored or not): it frees the agent's send window. Kept
+        apart from ``acks``, which a failed batch takes back."""
+        self.output_received[ident] += size
+
     def _send_reply(self, ident: bytes, req_id: int, result: Any,
                     code: ErrorCode | None = None, error: str | None = None) -> None:
         self.send(ident, m.Reply(req_id=req_id, ok=code is None, result=result,
                                  error_code=code.value if code else None, error=error))
 
     def _flush(self) -> None:
-        for ident, tokens in self.acks.items():
-            self.outbox.append((ident, m.Ack(tokens=tokens)))
+        for ident in self.acks.keys() | self.output_received.keys():
+            self.outbox.append((ident, m.Ack(tokens=self.acks.get(ident, []),
+                                             output_bytes=self.output_received.get(ident, 0))))
         self.acks.clear()
+        self.output_received.clear()
         outbox, self.outbox = self.outbox, []
         for ident, msg in outbox:
             try:

@@ -255,7 +255,11 @@ class Store:
                       apsw.bestpractice.connection_dqs,
                       apsw.bestpractice.connection_recursive_triggers):
             setup(self.conn)
-        self.conn.set_busy_timeout(5000)
+        # Only the broker writes this file, so a lock belongs to someone else (a
+        # backup, a sqlite3 shell). Wait a little, then fail the batch: clients
+        # get "database is locked" well within their timeout, and the broker
+        # retries with backoff instead of freezing for long.
+        self.conn.set_busy_timeout(1000)
         # NORMAL in WAL mode survives a crash of the process; FULL also
         # survives a power loss, at about a tenth of the commit rate.
         self.conn.pragma("synchronous", synchronous)
@@ -288,6 +292,10 @@ class Store:
         """A transaction, or a savepoint when nested inside one."""
         with self.conn:
             yield
+
+    def total_changes(self) -> int:
+        """Rows changed through this connection since it opened (committed or not)."""
+        return self.conn.total_changes()
 
     def _one(self, sql: str, params: Any = ()) -> tuple | None:
         for row in self.conn.execute(sql, params):

@@ -111,7 +111,10 @@ class Cancel:
 
 @message("ack")
 class Ack:
-    tokens: list
+    tokens: list  # results stored: the agent may forget them
+    # Bytes of Output received since the last Ack: the agent keeps at most a
+    # window of output unacknowledged, so a fast printer cannot fill the queues.
+    output_bytes: int = 0
 
 
 @message("stop")
