@@ -120,8 +120,13 @@ class Broker:
             self._send_reply(parked.ident, parked.req_id, None, ErrorCode.UNAVAILABLE,
                              "the broker is stopping")
         self._flush()
-        log.info("broker stopped; %d jobs were processing and stay leased to their agents",
-                 len(self.store.leased_jobs()))
+        leased = self.store.leased_jobs()
+        if leased:
+            names = ", ".join(job.id for job in leased[:20]) + (" ..." if len(leased) > 20 else "")
+            log.info("broker stopped; %d jobs were still processing and stay leased to their "
+                     "agents, which report them to the next broker: %s", len(leased), names)
+        else:
+            log.info("broker stopped; no job was processing")
         self.socket.close()
         self.store.close()
 

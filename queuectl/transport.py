@@ -65,6 +65,12 @@ ERRORS = {"invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
           "version": ProtocolMismatch, "unavailable": Unavailable}
 
 
+# A signal that lands just before a blocking poll starts does not interrupt it
+# (Python runs handlers between bytecodes), so waits are polled in slices:
+# Ctrl-C during a long `wait` or `logs --follow` takes effect within one slice.
+POLL_SLICE = 0.5
+
+
 def default_endpoint() -> str:
     return os.environ.get("QUEUECTL_BROKER") or DEFAULT_BROKER
 
@@ -148,7 +154,9 @@ class Connection:
         deadline = time.monotonic() + wait
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
+            if remaining > 0 and not sock.poll(int(min(remaining, POLL_SLICE) * 1000) + 1):
+                continue
+            if remaining <= 0:
                 self.close()
                 raise BrokerUnreachable(
                     f"no broker answered at {self.endpoint} within {wait:g}s "

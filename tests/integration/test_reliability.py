@@ -325,6 +325,22 @@ def test_output_sent_to_a_broker_that_crashed_before_storing_it_is_sent_again(
         f"lost lines: {sorted(set(range(1, total + 1)) - {int(x.split()[1]) for x in lines[:-1]})}"
 
 
+def test_sigterm_stops_the_broker_with_exit_0_naming_the_running_jobs_which_complete_later(
+        broker, start_agent, tmp_path):
+    gate = tmp_path / "go"
+    start_agent(count=1)
+    with broker.client() as qc:
+        qc.enqueue({"id": "long-runner", "command": f"until [ -e {q(gate)} ]; do sleep 0.05; done"})
+        wait_until(lambda: qc.get("long-runner")["state"] == "processing", 10)
+    assert broker.stop(signal.SIGTERM) == 0
+    assert "still processing" in broker.log() and "long-runner" in broker.log()
+    broker.start()
+    gate.touch()
+    with broker.client() as qc:
+        done = qc.wait("long-runner", timeout=20)
+    assert done["state"] == "completed" and done["attempts"] == 1
+
+
 # --- timeouts -------------------------------------------------------------------
 
 @pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["plain", "ignores-SIGTERM"])
