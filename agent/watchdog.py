@@ -34,6 +34,7 @@ import time
 log = logging.getLogger(__name__)
 
 ALIVE_EVERY = 0.25  # at most this fraction of the limit between two signs of life
+RESPAWN_AFTER = 1.0  # a watchdog that died younger than this is not started again
 
 
 def _kill(groups: set[int]) -> None:
@@ -86,29 +87,61 @@ def main() -> int:
 
 
 class Watchdog:
-    """The agent's handle on its watchdog process."""
+    """The agent's handle on its watchdog process.
+
+    Writes never block the agent: a stopped watchdog only makes lines queue
+    up here. A watchdog that died is started again and told the current
+    limit and process groups, so jobs stay supervised.
+    """
 
     def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.groups: set[int] = set()
+        self._pending = bytearray()
+        self._alive_at = 0.0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from queuectl.agent.watchdog import main; main()"],
             # cwd "/": with -c, Python imports from the working directory first,
             # which must not shadow the installed package (say, a source checkout).
             stdin=subprocess.PIPE, start_new_session=True, cwd="/")
-        self.limit = 0.0
-        self._alive_at = 0.0
-        self.set_limit(limit)
+        os.set_blocking(self.proc.stdin.fileno(), False)
+        self._pending = bytearray(b"=%r\n" % self.limit)
+        self._pending += b"".join(b"+%d\n" % pgid for pgid in sorted(self.groups))
+        self._flush()
 
     def _write(self, line: bytes) -> None:
-        try:
-            self.proc.stdin.write(line)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            log.error("the watchdog process is gone; jobs would outlive a crash of this agent")
+        self._pending += line
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._pending:
+            try:
+                written = os.write(self.proc.stdin.fileno(), self._pending)
+            except BlockingIOError:
+                return  # the watchdog is not reading (stopped?): keep the lines
+            except BrokenPipeError:
+                self.proc.stdin.close()
+                status = self.proc.wait()
+                if time.monotonic() - self._started < RESPAWN_AFTER:
+                    log.error("the watchdog process keeps dying (status %s); jobs would "
+                              "outlive a crash of this agent", status)
+                    self._pending.clear()
+                    return
+                log.error("the watchdog process died (status %s); starting a new one", status)
+                self._spawn()
+                return
+            del self._pending[:written]
 
     def watch(self, pgid: int) -> None:
+        self.groups.add(pgid)
         self._write(b"+%d\n" % pgid)
 
     def forget(self, pgid: int) -> None:
+        self.groups.discard(pgid)
         self._write(b"-%d\n" % pgid)
 
     def set_limit(self, seconds: float) -> None:

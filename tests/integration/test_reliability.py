@@ -258,6 +258,42 @@ def test_a_job_running_across_a_broker_crash_completes_once(broker, start_agent,
     assert run_cli(broker, "logs", "survivor").stdout == "finished\n"
 
 
+def watchdog_pid(agent_pid: int) -> int:
+    """The agent's watchdog: its child process running queuectl.agent.watchdog."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == agent_pid and b"queuectl.agent.watchdog" in cmdline:
+            return int(entry.name)
+    return 0  # none (yet): wait_until tries again
+
+
+def test_a_killed_watchdog_is_replaced_and_still_kills_the_jobs_of_a_sigkilled_agent(
+        broker, start_agent, tmp_path):
+    agent = start_agent(count=1)
+    with broker.client() as qc:
+        qc.enqueue({"id": "guarded", "command": f"echo $$ > {q(tmp_path)}/pid; sleep 60"})
+        job_pid = read_pid(tmp_path / "pid")
+    try:
+        first = wait_until(lambda: watchdog_pid(agent.pid), 5, message="the agent's watchdog")
+        os.kill(first, signal.SIGKILL)
+        with broker.client() as qc:  # the next job start or sign of life finds it gone
+            qc.enqueue({"id": "later", "command": "true"})
+        second = wait_until(lambda: (pid := watchdog_pid(agent.pid)) != first and pid, 10,
+                            message="a new watchdog")
+        assert "watchdog process died" in agent.log()
+        os.kill(agent.pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(job_pid), 5, message="the new watchdog to kill the job")
+        wait_until(lambda: not pid_alive(second), 5, message="the watchdog to exit")
+    finally:
+        kill_if_alive(job_pid)
+
+
 def test_a_frozen_agent_s_job_is_killed_before_it_runs_elsewhere_and_its_late_result_is_kept(
         broker, start_agent, tmp_path):
     """SIGSTOP the agent past its lease: its watchdog kills the job, the job runs on
