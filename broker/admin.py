@@ -48,7 +48,15 @@ class Call:
             raise SpecError(name, "has the wrong type")
         if not isinstance(value, kind):
             raise SpecError(name, "has the wrong type")
+        if type(value) is int and not -2**63 <= value < 2**63:
+            raise SpecError(name, "is out of range")
         return value
+
+    def strings(self, name: str) -> list[str]:
+        values = self.arg(name, list)
+        if not all(isinstance(value, str) for value in values):
+            raise SpecError(name, "must be a list of strings")
+        return values
 
     def hold(self) -> float:
         hold = self.arg("hold", (int, float), 0.0)
@@ -177,6 +185,8 @@ def op_logs(call: Call) -> Any:
 
 def op_dlq_list(call: Call) -> Any:
     limit = call.arg("limit", int, None, nullable=True)
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        raise SpecError("limit", f"must be from 1 to {MAX_LIMIT}")
     return [dlq_view(job) for job in call.broker.store.dead_jobs(limit)]
 
 
@@ -247,7 +257,7 @@ def op_stop_agents(call: Call) -> Any:
 
 def op_wait_agents(call: Call) -> Any:
     broker = call.broker
-    ids = set(call.arg("ids", list))
+    ids = set(call.strings("ids"))
 
     def remaining() -> list[str]:
         return sorted(a.agent_id for a in broker.agents if a.agent_id in ids)

@@ -229,6 +229,9 @@ class Broker:
             log.warning("dropped a malformed frame from peer %s: %s", ident.hex()[:16], exc)
             self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value, message=f"malformed frame: {exc}"))
             return
+        except Exception:  # a decoder bug must not end the broker: drop the frame
+            log.exception("bug while decoding a frame from peer %s; dropped", ident.hex()[:16])
+            return
         agent = self.agents.get(ident)
         if agent is not None:
             agent.last_seen, agent.last_seen_wall = self.mono, self.now

@@ -28,6 +28,8 @@ def _parse_object(text: str, where: str = "") -> Any:
     except UnicodeEncodeError:
         raise _invalid(f"{where}invalid text: a string holds a lone surrogate (\\ud800-\\udfff)"
                        " or bytes that are not UTF-8") from None
+    except RecursionError:
+        raise _invalid(f"{where}invalid JSON: nested too deeply") from None
     return value
 
 

@@ -26,12 +26,28 @@ class ProtocolError(Exception):
     """A frame that cannot be decoded into a valid message."""
 
 
+INT64 = range(-2**63, 2**63)  # what SQLite and every int field can hold
+
+
+def _brief(value: object) -> str:
+    """A short, safe rendering of a value a peer sent (it may be huge or deeply nested)."""
+    if isinstance(value, (bool, int, float)) or value is None:
+        text = repr(value)
+    elif isinstance(value, (str, bytes)):
+        text = repr(value[:40])
+    else:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class VersionMismatch(ProtocolError):
     def __init__(self, peer_version: object):
         super().__init__(
-            f"peer speaks protocol version {peer_version!r}, this side speaks {VERSION}"
+            f"peer speaks protocol version {_brief(peer_version)}, this side speaks {VERSION}"
         )
-        self.peer_version = peer_version
+        scalar = peer_version is None or isinstance(peer_version, (bool, int, float)) or (
+            isinstance(peer_version, str) and len(peer_version) <= 40)
+        self.peer_version = peer_version if scalar else _brief(peer_version)
 
 
 _REGISTRY: dict[str, type] = {}
@@ -82,6 +98,14 @@ def encode(msg: Any) -> bytes:
 
 
 def decode(frame: bytes) -> Any:
+    """One message from ``frame``; raises ProtocolError (or VersionMismatch) for anything else."""
+    try:
+        return _decode(frame)
+    except RecursionError:  # msgpack unpacks 1,000 levels; Python code may not handle them
+        raise ProtocolError("message nested too deeply") from None
+
+
+def _decode(frame: bytes) -> Any:
     if len(frame) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
     try:
@@ -95,7 +119,7 @@ def decode(frame: bytes) -> Any:
         raise VersionMismatch(version)
     cls = _REGISTRY.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message type {str(type_name)[:40]!r}")
+        raise ProtocolError(f"unknown message type {_brief(type_name)}")
     if not isinstance(body, dict):
         raise ProtocolError(f"{type_name}: body must be a map")
     checks = _CHECKS[cls]
@@ -111,6 +135,8 @@ def decode(frame: bytes) -> Any:
             raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
         elif not isinstance(value, accepted):
             raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
+        elif type(value) is int and value not in INT64:
+            raise ProtocolError(f"{type_name}: field {key!r} is out of range")
     try:
         return cls(**body)
     except TypeError:

@@ -44,8 +44,11 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -2**63 <= value < 2**63
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _type_name(value: Any) -> str:
@@ -104,7 +107,7 @@ def validate(raw: Any) -> dict[str, Any]:
         raise SpecError(None, f"a job must be a JSON object, got {_type_name(raw)}")
     for key in raw:
         if key not in FIELDS and key not in COMPAT_FIELDS:
-            raise SpecError(str(key)[:64], "unknown field")
+            raise SpecError(repr(str(key)[:64])[1:-1], "unknown field")
     _check_compat(raw)
     spec: dict[str, Any] = {}
 

@@ -38,7 +38,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected seconds or a string like '30s', '5m', '2h'")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("is out of range") from None
     elif isinstance(value, str):
         match = _DURATION.match(value)
         if not match:

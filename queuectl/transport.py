@@ -133,7 +133,12 @@ class Connection:
         if hold:
             args["hold"] = hold
         req_id = next(self._ids)
-        frame = encode(m.Request(req_id=req_id, op=op, args=args))
+        try:
+            frame = encode(m.Request(req_id=req_id, op=op, args=args))
+        except UnicodeEncodeError:
+            raise InvalidInput("an argument is not valid UTF-8 text") from None
+        except (OverflowError, ValueError) as exc:  # msgpack: ints beyond 64 bits, deep nesting
+            raise InvalidInput(f"an argument cannot be sent: {exc}") from None
         if len(frame) > MAX_FRAME:
             raise InvalidInput(f"the request is {len(frame)} bytes, more than the {MAX_FRAME} "
                                "bytes one message may carry; split it into smaller batches")
