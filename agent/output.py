@@ -40,6 +40,10 @@ class StreamBuffer:
             del self.data[:excess]
             self.start += excess
 
+    def dropped(self) -> bool:
+        """Bytes after the last one sent were dropped unsent (the buffer overflowed)."""
+        return self.start > self._sent
+
     def peek(self, max_bytes: int) -> tuple[int, bytes]:
         """Up to ``max_bytes`` of the unsent bytes, with the stream offset of the first."""
         begin = self.sent - self.start

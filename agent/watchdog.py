@@ -9,16 +9,20 @@ listed (SIGKILL) when:
 * stdin reaches EOF: the agent is gone (the kernel closes the pipe even on
   SIGKILL);
 * the agent has been silent for longer than the limit while jobs run: it is
-  frozen (SIGSTOP, a debugger, a starved VM). The broker would soon judge its
-  lease lost and run the jobs elsewhere; killing them first is what keeps one
-  job from running twice at the same time. The agent sets the limit to
-  ``lease_sec - 2 * heartbeat_sec``, the same cut-off it applies itself when
-  it loses the broker.
+  frozen (SIGSTOP, a debugger, a stall of the process). The broker would soon
+  judge its lease lost and run the jobs elsewhere; killing them first is what
+  keeps one job from running twice at the same time. The agent sets the limit
+  to ``lease_sec - 2 * heartbeat_sec``, the same cut-off it applies itself
+  when it loses the broker. For such a kill the watchdog first writes
+  ``killed PGID`` on its stdout, so the agent, once it runs again, reports
+  those jobs as lost rather than as killed by a signal.
 
 Costs nothing per job: no ``preexec_fn`` and no wrapper process, so spawning
 stays on the fast path. The watchdog runs in its own session and ignores the
 terminal's signals, so a Ctrl-C, a SIGSTOP or a kill of the agent's process
-group does not take it down with the agent.
+group does not take it down with the agent. A freeze of the whole host or
+container (cgroup freezer, a suspended VM) stops the watchdog too; see
+docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import time
 
 log = logging.getLogger(__name__)
 
-ALIVE_EVERY = 0.25  # at most this fraction of the limit between two signs of life
-RESPAWN_AFTER = 1.0  # a watchdog that died younger than this is not started again
+ALIVE_EVERY = 0.1  # at most this fraction of the limit between two signs of life
+RESPAWN_BACKOFF = (0.5, 30.0)  # seconds between attempts to restart a dead watchdog
 
 
 def _kill(groups: set[int]) -> None:
@@ -63,6 +67,10 @@ def main() -> int:
                 f"queuectl watchdog: agent pid {os.getppid()} silent for {limit:g}s, past its "
                 f"lease; killed the process groups {sorted(groups)} so they cannot run twice\n")
             sys.stderr.flush()
+            try:  # tell the agent first: the notice must be there when it sees the exits
+                os.write(sys.stdout.fileno(), b"".join(b"killed %d\n" % g for g in groups))
+            except OSError:
+                pass
             _kill(groups)
             groups.clear()
             continue
@@ -90,51 +98,73 @@ class Watchdog:
     """The agent's handle on its watchdog process.
 
     Writes never block the agent: a stopped watchdog only makes lines queue
-    up here. A watchdog that died is started again and told the current
-    limit and process groups, so jobs stay supervised.
+    up here. A watchdog that died is started again (with backoff) and told
+    the current limit and process groups, so jobs stay supervised.
     """
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.groups: set[int] = set()
+        self.proc: subprocess.Popen | None = None
         self._pending = bytearray()
+        self._notices = b""
         self._alive_at = 0.0
+        self._retry_at = 0.0
+        self._backoff = RESPAWN_BACKOFF[0]
         self._spawn()
 
     def _spawn(self) -> None:
-        self._started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from queuectl.agent.watchdog import main; main()"],
             # cwd "/": with -c, Python imports from the working directory first,
             # which must not shadow the installed package (say, a source checkout).
-            stdin=subprocess.PIPE, start_new_session=True, cwd="/")
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, cwd="/")
         os.set_blocking(self.proc.stdin.fileno(), False)
+        os.set_blocking(self.proc.stdout.fileno(), False)
         self._pending = bytearray(b"=%r\n" % self.limit)
         self._pending += b"".join(b"+%d\n" % pgid for pgid in sorted(self.groups))
-        self._flush()
+
+    def _died(self) -> None:
+        status = self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        self.proc = None
+        self._retry_at = time.monotonic() + self._backoff
+        log.error("the watchdog process died (status %s); starting a new one in %.1fs; until "
+                  "then jobs would outlive a crash of this agent", status, self._backoff)
+        self._backoff = min(self._backoff * 2, RESPAWN_BACKOFF[1])
 
     def _write(self, line: bytes) -> None:
         self._pending += line
         self._flush()
 
     def _flush(self) -> None:
+        if self.proc is None:
+            if time.monotonic() < self._retry_at:
+                return
+            self._spawn()
         while self._pending:
             try:
                 written = os.write(self.proc.stdin.fileno(), self._pending)
             except BlockingIOError:
                 return  # the watchdog is not reading (stopped?): keep the lines
             except BrokenPipeError:
-                self.proc.stdin.close()
-                status = self.proc.wait()
-                if time.monotonic() - self._started < RESPAWN_AFTER:
-                    log.error("the watchdog process keeps dying (status %s); jobs would "
-                              "outlive a crash of this agent", status)
-                    self._pending.clear()
-                    return
-                log.error("the watchdog process died (status %s); starting a new one", status)
-                self._spawn()
+                self._died()
                 return
             del self._pending[:written]
+        if self._backoff > RESPAWN_BACKOFF[0] and self.proc.poll() is None:
+            self._backoff = RESPAWN_BACKOFF[0]
+
+    def killed(self) -> set[int]:
+        """Process groups the watchdog killed because the agent was silent too long."""
+        if self.proc is None:
+            return set()
+        try:
+            self._notices += os.read(self.proc.stdout.fileno(), 65536)
+        except (BlockingIOError, OSError):
+            pass
+        *lines, self._notices = self._notices.split(b"\n")
+        return {int(line.split()[1]) for line in lines if line.startswith(b"killed ")}
 
     def watch(self, pgid: int) -> None:
         self.groups.add(pgid)
@@ -156,11 +186,14 @@ class Watchdog:
             self._write(b".\n")
 
     def close(self) -> None:
+        if self.proc is None:
+            return
         try:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
         self.proc.wait()
+        self.proc.stdout.close()
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class Agent:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.watchdog: Watchdog | None = None
+        self.killed_by_watchdog: set[int] = set()  # pgids, until their job is reaped
 
     # --- the loop -------------------------------------------------------------
 
@@ -84,11 +85,15 @@ class Agent:
         self.poller.register(self._wake_r, zmq.POLLIN)
         log.info("agent %s: %d slots, labels %s, broker %s", self.agent_id, self.slots,
                  self.labels or "none", self.link.endpoint)
+        awake_at = time.monotonic()
         while not self._finished(time.monotonic()):
             timeout = self._timeout_ms()
-            asleep_since = time.monotonic()
             events = self.poller.poll(timeout)
-            self._check_frozen(time.monotonic() - asleep_since - timeout / 1000)
+            # Time since the last wake-up not spent waiting in poll: the loop's
+            # own work, or a stop (SIGSTOP, a debugger, a stalled process).
+            now = time.monotonic()
+            self._check_frozen(now - awake_at - timeout / 1000, now)
+            awake_at = now
             for target, _ in events:
                 self._on_event(target)
             now = time.monotonic()
@@ -103,19 +108,24 @@ class Agent:
         two heartbeats of margin cover the last heartbeat's age and the broker's tick."""
         return max(self.lease - 2 * self.heartbeat, self.heartbeat)
 
-    def _check_frozen(self, overslept: float) -> None:
-        """After a stop (SIGSTOP, a debugger, a starved machine) longer than the
-        cut-off, the watchdog has killed the jobs and the broker may have run them
-        elsewhere: whatever they report now is a lost lease, not a result."""
-        if overslept <= self.cutoff or not self.jobs:
+    def _check_frozen(self, stalled: float, now: float) -> None:
+        """After a stop longer than the cut-off, the broker may have judged this
+        agent lost and given its jobs to others. Its watchdog has killed the
+        running jobs (they report as lost, see ``_job_exited``); the agent says
+        Hello again before it acts on anything sent before or during the stop,
+        so a stale Dispatch is never started. A merely slow iteration costs one
+        extra Hello."""
+        if stalled <= self.cutoff:
             return
-        log.warning("agent %s was frozen for %.1fs, past its lease; its %d running jobs are "
-                    "killed (the watchdog did it already) and count as lost", self.agent_id,
-                    overslept, len(self.jobs))
-        for job in self.jobs.values():
-            if not job.exited_by_itself():
-                job.forced, job.forced_detail = Outcome.LEASE_LOST, "agent frozen past its lease"
-                job.kill(Outcome.LEASE_LOST, 0)
+        log.warning("agent %s was stopped or stalled for %.1fs, past its cut-off; saying hello "
+                    "again before taking any job", self.agent_id, stalled)
+        if self.link.transport_up:
+            self.link.up = False
+            self.link.say_hello(now)
+
+    @staticmethod
+    def _lost_by_freeze(job: RunningJob) -> None:
+        job.forced, job.forced_detail = Outcome.LEASE_LOST, "agent frozen past its lease"
 
     def signal(self, signum: int) -> None:
         """Record a signal (called from the handler) and wake the loop."""
@@ -204,6 +214,8 @@ class Agent:
             for token in msg.tokens:
                 self.held.pop(token, None)
             self.output_inflight = max(0, self.output_inflight - msg.output_bytes)
+            for entry in msg.rewind:  # chunks the broker lost: send again from there
+                self._rewind_stream(entry)
         elif isinstance(msg, m.Cancel):
             job = self.jobs.get(msg.token)
             if job is not None:
@@ -256,6 +268,12 @@ class Agent:
 
     def _start(self, dispatch: m.Dispatch) -> None:
         token = dispatch.token
+        if not self.link.up:
+            # Sent before the broker heard our latest Hello (a reconnect, a stop):
+            # the Hello does not name it, so the broker takes the lease back.
+            log.info("job %s (attempt %d): dispatched before the broker welcomed this agent "
+                     "again; not started", dispatch.job_id, token)
+            return
         if (self.draining_since is not None or len(self.jobs) >= self.slots
                 or token in self.jobs or token in self.held):
             self.link.send(m.Reject(token=token))
@@ -279,6 +297,12 @@ class Agent:
     def _job_exited(self, job: RunningJob) -> None:
         for fd in [fd for fd, (owner, _) in self.fds.items() if owner is job]:
             self._unwatch(fd)
+        running = {other.pgid for other in self.jobs.values()}
+        self.killed_by_watchdog = (self.killed_by_watchdog | self.watchdog.killed()) & running
+        if job.pgid in self.killed_by_watchdog:
+            self.killed_by_watchdog.discard(job.pgid)
+            if not job.exited_by_itself():
+                self._lost_by_freeze(job)  # a stall shorter than our own check saw
         returncode = job.reap()
         self.watchdog.forget(job.pgid)
         del self.jobs[job.token]
@@ -288,24 +312,38 @@ class Agent:
         self._deliver(job.token)
 
     def _deliver(self, token: int) -> None:
-        """Send a finished attempt's unsent output, then its result."""
+        """Send a finished attempt's unsent output, then its result. Held output
+        passes the send window (it is bounded: at most ``output_limit`` per stream
+        per finished job), so running jobs that print fast never delay a result."""
         held = self.held[token]
-        if self._send_output(token, held.stdout, held.stderr) and self.link.send(held.result):
+        if (self._send_output(token, held.stdout, held.stderr, windowed=False)
+                and self.link.send(held.result)):
             held.sent_at = time.monotonic()
 
-    def _send_output(self, token: int, *buffers: StreamBuffer) -> bool:
+    def _send_output(self, token: int, *buffers: StreamBuffer, windowed: bool = True) -> bool:
         """Send what the buffers hold beyond what was sent; stops when the link refuses
         or the send window is full (the buffers then keep only the newest bytes)."""
         for stream, buffer in zip((m.STDOUT, m.STDERR), buffers):
             while buffer.unsent():
-                if self.output_inflight >= OUTPUT_WINDOW:
+                if windowed and self.output_inflight >= OUTPUT_WINDOW:
                     return False
+                gap = buffer.dropped()
                 offset, data = buffer.peek(CHUNK)
-                if not self.link.send(m.Output(token=token, stream=stream, offset=offset, data=data)):
+                if not self.link.send(m.Output(token=token, stream=stream, offset=offset,
+                                               data=data, gap=gap)):
                     return False
                 buffer.mark_sent(len(data))
                 self.output_inflight += len(data)
         return True
+
+    def _rewind_stream(self, entry: Any) -> None:
+        try:
+            token, stream, end = (int(value) for value in entry)
+        except (TypeError, ValueError):
+            return
+        owner = self.jobs.get(token) or self.held.get(token)
+        if owner is not None and stream in (m.STDOUT, m.STDERR):
+            (owner.stdout if stream == m.STDOUT else owner.stderr).rewind(end)
 
     def _rewind(self, offsets: list) -> None:
         """Apply how far the broker stored each attempt's output (from Welcome): a

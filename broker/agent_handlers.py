@@ -114,8 +114,11 @@ def on_output(broker: "Broker", agent: AgentConn, msg: m.Output) -> None:
     attempt = broker.store.attempt(msg.token)
     if attempt is None or attempt.agent != agent.agent_id:
         return
-    broker.store.append_output(msg.token, msg.stream, msg.offset, msg.data,
-                               broker.config["output_limit"])
+    refused_at = broker.store.append_output(msg.token, msg.stream, msg.offset, msg.data,
+                                            broker.config["output_limit"], gap_ok=msg.gap)
+    if refused_at is not None:
+        broker.rewind_output(agent.ident, msg.token, msg.stream, refused_at)
+        return
     broker.notify(f"out:{msg.token}")
 
 

@@ -50,6 +50,7 @@ class Broker:
         self.outbox: list[tuple[bytes, Any]] = []
         self.acks: dict[bytes, list[int]] = defaultdict(list)
         self.output_received: dict[bytes, int] = defaultdict(int)
+        self.rewinds: dict[bytes, dict[tuple[int, int], int]] = defaultdict(dict)
         self.orphans: dict[int, float] = {}  # token -> monotonic deadline
         self.undelivered: list[int] = []
         self.next_due: float | None = None
@@ -170,16 +171,18 @@ class Broker:
                               or self.mono - self._drained_at > self.config["lease_sec"])
                 else:
                     self._expire_parked()
-            if self.needs_resync:
-                with self.store.transaction():
-                    self.resync()
         except UNAVAILABLE_ERRORS as exc:
             self._batch_failed(requests, exc, len(frames))
         else:
             if self.store_failing_since is not None and self.store.total_changes() > writes:
-                log.warning("the store accepts writes again after %.1fs of failures",
-                            self.mono - self.store_failing_since)
-                self.store_failing_since, self._store_backoff = None, 0.0
+                self._store_recovered()
+        if self.needs_resync:
+            try:
+                with self.store.transaction():
+                    self.resync()
+            except UNAVAILABLE_ERRORS as exc:
+                self.needs_resync = True
+                log.error("could not read the store to resync (%s); retrying", exc)
         self._flush()
         self._discount_deafness(time.monotonic() - self.mono)
 
@@ -192,6 +195,11 @@ class Broker:
                 agent.last_seen += duration
             for token in self.orphans:
                 self.orphans[token] += duration
+
+    def _store_recovered(self) -> None:
+        log.warning("the store accepts writes again after %.1fs of failures",
+                    self.mono - self.store_failing_since)
+        self.store_failing_since, self._store_backoff = None, 0.0
 
     def _batch_failed(self, requests: list[tuple[bytes, int]], exc: Exception,
                       frames: int) -> None:
@@ -444,17 +452,25 @@ class Broker:
         apart from ``acks``, which a failed batch takes back."""
         self.output_received[ident] += size
 
+    def rewind_output(self, ident: bytes, token: int, stream: int, stored_end: int) -> None:
+        """A chunk came after one that was lost (its batch failed): ask for a resend."""
+        self.rewinds[ident][(token, stream)] = stored_end
+
     def _send_reply(self, ident: bytes, req_id: int, result: Any,
                     code: ErrorCode | None = None, error: str | None = None) -> None:
         self.send(ident, m.Reply(req_id=req_id, ok=code is None, result=result,
                                  error_code=code.value if code else None, error=error))
 
     def _flush(self) -> None:
-        for ident in self.acks.keys() | self.output_received.keys():
+        for ident in self.acks.keys() | self.output_received.keys() | self.rewinds.keys():
+            rewind = [[token, stream, end]
+                      for (token, stream), end in self.rewinds.get(ident, {}).items()]
             self.outbox.append((ident, m.Ack(tokens=self.acks.get(ident, []),
-                                             output_bytes=self.output_received.get(ident, 0))))
+                                             output_bytes=self.output_received.get(ident, 0),
+                                             rewind=rewind)))
         self.acks.clear()
         self.output_received.clear()
+        self.rewinds.clear()
         outbox, self.outbox = self.outbox, []
         for ident, msg in outbox:
             try:

@@ -501,20 +501,25 @@ class Store:
 
     # --- output -----------------------------------------------------------
 
-    def append_output(self, token: int, stream: int, offset: int, data: bytes, limit: int) -> None:
+    def append_output(self, token: int, stream: int, offset: int, data: bytes, limit: int,
+                      gap_ok: bool = False) -> int | None:
         """Store a chunk and drop the oldest bytes beyond ``limit`` for this stream.
 
         Bytes before the stream's stored end were stored already (an agent
-        resends unacknowledged output after a reconnect) and are skipped.
+        resends output after a reconnect) and are skipped. A chunk that starts
+        past the stored end is refused unless ``gap_ok`` (the agent dropped
+        those bytes): returns the stored end then, so the agent can resend.
         """
         name = "stdout" if stream == 1 else "stderr"
         with self.conn:
             row = self._one(f"SELECT {name}_end, {name}_bytes FROM attempts WHERE id = ?", (token,))
             if row is None:
-                return
+                return None
             end, stored = row
+            if offset > end and not gap_ok:
+                return end
             if offset + len(data) <= end:
-                return
+                return None
             if offset < end:
                 data, offset = data[end - offset:], end
             self.conn.execute("INSERT INTO output (attempt_id, stream, offset, data)"
@@ -537,6 +542,7 @@ class Store:
                     stored -= excess
             self.conn.execute(f"UPDATE attempts SET {name}_bytes = ?, {name}_end = ? WHERE id = ?",
                               (stored, offset + len(data), token))
+        return None
 
     def output(self, token: int, after: dict[int, int] | None = None,
                max_bytes: int = 8 * 1024 * 1024) -> list[Chunk]:

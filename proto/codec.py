@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import msgpack
 
-VERSION = 1
+VERSION = 2
 # The largest frame either side accepts (also set as ZMQ_MAXMSGSIZE on the
 # broker's socket, so libzmq drops a bigger message before we ever see it).
 MAX_FRAME = 64 * 1024 * 1024

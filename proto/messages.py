@@ -44,6 +44,10 @@ class Output:
     stream: int
     offset: int  # byte offset of ``data`` within the stream
     data: bytes
+    # True when the agent dropped the bytes before ``offset`` (its buffer was
+    # full): the broker accepts the gap. Otherwise a chunk that starts past
+    # what the broker stored is refused and the agent is told to rewind.
+    gap: bool = False
 
 
 @message("result")
@@ -115,6 +119,9 @@ class Ack:
     # Bytes of Output received since the last Ack: the agent keeps at most a
     # window of output unacknowledged, so a fast printer cannot fill the queues.
     output_bytes: int = 0
+    # [token, stream, stored_end] for chunks refused because one before them
+    # was lost (a failed batch): the agent resends from stored_end.
+    rewind: list = ()
 
 
 @message("stop")

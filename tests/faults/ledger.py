@@ -18,7 +18,7 @@ every completed job's winning attempt has a ``start`` and an ``end`` line.
 from __future__ import annotations
 
 import shlex
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

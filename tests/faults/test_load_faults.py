@@ -28,7 +28,6 @@ import signal
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import pytest
 

@@ -470,7 +470,7 @@ def test_worker_start_exits_non_zero_when_the_broker_refuses_it(procs):
                                                     f"tcp://127.0.0.1:{port}"], "worker.log")
         assert router.poll(15000), "the worker never said hello"
         ident, _hello = router.recv_multipart()
-        refusal = msgpack.packb([1, "error", {"code": "version",
+        refusal = msgpack.packb([9, "error", {"code": "version",
                                               "message": "broker: peer speaks protocol version 9"}])
         router.send_multipart([ident, refusal])
         assert worker.wait(15) == 1, Path(worker.log_path).read_text()

@@ -262,7 +262,7 @@ def test_output_beyond_the_limit_keeps_the_last_bytes(broker, start_agent):
 # --- the wire ------------------------------------------------------------------------------
 
 def test_broker_survives_malformed_frames_and_names_the_wrong_version(broker):
-    from queuectl.proto import decode, encode
+    from queuectl.proto import VERSION, decode, encode
     from queuectl.proto import messages as m
 
     ping = encode(m.Request(req_id=1, op="ping", args={}))
@@ -278,8 +278,9 @@ def test_broker_survives_malformed_frames_and_names_the_wrong_version(broker):
 
     try:
         for garbage in (b"\xc1 garbage \xff\x00", ping[: len(ping) // 2], b"",
-                        msgpack.packb({"not": "an envelope"}), msgpack.packb([1, "nonsense", {}]),
-                        msgpack.packb([1, "request", {"req_id": "x", "op": "ping", "args": {}}])):
+                        msgpack.packb({"not": "an envelope"}), msgpack.packb([VERSION, "nonsense", {}]),
+                        msgpack.packb([VERSION, "request",
+                                       {"req_id": "x", "op": "ping", "args": {}}])):
             sock.send(garbage)
             error = reply()
             assert isinstance(error, m.Error) and error.code == "protocol", (garbage, error)
@@ -294,7 +295,7 @@ def test_broker_survives_malformed_frames_and_names_the_wrong_version(broker):
         sock.send(msgpack.packb([99, "request", {"req_id": 2, "op": "ping", "args": {}}]))
         error = reply()
         assert isinstance(error, m.Error) and error.code == "version"
-        assert "99" in error.message and "1" in error.message
+        assert "99" in error.message and str(VERSION) in error.message
 
         # well-formed requests with bad arguments get an error reply, not a crash
         sock.send(encode(m.Request(req_id=3, op="get", args={"id": 5})))

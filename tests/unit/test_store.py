@@ -426,6 +426,20 @@ def test_a_resent_chunk_is_stored_once(store):
     assert stream_text(store, token, 1) == (0, b"hello world")
 
 
+def test_a_chunk_past_a_lost_one_is_refused_unless_the_agent_dropped_those_bytes(store):
+    token = claimed_token(store, "a")
+    assert store.append_output(token, 1, 0, b"first ", 100) is None
+    # "second " (offset 6) was lost with a failed batch: the next chunk is refused
+    assert store.append_output(token, 1, 13, b"third", 100) == 6
+    assert stream_text(store, token, 1) == (0, b"first ")
+    assert store.append_output(token, 1, 6, b"second third", 100) is None  # the resend
+    assert stream_text(store, token, 1) == (0, b"first second third")
+    # bytes the agent itself dropped (its buffer was full): the gap is accepted
+    assert store.append_output(token, 1, 40, b"tail", 100, gap_ok=True) is None
+    assert b"".join(c.data for c in store.output(token)) == b"first second thirdtail"
+    assert store.output_ends(token) == (44, 0)
+
+
 def test_output_after_offsets_skips_what_the_reader_has(store):
     token = claimed_token(store, "a")
     store.append_output(token, 1, 0, b"abc", 100)
