@@ -135,7 +135,7 @@ def _decode(frame: bytes) -> Any:
             raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
         elif not isinstance(value, accepted):
             raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
-        elif type(value) is int and value not in INT64:
+        elif type(value) is int and object not in accepted and value not in INT64:
             raise ProtocolError(f"{type_name}: field {key!r} is out of range")
     try:
         return cls(**body)
