@@ -70,6 +70,21 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def watchdog_pid(agent_pid: int) -> int:
+    """The agent's watchdog process (its child running queuectl.agent.watchdog), or 0."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == agent_pid and b"queuectl.agent.watchdog" in cmdline:
+            return int(entry.name)
+    return 0
+
+
 class Processes:
     """Owns every process a test starts; ``cleanup`` kills their groups."""
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import apsw
 import pytest
 
 from faults.ledger import Ledger, audit
-from harness import pid_alive, run_cli, wait_until
+from harness import pid_alive, run_cli, wait_until, watchdog_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -24,21 +23,6 @@ def fast(qc, heartbeat: float = 0.25, lease: float = 1.0) -> None:
     qc.config_set("heartbeat_sec", heartbeat)
     qc.config_set("lease_sec", lease)
     qc.config_set("base_backoff", 1)
-
-
-def watchdog_of(agent_pid: int) -> int:
-    """The agent's watchdog process (its child running queuectl.agent.watchdog), or 0."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if ppid == agent_pid and b"queuectl.agent.watchdog" in cmdline:
-            return int(entry.name)
-    return 0
 
 
 def test_a_job_dispatched_to_a_frozen_idle_agent_never_runs_there_once_given_to_another(
@@ -121,15 +105,15 @@ def test_a_watchdog_that_dies_at_once_does_not_end_the_agent_and_comes_back(
         broker, start_agent, tmp_path):
     ledger = Ledger(tmp_path / "ledger")
     agent = start_agent(count=1)
-    first = wait_until(lambda: watchdog_of(agent.pid), 5, message="the watchdog")
+    first = wait_until(lambda: watchdog_pid(agent.pid), 5, message="the watchdog")
     os.kill(first, signal.SIGKILL)
     with broker.client() as qc:
         qc.enqueue(ledger.job("during", 0.2))
         assert qc.wait("during", timeout=15)["state"] == "completed"
-        second = wait_until(lambda: (pid := watchdog_of(agent.pid)) not in (0, first) and pid, 10,
+        second = wait_until(lambda: (pid := watchdog_pid(agent.pid)) not in (0, first) and pid, 10,
                             message="a new watchdog")
         os.kill(second, signal.SIGKILL)  # dies again at once: the restart backs off
-        third = wait_until(lambda: (pid := watchdog_of(agent.pid)) not in (0, second) and pid,
+        third = wait_until(lambda: (pid := watchdog_pid(agent.pid)) not in (0, second) and pid,
                            15, message="another new watchdog")
         qc.enqueue({"id": "guarded", "command": f"echo $$ > {tmp_path}/pid; sleep 60"})
         job_pid = int(wait_until(lambda: (tmp_path / "pid").exists()

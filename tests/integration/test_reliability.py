@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli_json, pid_alive, run_cli, wait_until
+from harness import cli_json, pid_alive, run_cli, wait_until, watchdog_pid
 
 pytestmark = pytest.mark.integration
 
@@ -256,21 +256,6 @@ def test_a_job_running_across_a_broker_crash_completes_once(broker, start_agent,
     assert runs.read_text() == "run\n", "the job must not run twice"
     assert status["counts"]["processing"] == 0
     assert run_cli(broker, "logs", "survivor").stdout == "finished\n"
-
-
-def watchdog_pid(agent_pid: int) -> int:
-    """The agent's watchdog: its child process running queuectl.agent.watchdog."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == agent_pid and b"queuectl.agent.watchdog" in cmdline:
-            return int(entry.name)
-    return 0  # none (yet): wait_until tries again
 
 
 def test_a_killed_watchdog_is_replaced_and_still_kills_the_jobs_of_a_sigkilled_agent(
