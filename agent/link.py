@@ -33,7 +33,7 @@ EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 class Link:
-    def __init__(self, endpoint: str, identity: str, hello: Callable[[], m.Hello]):
+    def __init__(self, endpoint: str, identity: str, hello: Callable[[int], m.Hello]):
         self.endpoint = endpoint
         self.identity = identity.encode()
         self.hello = hello
@@ -45,7 +45,8 @@ class Link:
         self.up = False          # welcomed by the broker
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
-        self.hello_at = 0.0
+        self.hello_at = -HELLO_RETRY
+        self.hello_seq = 0       # of the latest Hello; only its Welcome counts
 
     def open(self, heartbeat: float) -> None:
         """(Re)create the socket; raises zmq.ZMQError for a malformed endpoint."""
@@ -90,7 +91,16 @@ class Link:
 
     def say_hello(self, now: float) -> None:
         self.hello_at = now
-        self._send(self.hello())
+        self.hello_seq += 1
+        self._send(self.hello(self.hello_seq))
+
+    def rehello(self, now: float) -> None:
+        """The session is in doubt: act on nothing until a new Hello is answered.
+        A Hello sent less than a heartbeat ago is still on its way; ``tick``
+        repeats it if no answer comes."""
+        self.up = False
+        if self.transport_up and now - self.hello_at >= self.heartbeat:
+            self.say_hello(now)
 
     def tick(self, now: float) -> None:
         if self.transport_up and not self.up and now - self.hello_at >= HELLO_RETRY:

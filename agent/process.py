@@ -136,7 +136,8 @@ class RunningJob:
             except ValueError:
                 detail = str(-returncode)
         return m.Result(token=self.token, outcome=outcome.value, exit_code=exit_code,
-                        detail=detail, started_at=self.started_at, finished_at=finished_at)
+                        detail=detail, started_at=self.started_at, finished_at=finished_at,
+                        stdout_end=self.stdout.end, stderr_end=self.stderr.end)
 
     def spawn_failure(self, exc: OSError) -> m.Result:
         now = time.time()

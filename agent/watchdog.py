@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 ALIVE_EVERY = 0.1  # at most this fraction of the limit between two signs of life
 RESPAWN_BACKOFF = (0.5, 30.0)  # seconds between attempts to restart a dead watchdog
+HEALTHY_AFTER = 5.0  # a watchdog alive this long resets the restart backoff
 
 
 def _kill(groups: set[int]) -> None:
@@ -47,6 +48,25 @@ def _kill(groups: set[int]) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _job_groups_of(parent: int) -> set[int]:
+    """Process groups led by ``parent``'s children other than this watchdog: the
+    agent's jobs, including one it spawned but had not reported yet (it was
+    stopped between the spawn and the ``+PGID`` line)."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid, pgrp = int(entry.name), int(fields[1]), int(fields[2])
+        if ppid == parent and pgrp == pid and pid != os.getpid():
+            found.add(pid)
+    return found
 
 
 def main() -> int:
@@ -59,10 +79,14 @@ def main() -> int:
     pending = b""
     while True:
         timeout = None
-        if groups and limit is not None:
+        if limit is not None:
             timeout = max(0.0, heard + limit - time.monotonic())
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
+            heard = time.monotonic()  # next look after another full limit
+            groups |= _job_groups_of(os.getppid())
+            if not groups:
+                continue
             sys.stderr.write(
                 f"queuectl watchdog: agent pid {os.getppid()} silent for {limit:g}s, past its "
                 f"lease; killed the process groups {sorted(groups)} so they cannot run twice\n")
@@ -108,12 +132,14 @@ class Watchdog:
         self.proc: subprocess.Popen | None = None
         self._pending = bytearray()
         self._notices = b""
+        self._early_kills: set[int] = set()
         self._alive_at = 0.0
         self._retry_at = 0.0
         self._backoff = RESPAWN_BACKOFF[0]
         self._spawn()
 
     def _spawn(self) -> None:
+        self._started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from queuectl.agent.watchdog import main; main()"],
             # cwd "/": with -c, Python imports from the working directory first,
@@ -125,6 +151,7 @@ class Watchdog:
         self._pending += b"".join(b"+%d\n" % pgid for pgid in sorted(self.groups))
 
     def _died(self) -> None:
+        self._early_kills |= self.killed()  # what it said before it died still counts
         status = self.proc.wait()
         self.proc.stdin.close()
         self.proc.stdout.close()
@@ -152,19 +179,21 @@ class Watchdog:
                 self._died()
                 return
             del self._pending[:written]
-        if self._backoff > RESPAWN_BACKOFF[0] and self.proc.poll() is None:
+        if (self._backoff > RESPAWN_BACKOFF[0]
+                and time.monotonic() - self._started > HEALTHY_AFTER):
             self._backoff = RESPAWN_BACKOFF[0]
 
     def killed(self) -> set[int]:
         """Process groups the watchdog killed because the agent was silent too long."""
+        killed, self._early_kills = self._early_kills, set()
         if self.proc is None:
-            return set()
+            return killed
         try:
             self._notices += os.read(self.proc.stdout.fileno(), 65536)
         except (BlockingIOError, OSError):
             pass
         *lines, self._notices = self._notices.split(b"\n")
-        return {int(line.split()[1]) for line in lines if line.startswith(b"killed ")}
+        return killed | {int(line.split()[1]) for line in lines if line.startswith(b"killed ")}
 
     def watch(self, pgid: int) -> None:
         self.groups.add(pgid)

@@ -76,6 +76,7 @@ class Agent:
         os.set_blocking(self._wake_w, False)
         self.watchdog: Watchdog | None = None
         self.killed_by_watchdog: set[int] = set()  # pgids, until their job is reaped
+        self.progress_at = time.monotonic()  # when the loop last made progress
 
     # --- the loop -------------------------------------------------------------
 
@@ -93,7 +94,7 @@ class Agent:
             # own work, or a stop (SIGSTOP, a debugger, a stalled process).
             now = time.monotonic()
             self._check_frozen(now - awake_at - timeout / 1000, now)
-            awake_at = now
+            awake_at = self.progress_at = now
             for target, _ in events:
                 self._on_event(target)
             now = time.monotonic()
@@ -110,18 +111,22 @@ class Agent:
 
     def _check_frozen(self, stalled: float, now: float) -> None:
         """After a stop longer than the cut-off, the broker may have judged this
-        agent lost and given its jobs to others. Its watchdog has killed the
-        running jobs (they report as lost, see ``_job_exited``); the agent says
-        Hello again before it acts on anything sent before or during the stop,
-        so a stale Dispatch is never started. A merely slow iteration costs one
-        extra Hello."""
+        agent lost and given its jobs to others. Its running jobs are killed and
+        count as lost (the watchdog killed those it knew already, see
+        ``_job_exited``), and the agent says Hello again before it acts on
+        anything sent before or during the stop, so a stale Dispatch is never
+        started. ``stalled`` is time no work accounts for: an oversleep in poll,
+        or a gap around one message, never the loop's normal work."""
         if stalled <= self.cutoff:
             return
-        log.warning("agent %s was stopped or stalled for %.1fs, past its cut-off; saying hello "
-                    "again before taking any job", self.agent_id, stalled)
-        if self.link.transport_up:
-            self.link.up = False
-            self.link.say_hello(now)
+        log.warning("agent %s was stopped or stalled for %.1fs, past its cut-off; its %d "
+                    "running jobs are killed and count as lost; saying hello again before "
+                    "taking any job", self.agent_id, stalled, len(self.jobs))
+        for job in self.jobs.values():
+            if not job.exited_by_itself():
+                self._lost_by_freeze(job)
+                job.kill(Outcome.LEASE_LOST, 0)
+        self.link.rehello(now)
 
     @staticmethod
     def _lost_by_freeze(job: RunningJob) -> None:
@@ -138,7 +143,13 @@ class Agent:
     def _on_event(self, target: Any) -> None:
         if target is self.link.socket:
             for msg in self.link.receive():
+                # A stop can land between two messages or while one is handled
+                # (a spawn): check around each one.
+                before = time.monotonic()
+                self._check_frozen(before - self.progress_at, before)
                 self._on_message(msg)
+                self.progress_at = time.monotonic()
+                self._check_frozen(self.progress_at - before, self.progress_at)
         elif target is self.link.monitor:
             self.link.on_monitor(time.monotonic())
         elif target == self._wake_r:
@@ -193,10 +204,10 @@ class Agent:
 
     # --- the broker -----------------------------------------------------------
 
-    def _hello(self) -> m.Hello:
+    def _hello(self, seq: int) -> m.Hello:
         return m.Hello(agent_id=self.agent_id, host=socket.gethostname(), pid=os.getpid(),
                        slots=self.slots, labels=self.labels,
-                       tokens=sorted(set(self.jobs) | set(self.held)))
+                       tokens=sorted(set(self.jobs) | set(self.held)), seq=seq)
 
     def _open_link(self) -> None:
         """(Re)open the broker socket with ZMTP heartbeats matching ``self.heartbeat``."""
@@ -211,11 +222,12 @@ class Agent:
         if isinstance(msg, m.Dispatch):
             self._start(msg)
         elif isinstance(msg, m.Ack):
+            self.output_inflight = max(0, self.output_inflight - msg.output_bytes)
+            rewound = {self._rewind_stream(entry) for entry in msg.rewind}
             for token in msg.tokens:
                 self.held.pop(token, None)
-            self.output_inflight = max(0, self.output_inflight - msg.output_bytes)
-            for entry in msg.rewind:  # chunks the broker lost: send again from there
-                self._rewind_stream(entry)
+            for token in rewound & set(self.held):  # output the broker lost, then the result
+                self._deliver(token)
         elif isinstance(msg, m.Cancel):
             job = self.jobs.get(msg.token)
             if job is not None:
@@ -229,6 +241,10 @@ class Agent:
             self._error(msg)
 
     def _welcome(self, msg: m.Welcome) -> None:
+        if msg.hello_seq != self.link.hello_seq:
+            log.debug("ignored a welcome for hello %d (the latest is %d)", msg.hello_seq,
+                      self.link.hello_seq)
+            return
         self.heartbeat, self.lease = msg.heartbeat_sec, msg.lease_sec
         self.kill_grace, self.output_limit = msg.kill_grace_sec, msg.output_limit
         if self.heartbeat != self.link.heartbeat:
@@ -256,9 +272,10 @@ class Agent:
 
     def _error(self, msg: m.Error) -> None:
         if msg.code == "hello_first":
-            log.info("the broker does not know this agent (it restarted?); saying hello again")
-            self.link.up = False
-            self.link.say_hello(time.monotonic())
+            if self.link.up:
+                log.info("the broker does not know this agent (it restarted?); saying hello "
+                         "again")
+            self.link.rehello(time.monotonic())
         elif msg.code == "version":
             self.fatal = msg.message
         else:
@@ -336,14 +353,16 @@ class Agent:
                 self.output_inflight += len(data)
         return True
 
-    def _rewind_stream(self, entry: Any) -> None:
+    def _rewind_stream(self, entry: Any) -> int | None:
+        """Apply one ``[token, stream, stored_end]`` from an Ack; returns the token."""
         try:
             token, stream, end = (int(value) for value in entry)
         except (TypeError, ValueError):
-            return
+            return None
         owner = self.jobs.get(token) or self.held.get(token)
         if owner is not None and stream in (m.STDOUT, m.STDERR):
             (owner.stdout if stream == m.STDOUT else owner.stderr).rewind(end)
+        return token
 
     def _rewind(self, offsets: list) -> None:
         """Apply how far the broker stored each attempt's output (from Welcome): a

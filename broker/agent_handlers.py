@@ -38,7 +38,7 @@ def welcome(broker: "Broker", agent: AgentConn, cancel: list[int],
     broker.send(agent.ident, m.Welcome(
         heartbeat_sec=cfg["heartbeat_sec"], lease_sec=cfg["lease_sec"],
         kill_grace_sec=cfg["kill_grace_sec"], output_limit=cfg["output_limit"], cancel=cancel,
-        offsets=offsets))
+        offsets=offsets, hello_seq=agent.hello_seq))
 
 
 def _bad_hello(msg: m.Hello) -> str | None:
@@ -81,6 +81,7 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
             broker.forget_lease(token)
         agent.slots, agent.labels = msg.slots, dict(msg.labels)
         agent.draining, agent.departing_since = False, None
+    agent.hello_seq = msg.seq
     cancel = []
     for token in sorted(tokens - agent.inflight):
         job = broker.store.job_by_lease(token)
@@ -122,9 +123,26 @@ def on_output(broker: "Broker", agent: AgentConn, msg: m.Output) -> None:
     broker.notify(f"out:{msg.token}")
 
 
+def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result) -> bool:
+    """Ask for a resend of output the broker lost (a failed batch) before applying
+    the result of the job's current attempt, so its logs end where the job did."""
+    if msg.token not in agent.inflight:
+        return False
+    stored = broker.store.output_ends(msg.token)
+    missing = False
+    for stream, end, final in ((m.STDOUT, stored[0], msg.stdout_end),
+                               (m.STDERR, stored[1], msg.stderr_end)):
+        if end < final:
+            broker.rewind_output(agent.ident, msg.token, stream, end)
+            missing = True
+    return missing
+
+
 def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
     attempt = broker.store.attempt(msg.token)
     if attempt is not None and attempt.agent == agent.agent_id:
+        if _output_missing(broker, agent, msg):
+            return  # not acknowledged: the agent resends the output, then the result
         try:
             outcome = Outcome(msg.outcome)
         except ValueError:

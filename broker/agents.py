@@ -26,6 +26,7 @@ class AgentConn:
     draining: bool = False     # stopping: takes no new jobs
     reachable: bool = True     # false after a send to it failed, until it speaks again
     departing_since: float | None = None  # said Bye; gone once its connection closes
+    hello_seq: int = 0         # of its latest Hello, echoed in every Welcome
 
     @property
     def labels_json(self) -> str | None:

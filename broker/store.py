@@ -145,6 +145,44 @@ MIGRATIONS = [
     """
     ALTER TABLE attempts ADD COLUMN late_result TEXT;
     """,
+    # version 3: attempt ids are fencing tokens and must never be issued twice.
+    # A plain INTEGER PRIMARY KEY reuses the highest id after its row is
+    # deleted (a released dispatch); AUTOINCREMENT never does.
+    """
+    CREATE TABLE attempts_v3 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_seq INTEGER NOT NULL REFERENCES jobs(seq) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        agent TEXT NOT NULL,
+        dispatched_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        pid INTEGER,
+        exit_code INTEGER,
+        reason TEXT,
+        stale INTEGER NOT NULL DEFAULT 0,
+        stdout_bytes INTEGER NOT NULL DEFAULT 0,
+        stderr_bytes INTEGER NOT NULL DEFAULT 0,
+        stdout_end INTEGER NOT NULL DEFAULT 0,
+        stderr_end INTEGER NOT NULL DEFAULT 0,
+        late_result TEXT
+    );
+    INSERT INTO attempts_v3 (id, job_seq, number, agent, dispatched_at, started_at, finished_at,
+                             pid, exit_code, reason, stale, stdout_bytes, stderr_bytes,
+                             stdout_end, stderr_end, late_result)
+        SELECT id, job_seq, number, agent, dispatched_at, started_at, finished_at, pid,
+               exit_code, reason, stale, stdout_bytes, stderr_bytes, stdout_end, stderr_end,
+               late_result FROM attempts;
+    -- past the highest token the jobs table still names, too (its attempt row
+    -- may be gone)
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'attempts_v3', 0
+        WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'attempts_v3');
+    UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT max(lease) FROM jobs), 0))
+        WHERE name = 'attempts_v3';
+    DROP TABLE attempts;
+    ALTER TABLE attempts_v3 RENAME TO attempts;
+    CREATE INDEX attempts_job ON attempts(job_seq, id);
+    """,
 ]
 
 
@@ -281,11 +319,15 @@ class Store:
             raise RuntimeError(
                 f"{self.path} has schema version {version}; this QueueCTL knows up to "
                 f"{len(MIGRATIONS)}. Upgrade QueueCTL.")
+        # Off while migrating: rebuilding a table (drop the old one, rename the
+        # new) must not cascade to the rows that reference it.
+        self.conn.pragma("foreign_keys", 0)
         for number in range(version, len(MIGRATIONS)):
             with self.conn:
                 self.conn.execute(MIGRATIONS[number])
                 self.conn.pragma("user_version", number + 1)
             log.info("store %s migrated to schema version %d", self.path, number + 1)
+        self.conn.pragma("foreign_keys", 1)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

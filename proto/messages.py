@@ -29,6 +29,9 @@ class Hello:
     # Attempts this agent still runs or holds an unacknowledged result for;
     # after a reconnect the broker adopts them or tells the agent to cancel.
     tokens: list = ()
+    # Counts this agent's Hellos; the Welcome echoes it, so an answer to an
+    # older Hello (several can be in flight) is recognised and ignored.
+    seq: int = 0
 
 
 @message("started")
@@ -58,6 +61,10 @@ class Result:
     detail: str
     started_at: Optional[float]
     finished_at: float
+    # Where stdout and stderr ended: the broker applies the result only once it
+    # has stored the output up to there (else it asks for a resend first).
+    stdout_end: int = 0
+    stderr_end: int = 0
 
 
 @message("heartbeat")
@@ -94,6 +101,7 @@ class Welcome:
     # [token, stdout_end, stderr_end] for the other tokens from Hello: how far
     # the broker stored their output; the agent resends what follows.
     offsets: list = ()
+    hello_seq: int = 0  # the ``seq`` of the Hello this answers
 
 
 @message("dispatch")

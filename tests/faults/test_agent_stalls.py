@@ -128,3 +128,60 @@ def test_a_watchdog_that_dies_at_once_does_not_end_the_agent_and_comes_back(
         if pid_alive(job_pid):
             os.kill(job_pid, signal.SIGKILL)
     assert audit(broker, ["during"], ledger, settled=False).problems() == []
+
+
+def test_an_agent_stopped_in_the_middle_of_a_burst_of_dispatches_starts_none_of_the_rest(
+        broker, start_agent, tmp_path):
+    """SIGSTOP lands while the agent works through 150 Dispatches; the broker gives
+    them to another agent; on SIGCONT the frozen agent must start none of the rest."""
+    ledger = Ledger(tmp_path / "ledger")
+    jobs = 150
+    with broker.client() as qc:
+        fast(qc, heartbeat=0.5, lease=2.0)
+    frozen = start_agent(count=jobs)
+    starts = lambda: sum(1 for kind, _, _ in ledger.lines() if kind == "start")  # noqa: E731
+    with broker.client(timeout=30) as qc:
+        qc.enqueue_many([ledger.job(f"b{n}", 6, max_retries=5) for n in range(jobs)])
+        wait_until(lambda: starts() >= 10, 20, interval=0.005, message="the burst to begin")
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            stopped_at = starts()
+            start_agent(count=jobs)
+            wait_until(lambda: starts() >= stopped_at + 50, 30,
+                       message="the other agent to run the frozen agent's jobs")
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        wait_until(lambda: "saying hello again" in frozen.log(), 10)
+        wait_until(lambda: all(j["state"] == "completed" for j in qc.list(limit=jobs + 10)), 60,
+                   interval=0.2, message="every job to complete")
+    assert ledger.overlaps() == [], f"{len(ledger.overlaps())} overlapping executions"
+    assert audit(broker, [f"b{n}" for n in range(jobs)], ledger).problems() == []
+
+
+def test_output_of_a_job_that_then_stays_quiet_is_resent_when_the_locked_store_frees(
+        broker, start_agent, tmp_path):
+    """The chunk lost with the failed batch is the job's last: no later chunk is
+    refused, so the result itself must make the agent resend it."""
+    start_agent(count=1)
+    locked, printed, go = tmp_path / "locked", tmp_path / "printed", tmp_path / "go"
+    command = (f"echo before; until [ -e {locked} ]; do sleep 0.02; done; "
+               f"for i in $(seq 1 20); do echo line $i; done; touch {printed}; "
+               f"until [ -e {go} ]; do sleep 0.02; done")
+    with broker.client() as qc:
+        qc.enqueue({"id": "quiet-tail", "command": command})
+        wait_until(lambda: run_cli(broker, "logs", "quiet-tail").stdout == "before\n", 10)
+    holder = apsw.Connection(str(broker.db))
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        locked.touch()
+        wait_until(printed.exists, 10)
+        wait_until(lambda: "store commit failed" in broker.log(), 10,
+                   message="the chunk to fail to be stored")
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    go.touch()
+    with broker.client(timeout=10) as qc:
+        assert qc.wait("quiet-tail", timeout=30)["state"] == "completed"
+    assert run_cli(broker, "logs", "quiet-tail").stdout.splitlines() == \
+        ["before"] + [f"line {i}" for i in range(1, 21)]

@@ -524,6 +524,41 @@ def test_a_version_1_store_is_migrated_in_place_keeping_its_jobs_and_attempts(tm
         store.close()
 
 
+def test_an_attempt_token_is_never_issued_twice_even_after_a_release(store):
+    store.insert_jobs([new_job("a"), new_job("b")], NOW)
+    _, first = store.claim(NOW, AGENT, None)
+    store.delete_attempt(first)  # the dispatch was rejected: its row goes away
+    _, second = store.claim(NOW, AGENT, None)
+    assert second > first
+
+
+def test_a_version_2_store_keeps_its_attempts_and_output_through_the_token_migration(tmp_path):
+    path = str(tmp_path / "queue.db")
+    old = apsw.Connection(path)
+    with old:
+        old.execute(MIGRATIONS[0])
+        old.execute(MIGRATIONS[1])
+        old.pragma("user_version", 2)
+        old.execute("INSERT INTO jobs (id, command, queue, priority, state, run_at, timeout_sec,"
+                    " max_retries, created_at, updated_at, lease, agent) VALUES ('run', 'true',"
+                    " 'default', 0, 'processing', 1, 60, 3, 1, 2, 9, 'a')")
+        old.execute("INSERT INTO attempts (id, job_seq, number, agent, dispatched_at,"
+                    " late_result) VALUES (7, 1, 1, 'a', 1, 'exit code 0')")
+        old.execute("INSERT INTO output (attempt_id, stream, offset, data) VALUES (7, 1, 0, X'6869')")
+    old.close()
+
+    store = Store(path)
+    try:
+        [attempt] = store.attempts(store.job("run").seq)
+        assert (attempt.id, attempt.late_result) == (7, "exit code 0")
+        assert b"".join(c.data for c in store.output(7)) == b"hi"
+        store.insert_jobs([new_job("next")], NOW)
+        _, token = store.claim(NOW, AGENT, None)
+        assert token > 9, "a token past every one the old store issued, leases included"
+    finally:
+        store.close()
+
+
 def test_a_reopened_store_keeps_its_data_and_schema_version(tmp_path):
     path = str(tmp_path / "queue.db")
     first = Store(path)
