@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import apsw
 import pytest
@@ -151,7 +152,8 @@ def test_an_agent_stopped_in_the_middle_of_a_burst_of_dispatches_starts_none_of_
                        message="the other agent to run the frozen agent's jobs")
         finally:
             os.kill(frozen.pid, signal.SIGCONT)
-        wait_until(lambda: "saying hello again" in frozen.log(), 10)
+        wait_until(lambda: "saying hello again" in Path(frozen.proc.log_path).read_text(), 10,
+                   message="the resumed agent to notice its stop")
         wait_until(lambda: all(j["state"] == "completed" for j in qc.list(limit=jobs + 10)), 60,
                    interval=0.2, message="every job to complete")
     assert ledger.overlaps() == [], f"{len(ledger.overlaps())} overlapping executions"
