@@ -23,6 +23,7 @@ from queuectl.proto import messages as m
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0
 SLOW_RATE = 10_000     # jobs a second that even a slow broker stores or lists
+MAX_ITEMS = 10_000_000  # no request is about more jobs than this (the broker refuses it)
 PING_ABOVE = 1.0       # requests that may take longer than this are preceded by a ping
 RECONNECT_BUDGET = 30.0  # seconds a wait without a deadline rides out a missing broker
 T = TypeVar("T")
@@ -92,7 +93,7 @@ def default_timeout() -> float:
 
 def size_allowance(items: int) -> float:
     """Extra seconds a slow broker may need for a request about ``items`` jobs."""
-    return max(0, items) / SLOW_RATE
+    return min(max(0, items), MAX_ITEMS) / SLOW_RATE
 
 
 class Connection:
