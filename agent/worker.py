@@ -86,21 +86,28 @@ class Agent:
         self.poller.register(self._wake_r, zmq.POLLIN)
         log.info("agent %s: %d slots, labels %s, broker %s", self.agent_id, self.slots,
                  self.labels or "none", self.link.endpoint)
-        awake_at = time.monotonic()
+        self.progress_at = time.monotonic()
         while not self._finished(time.monotonic()):
             timeout = self._timeout_ms()
             events = self.poller.poll(timeout)
-            # Time since the last wake-up not spent waiting in poll: the loop's
-            # own work, or a stop (SIGSTOP, a debugger, a stalled process).
-            now = time.monotonic()
-            self._check_frozen(now - awake_at - timeout / 1000, now)
-            awake_at = self.progress_at = now
+            self._progress(waited=timeout / 1000)
             for target, _ in events:
                 self._on_event(target)
+                self._progress()
             now = time.monotonic()
             self._handle_signals(now)
             self._timers(now)
+            self._progress()
         return self._goodbye()
+
+    def _progress(self, waited: float = 0.0) -> None:
+        """End of one unit of work (a wait in poll, one event, one message, the
+        timers). A unit that took longer than it should by more than the
+        cut-off was a stop (SIGSTOP, a debugger, a stalled process): it is
+        seen here, before the next unit acts on anything."""
+        now = time.monotonic()
+        self._check_frozen(now - self.progress_at - waited, now)
+        self.progress_at = now
 
     @property
     def cutoff(self) -> float:
@@ -115,8 +122,8 @@ class Agent:
         count as lost (the watchdog killed those it knew already, see
         ``_job_exited``), and the agent says Hello again before it acts on
         anything sent before or during the stop, so a stale Dispatch is never
-        started. ``stalled`` is time no work accounts for: an oversleep in poll,
-        or a gap around one message, never the loop's normal work."""
+        started. ``stalled`` is how long one unit of work overran (see
+        ``_progress``), never the sum of a busy iteration's work."""
         if stalled <= self.cutoff:
             return
         log.warning("agent %s was stopped or stalled for %.1fs, past its cut-off; its %d "
@@ -142,14 +149,11 @@ class Agent:
 
     def _on_event(self, target: Any) -> None:
         if target is self.link.socket:
-            for msg in self.link.receive():
-                # A stop can land between two messages or while one is handled
-                # (a spawn): check around each one.
-                before = time.monotonic()
-                self._check_frozen(before - self.progress_at, before)
+            messages = self.link.receive()
+            self._progress()
+            for msg in messages:  # a stop can land while one is handled (a spawn)
                 self._on_message(msg)
-                self.progress_at = time.monotonic()
-                self._check_frozen(self.progress_at - before, self.progress_at)
+                self._progress()
         elif target is self.link.monitor:
             self.link.on_monitor(time.monotonic())
         elif target == self._wake_r:
