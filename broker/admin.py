@@ -273,6 +273,11 @@ def op_wait_agents(call: Call) -> Any:
     return call.park("agents", check, lambda: {"remaining": remaining()})
 
 
+# Operations that never write nor park: after a failed batch they are answered
+# again on their own, so a full or read-only store still serves reads.
+READ_ONLY = frozenset({"ping", "get", "list", "status", "dlq_list", "config_show",
+                       "config_get", "agents"})
+
 OPS: dict[str, Callable[[Call], Any]] = {
     "ping": op_ping, "enqueue": op_enqueue, "get": op_get, "list": op_list,
     "status": op_status, "wait": op_wait, "cancel": op_cancel, "logs": op_logs,

@@ -152,7 +152,7 @@ class Broker:
     def step(self, frames: list[list[bytes]]) -> None:
         """Handle ``frames`` and the timed work in one transaction, then send."""
         self.now, self.mono = time.time(), time.monotonic()
-        requests: list[tuple[bytes, int]] = []  # answered with an error if the batch fails
+        requests: list[tuple[bytes, m.Request]] = []  # answered again if the batch fails
         timed = self.mono >= self.store_retry_at
         writes = self.store.total_changes()
         try:
@@ -201,11 +201,12 @@ class Broker:
                     self.mono - self.store_failing_since)
         self.store_failing_since, self._store_backoff = None, 0.0
 
-    def _batch_failed(self, requests: list[tuple[bytes, int]], exc: Exception,
+    def _batch_failed(self, requests: list[tuple[bytes, m.Request]], exc: Exception,
                       frames: int) -> None:
         """Nothing of the batch was stored: take back every message it would send, and
         hold timed writes back (exponential backoff) so a full or locked store is
-        retried calmly instead of in a busy loop."""
+        retried calmly instead of in a busy loop. Requests that only read are
+        answered again on their own; the others get a clear error."""
         if self.store_failing_since is None:
             self.store_failing_since = self._store_logged_at = self.mono
             log.error("store commit failed (%s); the batch of %d messages is rolled back; "
@@ -218,12 +219,20 @@ class Broker:
         self.store_retry_at = time.monotonic() + self._store_backoff
         self.outbox.clear()
         self.acks.clear()
-        for ident, req_id in requests:
-            self._send_reply(ident, req_id, None, ErrorCode.UNAVAILABLE,
+        for ident, req in requests:
+            if req.op in admin.READ_ONLY:
+                try:
+                    with self.store.transaction():
+                        self._handle_request(ident, req)
+                    continue
+                except UNAVAILABLE_ERRORS as again:
+                    exc = again
+            self._send_reply(ident, req.req_id, None, ErrorCode.UNAVAILABLE,
                              f"the broker could not write its store: {exc}")
         self.needs_resync = True
 
-    def _handle_frame(self, frame: list[bytes], requests: list[tuple[bytes, int]]) -> None:
+    def _handle_frame(self, frame: list[bytes],
+                      requests: list[tuple[bytes, m.Request]]) -> None:
         if len(frame) != 2:
             log.warning("dropped a message of %d frames (expected identity + 1)", len(frame))
             return
@@ -245,7 +254,7 @@ class Broker:
             agent.last_seen, agent.last_seen_wall = self.mono, self.now
             agent.reachable = True
         if isinstance(msg, m.Request):
-            requests.append((ident, msg.req_id))  # first: the store may fail while handling it
+            requests.append((ident, msg))  # first: the store may fail while handling it
             self._handle_request(ident, msg)
             return
         handler = agent_handlers.HANDLERS.get(type(msg))
