@@ -369,17 +369,13 @@ class Agent:
         return token
 
     def _rewind(self, offsets: list) -> None:
-        """Apply how far the broker stored each attempt's output (from Welcome): a
-        broker that crashed may have lost chunks it was sent."""
+        """Apply how far the broker stored each attempt's output (from Welcome,
+        ``[token, stdout_end, stderr_end]``): a broker that crashed may have lost
+        chunks it was sent."""
         for entry in offsets:
-            try:
-                token, stdout_end, stderr_end = (int(value) for value in entry)
-            except (TypeError, ValueError):
-                continue
-            owner = self.jobs.get(token) or self.held.get(token)
-            if owner is not None:
-                owner.stdout.rewind(stdout_end)
-                owner.stderr.rewind(stderr_end)
+            if isinstance(entry, list) and len(entry) == 3:
+                self._rewind_stream([entry[0], m.STDOUT, entry[1]])
+                self._rewind_stream([entry[0], m.STDERR, entry[2]])
 
     def _watch(self, fd: int, job: RunningJob, is_pidfd: bool) -> None:
         self.fds[fd] = (job, is_pidfd)
