@@ -188,6 +188,14 @@ class Agent:
         return Path(self.proc.log_path).read_text(errors="replace")[-4000:]
 
 
+def configure(broker: Broker, **settings: Any) -> None:
+    """Set config keys through the broker. heartbeat_sec goes first: tests lower
+    both it and lease_sec, and lease_sec must stay >= 4 x heartbeat_sec."""
+    with broker.client() as qc:
+        for key in sorted(settings, key=lambda key: key != "heartbeat_sec"):
+            qc.config_set(key, settings[key])
+
+
 def run_cli(broker: Broker | None, *args: str, input: str | None = None,
             timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``queuectl ARGS`` as a user would; returns the completed process."""

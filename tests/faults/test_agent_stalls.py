@@ -15,22 +15,15 @@ import apsw
 import pytest
 
 from faults.ledger import Ledger, audit
-from harness import pid_alive, run_cli, wait_until, watchdog_pid
+from harness import configure, pid_alive, run_cli, wait_until, watchdog_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-def fast(qc, heartbeat: float = 0.25, lease: float = 1.0) -> None:
-    qc.config_set("heartbeat_sec", heartbeat)
-    qc.config_set("lease_sec", lease)
-    qc.config_set("base_backoff", 1)
 
 
 def test_a_job_dispatched_to_a_frozen_idle_agent_never_runs_there_once_given_to_another(
         broker, start_agent, tmp_path):
     ledger = Ledger(tmp_path / "ledger")
-    with broker.client() as qc:
-        fast(qc)
+    configure(broker, heartbeat_sec=0.25, lease_sec=1.0, base_backoff=1)
     frozen = start_agent(count=1)
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
@@ -137,8 +130,7 @@ def test_an_agent_stopped_in_the_middle_of_a_burst_of_dispatches_starts_none_of_
     them to another agent; on SIGCONT the frozen agent must start none of the rest."""
     ledger = Ledger(tmp_path / "ledger")
     jobs = 150
-    with broker.client() as qc:
-        fast(qc, heartbeat=0.5, lease=2.0)
+    configure(broker, heartbeat_sec=0.5, lease_sec=2.0, base_backoff=1)
     frozen = start_agent(count=jobs)
     starts = lambda: sum(1 for kind, _, _ in ledger.lines() if kind == "start")  # noqa: E731
     with broker.client(timeout=30) as qc:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from faults.ledger import Ledger, audit, report
-from harness import Agent, Broker, Processes, wait_until
+from harness import Agent, Broker, Processes, configure, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -46,14 +46,6 @@ def epoch(text: str | None) -> float | None:
     if text is None:
         return None
     return dt.datetime.fromisoformat(text).timestamp()
-
-
-def configure(broker: Broker, **settings: Any) -> None:
-    """Set config keys; heartbeat first, since lease_sec must stay >= 4 x heartbeat_sec."""
-    order = sorted(settings, key=lambda key: key != "heartbeat_sec")
-    with broker.client() as qc:
-        for key in order:
-            qc.config_set(key, settings[key])
 
 
 class Pool:

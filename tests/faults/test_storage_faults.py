@@ -52,6 +52,7 @@ from typing import Any
 import apsw
 import pytest
 from faults.ledger import Ledger, audit, report
+import harness
 from harness import Agent, Broker, Processes, program, run_cli, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -158,9 +159,7 @@ def tmpfs_broker(procs, tmp_path):
 # --- helpers ----------------------------------------------------------------------------
 
 def configure(broker: Broker, **settings: Any) -> None:
-    with broker.client() as qc:
-        for key, value in {**FAST, **settings}.items():  # heartbeat first: lease >= 4 x heartbeat
-            qc.config_set(key, value)
+    harness.configure(broker, **{**FAST, **settings})
 
 
 def start_agent(procs: Processes, broker: Broker, count: int = 2, name: str = "agent-1") -> Agent:
