@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 PARKED = object()
 MAX_HOLD = 30.0  # a parked request is answered within this many seconds
 MAX_LIMIT = 1_000_000
+MAX_SEARCH = 1000  # characters of a list search
 
 
 class Call:
@@ -75,11 +76,13 @@ def op_enqueue(call: Call) -> Any:
     if "job" in call.args:
         job = broker.jobs.enqueue([call.arg("job", dict)], broker.now)[0]
         broker.schedule(job.run_at)
+        broker.metrics.enqueued(1)
         return {"id": job.id, "state": JobState.PENDING.value, "run_at": to_iso(job.run_at)}
     specs = call.arg("jobs", list)
     jobs = broker.jobs.enqueue(specs, broker.now, batch=True)
     for job in jobs:
         broker.schedule(job.run_at)
+    broker.metrics.enqueued(len(jobs))
     return {"enqueued": len(jobs), "ids": [job.id for job in jobs]}
 
 
@@ -97,7 +100,11 @@ def op_list(call: Call) -> Any:
     limit = call.arg("limit", int, 100)
     if not 1 <= limit <= MAX_LIMIT:
         raise SpecError("limit", f"must be from 1 to {MAX_LIMIT}")
-    jobs = call.broker.store.list_jobs(state, call.arg("queue", str, None, nullable=True), limit)
+    search = call.arg("search", str, None, nullable=True)
+    if search is not None and len(search) > MAX_SEARCH:
+        raise SpecError("search", f"must be at most {MAX_SEARCH} characters")
+    jobs = call.broker.store.list_jobs(state, call.arg("queue", str, None, nullable=True), limit,
+                                       search)
     return [job_view(job) for job in jobs]
 
 
@@ -113,6 +120,11 @@ def op_status(call: Call) -> Any:
         "agents": len(broker.agents),
         "slots": {"busy": busy, "total": total},
     }
+
+
+def op_metrics(call: Call) -> Any:
+    """Counters, durations and the per-minute series for the stats page (broker/metrics.py)."""
+    return call.broker.metrics.snapshot(call.broker.now)
 
 
 def op_wait(call: Call) -> Any:
@@ -275,12 +287,12 @@ def op_wait_agents(call: Call) -> Any:
 
 # Operations that never write nor park: after a failed batch they are answered
 # again on their own, so a full or read-only store still serves reads.
-READ_ONLY = frozenset({"ping", "get", "list", "status", "dlq_list", "config_show",
+READ_ONLY = frozenset({"ping", "get", "list", "status", "metrics", "dlq_list", "config_show",
                        "config_get", "agents"})
 
 OPS: dict[str, Callable[[Call], Any]] = {
     "ping": op_ping, "enqueue": op_enqueue, "get": op_get, "list": op_list,
-    "status": op_status, "wait": op_wait, "cancel": op_cancel, "logs": op_logs,
+    "status": op_status, "metrics": op_metrics, "wait": op_wait, "cancel": op_cancel, "logs": op_logs,
     "dlq_list": op_dlq_list, "dlq_retry": op_dlq_retry, "config_show": op_config_show,
     "config_get": op_config_get, "config_set": op_config_set, "agents": op_agents,
     "stop_agents": op_stop_agents, "wait_agents": op_wait_agents,

@@ -28,6 +28,7 @@ from queuectl.proto.states import Outcome
 from . import admin, agent_handlers, lifecycle
 from .agents import AgentConn, Registry
 from .jobs import JobError, JobService
+from .metrics import Metrics
 from .parking import Parked, ParkingLot
 from .store import UNAVAILABLE_ERRORS, Job, StaleState, Store
 
@@ -59,6 +60,7 @@ class Broker:
         self.stopping = False
         self.now = time.time()
         self.mono = time.monotonic()
+        self.metrics = Metrics(started_at=self.now)
         self._next_maintenance = 0.0
         self._drained_at = 0.0  # when the inbox was last read to the end
         self.store_failing_since: float | None = None
@@ -98,6 +100,7 @@ class Broker:
         self.now, self.mono = time.time(), time.monotonic()
         with self.store.transaction():
             self.resync()
+            self.metrics.seed(self.store.finished_since(self.now - 3600), self.now)
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -219,6 +222,7 @@ class Broker:
         self.store_retry_at = time.monotonic() + self._store_backoff
         self.outbox.clear()
         self.acks.clear()
+        self.metrics.discard()
         for ident, req in requests:
             if req.op in admin.READ_ONLY:
                 try:
@@ -264,7 +268,7 @@ class Broker:
             return
         mark = len(self.outbox)
         try:
-            with self.store.transaction():
+            with self.store.transaction(), self.metrics.transaction():
                 handler(self, ident, msg)
         except UNAVAILABLE_ERRORS:
             raise  # the store itself fails: abandon the batch
@@ -276,7 +280,7 @@ class Broker:
     def _handle_request(self, ident: bytes, req: m.Request) -> None:
         mark = len(self.outbox)
         try:
-            with self.store.transaction():
+            with self.store.transaction(), self.metrics.transaction():
                 result = admin.handle(self, ident, req)
         except (SpecError, config_keys.ConfigError) as exc:
             self._send_reply(ident, req.req_id, None, ErrorCode.INVALID, str(exc))
@@ -429,6 +433,7 @@ class Broker:
         self.dirty = True
 
     def _job_changed(self, job: Job) -> None:
+        self.metrics.job_changed(job)
         if job.state in lifecycle.RUNNABLE:
             self.schedule(job.run_at)
         self.notify(f"job:{job.id}")
@@ -471,6 +476,7 @@ class Broker:
                                  error_code=code.value if code else None, error=error))
 
     def _flush(self) -> None:
+        self.metrics.commit()  # after the commit of everything staged so far
         for ident in self.acks.keys() | self.output_received.keys() | self.rewinds.keys():
             rewind = [[token, stream, end]
                       for (token, stream), end in self.rewinds.get(ident, {}).items()]

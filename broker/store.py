@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -182,6 +183,11 @@ MIGRATIONS = [
     DROP TABLE attempts;
     ALTER TABLE attempts_v3 RENAME TO attempts;
     CREATE INDEX attempts_job ON attempts(job_seq, id);
+    """,
+    # version 4: the stats page's per-minute chart is seeded at start from the
+    # attempts that ended in the last hour.
+    """
+    CREATE INDEX attempts_finished ON attempts(finished_at) WHERE finished_at IS NOT NULL;
     """,
 ]
 
@@ -384,7 +390,8 @@ class Store:
         return Job.from_row(row) if row else None
 
     def list_jobs(self, state: str | None = None, queue: str | None = None,
-                  limit: int = 100) -> list[Job]:
+                  limit: int = 100, search: str | None = None) -> list[Job]:
+        """Newest first; ``search`` is a case-insensitive substring of the id or command."""
         where, params = [], []
         if state is not None:
             where.append("state = ?")
@@ -392,6 +399,10 @@ class Store:
         if queue is not None:
             where.append("queue = ?")
             params.append(queue)
+        if search:
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
+            where.append("(id LIKE ? ESCAPE '\\' OR command LIKE ? ESCAPE '\\')")
+            params += [pattern, pattern]
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         params.append(limit)
         sql = f"SELECT {_JOB_SELECT} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
@@ -502,6 +513,13 @@ class Store:
             f" LIMIT ?", (limit if limit is not None else -1,))]
 
     # --- attempts ---------------------------------------------------------
+
+    def finished_since(self, since: float) -> list[tuple[float, bool]]:
+        """(finished_at, completed?) of attempts that ended at or after ``since``,
+        leaving out those a user canceled and stale ones."""
+        return [(finished_at, bool(ok)) for finished_at, ok in self.conn.execute(
+            "SELECT finished_at, reason IS NULL FROM attempts WHERE finished_at >= ?"
+            " AND stale = 0 AND coalesce(reason, '') != 'canceled'", (since,))]
 
     def attempt(self, token: int) -> Attempt | None:
         row = self._one(f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE id = ?", (token,))

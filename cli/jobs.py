@@ -90,6 +90,8 @@ def list_jobs(
     state: Annotated[Optional[str], typer.Option("--state", help="only jobs in this state")] = None,
     queue: Annotated[Optional[str], typer.Option("--queue", help="only jobs of this queue")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 100,
+    search: Annotated[Optional[str], typer.Option(
+        "--search", help="only jobs whose id or command contains this text (any case)")] = None,
     broker: BrokerOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Jobs, newest first."""
@@ -98,7 +100,7 @@ def list_jobs(
     if state is not None and state not in ALL_STATES:
         raise _invalid(f"unknown state {state!r} (one of: {', '.join(ALL_STATES)})")
     with client(ctx, broker) as qc:
-        present(qc.list(state=state, queue=queue, limit=limit), as_json, "jobs")
+        present(qc.list(state=state, queue=queue, limit=limit, search=search), as_json, "jobs")
 
 
 def show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],

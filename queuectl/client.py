@@ -114,13 +114,18 @@ class Client:
         return self.call("get", id=job_id)
 
     def list(self, state: str | None = None, queue: str | None = None,
-             limit: int = 100) -> list[dict[str, Any]]:
-        """Jobs, newest first."""
+             limit: int = 100, search: str | None = None) -> list[dict[str, Any]]:
+        """Jobs, newest first; ``search`` matches a part of the id or command, any case."""
         return self.call("list", extra=size_allowance(limit), state=state, queue=queue,
-                         limit=limit)
+                         limit=limit, search=search)
 
     def status(self) -> dict[str, Any]:
         return self.call("status")
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters and a duration histogram since the broker started, and completed
+        and failed attempts per minute over the last hour (see the README)."""
+        return self.call("metrics")
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job is completed, dead or canceled; returns the job.
