@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import config, dlq, jobs, workers
+from .dashboard import dashboard
 from .up import up
 
 try:  # typer >= 0.17 vendors click
@@ -39,6 +40,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(workers.app, name="worker")
 app.command()(workers.agents)
 app.command()(up)
+app.command()(dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:

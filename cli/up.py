@@ -1,11 +1,13 @@
-"""``queuectl up``: a broker and local agent slots in the foreground, for one machine."""
+"""``queuectl up``: a broker, local agent slots and the stats page in the foreground, for one machine."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from .common import endpoint as common_endpoint
 from .common import note
 
 PR_SET_PDEATHSIG = 1
+DEFAULT_HTTP = "127.0.0.1:8080"
 HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})\Z")
 
 
@@ -47,20 +50,79 @@ def _stop(proc: subprocess.Popen, name: str, patience: float) -> None:
         proc.wait()
 
 
-def _check_http(http: str | None, no_http: bool) -> None:
-    """Validate ``--http HOST:PORT``; the stats page itself is not built yet."""
+def _page_address(http: str | None, no_http: bool) -> tuple[str, int] | None:
+    """Where the stats page listens (``--http HOST:PORT``), or None with ``--no-http``."""
     from queuectl.client import InvalidInput
+    from queuectl.dashboard.server import TOKEN_ENV, is_loopback
 
-    if http is None:
-        return
     if no_http:
-        raise InvalidInput("give --http HOST:PORT or --no-http, not both")
-    match = HOST_PORT.match(http)
+        if http is not None:
+            raise InvalidInput("give --http HOST:PORT or --no-http, not both")
+        return None
+    text = DEFAULT_HTTP if http is None else http
+    match = HOST_PORT.match(text)
     if not match or not 1 <= int(match.group(2)) <= 65535:
         raise InvalidInput(f"--http must be HOST:PORT with a port from 1 to 65535 "
-                           f"(e.g. 127.0.0.1:8080), got {http!r}")
-    note(f"queuectl: warning: the stats page is not available in this version; "
-         f"--http {http} is ignored")
+                           f"(e.g. 127.0.0.1:8080), got {text!r}")
+    host = match.group(1).strip("[]")
+    if not is_loopback(host) and not os.environ.get(TOKEN_ENV):
+        raise InvalidInput(f"--http {text}: binding {host} exposes the queue; set {TOKEN_ENV} "
+                           "to a token the page will require")
+    return host, int(match.group(2))
+
+
+def _connectable(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether another process already listens there (checked like the server binds)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        return False  # the page itself reports the bad address
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _page_listening(page: subprocess.Popen, host: str, port: int, stopping: list[int],
+                    timeout: float = 20) -> bool:
+    """Wait until the stats page accepts connections; False if it exits first."""
+    deadline = time.monotonic() + timeout
+    while page.poll() is None and not stopping and time.monotonic() < deadline:
+        try:
+            socket.create_connection((_connectable(host), port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.1)  # the page is still importing Flask
+    return False
+
+
+def _start_page(address: tuple[str, int], endpoint: str,
+                stopping: list[int]) -> subprocess.Popen | None:
+    """The stats page as a child; None (after one warning line) if it cannot listen."""
+    host, port = address
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if _port_in_use(host, port):
+        reason = "address in use"
+        page = None
+    else:
+        page = _spawn("queuectl.dashboard", "--host", host, "--port", str(port),
+                      "--broker", endpoint)
+        if _page_listening(page, host, port, stopping):
+            return page
+        _stop(page, "stats page", 5)
+        reason = f"it exited with code {page.returncode}" if not stopping else "interrupted"
+    if not stopping:
+        note(f"queuectl: warning: the stats page could not listen on {shown} ({reason}); "
+             "running without it \u2014 choose another with --http HOST:PORT")
+    return None
 
 
 def up(
@@ -75,14 +137,15 @@ def up(
         "--db", help="SQLite store [default: $QUEUECTL_HOME/queue.db]")] = None,
     http: Annotated[Optional[str], typer.Option(
         "--http", metavar="HOST:PORT",
-        help="where the stats page would listen (not available in this version)")] = None,
+        help="where the stats page listens [default: 127.0.0.1:8080]; an address other than "
+             "loopback needs QUEUECTL_DASHBOARD_TOKEN")] = None,
     no_http: Annotated[bool, typer.Option(
         "--no-http", help="do not serve the stats page")] = False,
 ) -> None:
-    """Run a broker and local agents in the foreground until Ctrl-C."""
+    """Run a broker, local agents and the stats page in the foreground until Ctrl-C."""
     from queuectl.client import BrokerUnreachable, Client, QueueError, default_endpoint
 
-    _check_http(http, no_http)
+    address = _page_address(http, no_http)
     slots = agents or os.cpu_count() or 1
     # The endpoint every other command uses by default, so `queuectl status` finds it.
     endpoint = bind or common_endpoint(ctx, None) or default_endpoint()
@@ -104,7 +167,13 @@ def up(
     stopping: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, _frame: stopping.append(signum))
-    note(f"QueueCTL is up: broker {endpoint}, {slots} agent slot(s). "
+    page = _start_page(address, endpoint, stopping) if address else None
+    where = ""
+    if page is not None:
+        from queuectl.dashboard.server import url
+
+        where = f", stats page {url(*address)}"
+    note(f"QueueCTL is up: broker {endpoint}, {slots} agent slot(s){where}. "
          f"Try: queuectl enqueue '{{\"command\":\"echo hello\"}}'. Ctrl-C stops.")
     failed = None
     while not stopping:
@@ -112,8 +181,14 @@ def up(
             if proc.poll() is not None:
                 failed = f"the {name} exited unexpectedly with code {proc.returncode}"
                 stopping.append(0)
-        time.sleep(0.2)  # supervising two children; nothing here is on a job's path
-    note("Stopping: the agents finish running jobs, then the broker stops.")
+        if page is not None and page.poll() is not None:  # not fatal: the queue still works
+            note(f"queuectl: warning: the stats page exited with code {page.returncode}; "
+                 "the broker and agents keep running")
+            page = None
+        time.sleep(0.2)  # supervising the children; nothing here is on a job's path
+    note("Stopping: the stats page, then the agents finish running jobs, then the broker stops.")
+    if page is not None:
+        _stop(page, "stats page", 5)
     if agent.poll() is None:
         agent.send_signal(signal.SIGTERM)
         while agent.poll() is None:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CITATION = re.compile(r"`([\w/.]+\.py):(\d+)` \(`([^`]+)`\)")
+CITATION = re.compile(r"`([\w/.]+\.(?:py|js)):(\d+)` \(`([^`]+)`\)")
 
 
 def test_every_cited_line_still_holds_the_cited_code():

@@ -1,0 +1,105 @@
+"""Who may use the stats page and how: the access token, CSRF, security headers.
+
+- A token (``--token`` / ``QUEUECTL_DASHBOARD_TOKEN``), when set, is checked on
+  every request, static files included: ``Authorization: Bearer TOKEN``, or a
+  cookie the page sets after one visit to any URL with ``?token=TOKEN``.
+- Every POST carries a CSRF token (Flask-WTF), so another site cannot press
+  the page's buttons through a logged-in browser.
+- Every response forbids inline scripts and framing (CSP), so a value that
+  slipped through escaping still could not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from urllib.parse import urlencode
+
+from flask import Flask, Response, current_app, redirect, render_template, request
+from flask_wtf.csrf import CSRFProtect
+
+TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+def cookie_value(token: str) -> str:
+    """What the cookie holds: derived from the token, so the token itself is never
+    stored in the browser, yet stays valid across dashboard restarts."""
+    return hmac.new(token.encode(), b"queuectl-dashboard-cookie", hashlib.sha256).hexdigest()
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
+def _unauthorized() -> Response:
+    wants_json = request.path.startswith("/api/") or "json" in request.headers.get("Accept", "")
+    if wants_json:
+        response = current_app.json.response({"error": "unauthorized",
+                                               "detail": "this stats page needs its token"})
+    elif request.path == "/metrics" or request.path.startswith("/static/"):
+        response = Response("unauthorized: give Authorization: Bearer TOKEN\n",
+                            mimetype="text/plain")
+    else:
+        response = Response(render_template("unauthorized.html"))
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Bearer realm="queuectl"'
+    return response
+
+
+def _safe_path(path: str) -> str:
+    """A same-site path for a redirect: ``//host`` would leave the site."""
+    return "/" + path.lstrip("/")
+
+
+def install(app: Flask, token: str | None) -> None:
+    """Token check first, then CSRF, then the headers on every response."""
+    app.config.update(
+        SECRET_KEY=secrets.token_bytes(32),  # per process: a restart invalidates old forms
+        WTF_CSRF_TIME_LIMIT=None,  # the page stays open for hours
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    app.config.setdefault("SESSION_COOKIE_NAME", "queuectl_session")
+    app.config.setdefault("QUEUECTL_TOKEN_COOKIE", "queuectl_token")
+
+    if token:
+        expected_cookie = cookie_value(token)
+
+        @app.before_request
+        def check_token() -> Response | None:
+            cookie_name = app.config["QUEUECTL_TOKEN_COOKIE"]
+            given = request.args.get("token")
+            if given is not None:
+                if not _same(given, token):
+                    return _unauthorized()
+                if request.method not in ("GET", "HEAD"):
+                    return None  # a form post cannot be redirected; it is authorized
+                rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
+                target = _safe_path(request.path) + (f"?{urlencode(rest)}" if rest else "")
+                response = redirect(target, 303)
+                response.set_cookie(cookie_name, expected_cookie, httponly=True,
+                                    samesite="Strict", path="/")
+                return response
+            header = request.headers.get("Authorization", "")
+            if header[:7].lower() == "bearer " and _same(header[7:].strip(), token):
+                return None
+            if _same(request.cookies.get(cookie_name, ""), expected_cookie):
+                return None
+            return _unauthorized()
+
+    CSRFProtect(app)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        for name, value in HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response

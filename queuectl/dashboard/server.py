@@ -1,0 +1,82 @@
+"""Serving the stats page: where it may listen, and the waitress server.
+
+This module imports Flask and waitress only inside ``run``, so the CLI can check
+an address (``check_bind``) without paying for them.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import sys
+
+from queuectl.client import InvalidInput
+
+TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+THREADS = 8  # each keeps its own broker connection (ZeroMQ sockets are per thread)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost`` are only reachable from this machine."""
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, port: int, token: str | None) -> None:
+    """Refuse (InvalidInput, exit 2) what would expose the queue, before binding anything."""
+    if not 0 <= port <= 65535:
+        raise InvalidInput(f"--port must be from 0 to 65535, got {port}")
+    if not host.strip():
+        raise InvalidInput("--host must not be empty (use 0.0.0.0 for every address)")
+    if not is_loopback(host) and not token:
+        raise InvalidInput(f"binding {host} exposes the queue; give --token or set {TOKEN_ENV}")
+
+
+def url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}/"
+
+
+def run(host: str, port: int, endpoint: str, token: str | None = None) -> int:
+    """Serve until SIGTERM or Ctrl-C; returns the exit code (1 if it cannot listen)."""
+    check_bind(host, port, token)
+    logging.basicConfig(level=os.environ.get("QUEUECTL_LOG_LEVEL", "WARNING"), stream=sys.stderr,
+                        format="queuectl-dashboard: %(levelname)s %(name)s: %(message)s")
+    from waitress import create_server
+
+    from .app import create_app
+
+    app = create_app(endpoint, token)
+    try:
+        server = create_server(app, host=host.strip("[]"), port=port, threads=THREADS,
+                               ident="queuectl")
+    except OSError as exc:
+        reason = "address in use" if exc.errno == errno.EADDRINUSE else \
+            (exc.strerror or str(exc)).lower()
+        sys.stderr.write(f"queuectl: the stats page could not listen on {host}:{port} "
+                         f"({reason})\n")
+        return 1
+    bound = getattr(server, "effective_port", None) or server.effective_listen[0][1]
+    # Cookies ignore the port: two pages on one host must not overwrite each other's.
+    app.config["SESSION_COOKIE_NAME"] = f"queuectl_session_{bound}"
+    app.config["QUEUECTL_TOKEN_COOKIE"] = f"queuectl_token_{bound}"
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    sys.stderr.write(f"queuectl: stats page on {url(host.strip('[]'), int(bound))} for broker "
+                     f"{endpoint}{' (token required)' if token else ''}\n")
+    sys.stderr.flush()
+    server.run()  # returns on SIGTERM or Ctrl-C (waitress catches SystemExit)
+    return 0
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
