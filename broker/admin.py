@@ -103,6 +103,8 @@ def op_list(call: Call) -> Any:
     search = call.arg("search", str, None, nullable=True)
     if search is not None and len(search) > MAX_SEARCH:
         raise SpecError("search", f"must be at most {MAX_SEARCH} characters")
+    if search is not None and "\x00" in search:  # SQLite's LIKE would stop at it
+        raise SpecError("search", "must not contain a NUL character")
     jobs = call.broker.store.list_jobs(state, call.arg("queue", str, None, nullable=True), limit,
                                        search)
     return [job_view(job) for job in jobs]

@@ -26,7 +26,7 @@ from queuectl.client import (
 
 from . import auth, fmt, metrics
 from .source import Source
-from .views import bp, wants_json
+from .views import bp, job_url, wants_json
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def create_app(endpoint: str, token: str | None = None, timeout: float = 2.0) ->
     app.extensions["queuectl_source"] = source
     app.extensions["queuectl_registry"] = metrics.registry_for(source)
     app.jinja_env.filters.update(fmt.FILTERS)
-    app.jinja_env.globals.update(endpoint=endpoint, version=__version__, token_required=bool(token))
+    app.jinja_env.globals.update(endpoint=endpoint, version=__version__, token_required=bool(token),
+                                 job_url=job_url)
     auth.install(app, token)
     app.register_blueprint(bp)
     _errors(app, endpoint)

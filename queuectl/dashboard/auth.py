@@ -5,6 +5,9 @@
   cookie the page sets after one visit to any URL with ``?token=TOKEN``.
 - Every POST carries a CSRF token (Flask-WTF), so another site cannot press
   the page's buttons through a logged-in browser.
+- Without a token, only a loopback ``Host`` is served: a page on 127.0.0.1
+  must not answer a foreign name that DNS rebinding pointed at it (that site's
+  script would be same-origin with the page, CSRF token and all).
 - Every response forbids inline scripts and framing (CSP), so a value that
   slipped through escaping still could not run.
 """
@@ -14,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from flask import Flask, Response, current_app, redirect, render_template, request
 from flask_wtf.csrf import CSRFProtect
+
+from .server import is_loopback
 
 TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -56,8 +61,24 @@ def _unauthorized() -> Response:
 
 
 def _safe_path(path: str) -> str:
-    """A same-site path for a redirect: ``//host`` would leave the site."""
-    return "/" + path.lstrip("/")
+    """A same-site path for a redirect: percent-encoded, so that no ``//host``,
+    backslash, tab or newline (which browsers drop) can make it leave the site."""
+    return "/" + quote(path.lstrip("/\\"), safe="/:@!$&'()*+,;=-._~")
+
+
+def _host_name(host: str) -> str:
+    """``127.0.0.1:8080`` -> ``127.0.0.1``; ``[::1]:8080`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _foreign_host() -> Response | None:
+    if is_loopback(_host_name(request.host)):
+        return None
+    return Response("this stats page answers only on a loopback address (127.0.0.1, "
+                    "localhost, [::1]); to serve other names, give it a token\n",
+                    status=421, mimetype="text/plain")
 
 
 def install(app: Flask, token: str | None) -> None:
@@ -89,12 +110,17 @@ def install(app: Flask, token: str | None) -> None:
                 response.set_cookie(cookie_name, expected_cookie, httponly=True,
                                     samesite="Strict", path="/")
                 return response
-            header = request.headers.get("Authorization", "")
+            # WSGI hands headers over as latin-1; a UTF-8 token arrives as its bytes.
+            header = request.headers.get("Authorization", "").encode("latin-1", "replace") \
+                .decode("utf-8", "replace")
             if header[:7].lower() == "bearer " and _same(header[7:].strip(), token):
                 return None
             if _same(request.cookies.get(cookie_name, ""), expected_cookie):
                 return None
             return _unauthorized()
+
+    else:
+        app.before_request(_foreign_host)
 
     CSRFProtect(app)
 

@@ -64,6 +64,15 @@ def nice_ceiling(value: float, ticks: int = 4) -> tuple[float, float]:
     return step * math.ceil(value / step), step
 
 
+def compact(value: float) -> str:
+    """An axis label that fits the margin: ``950``, ``1.5k``, ``20k``, ``3M``."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            text = f"{value / size:.1f}".rstrip("0").rstrip(".")
+            return text + suffix
+    return f"{value:g}"
+
+
 def throughput(per_minute: dict[str, Any] | None) -> Throughput:
     """Stacked bars (completed below, failed above) for each of the last 60 minutes."""
     chart = Throughput()
@@ -86,7 +95,7 @@ def throughput(per_minute: dict[str, Any] | None) -> Throughput:
     scale = plot_h / top
     tick = 0.0
     while tick <= top + 1e-9:
-        chart.y_ticks.append((round(chart.bottom - tick * scale, 2), number(tick)))
+        chart.y_ticks.append((round(chart.bottom - tick * scale, 2), compact(tick)))
         tick += step
     for i, (done, bad) in enumerate(zip(completed, failed)):
         x = chart.left + i * slot + slot * 0.14
@@ -100,9 +109,12 @@ def throughput(per_minute: dict[str, Any] | None) -> Throughput:
             completed_y=done_y, completed_h=done_h,
             failed_y=round(done_y - bad_h, 2), failed_h=bad_h,
             title=f"{when}: {number(done)} completed, {number(bad)} failed"))
-    for i, label in ((0, f"{minutes} m ago"), (minutes // 4, f"{minutes * 3 // 4} m"),
-                     (minutes // 2, f"{minutes // 2} m"), (minutes * 3 // 4, f"{minutes // 4} m"),
-                     (minutes - 1, "now")):
+    # Bar i is (minutes - 1 - i) minutes ago: the last one is the current minute,
+    # and the left edge of the chart is the start of the window.
+    ticks = [(0, f"{minutes} m ago")]
+    ticks += [(minutes - 1 - ago, f"{ago} m") for ago in (minutes * 3 // 4, minutes // 2,
+                                                          minutes // 4)]
+    for i, label in ticks + [(minutes - 1, "now")]:
         anchor = "start" if i == 0 else "end" if i == minutes - 1 else "middle"
         x = chart.left + i * slot + (0 if anchor == "start" else slot if anchor == "end"
                                      else slot / 2)

@@ -103,10 +103,17 @@ def clip(text: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
+def tip(text: Any, limit: int = 1000) -> str:
+    """A hover title: the value, visible, cut at ``limit`` characters. Tables
+    refresh every 2 s, so a 100 KiB command must not ride along in every row."""
+    text = visible(text)
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
 def labels(mapping: dict[str, str] | None) -> list[str]:
     """``{"gpu": "1"}`` -> ``["gpu=1"]``, sorted, for chips."""
     return [f"{visible(k, True)}={visible(v, True)}" for k, v in sorted((mapping or {}).items())]
 
 
 FILTERS = {"number": number, "duration": duration, "ago": ago, "visible": visible,
-           "clip": clip, "labels": labels}
+           "clip": clip, "tip": tip, "labels": labels}

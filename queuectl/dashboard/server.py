@@ -38,6 +38,8 @@ def check_bind(host: str, port: int, token: str | None) -> None:
         raise InvalidInput(f"--port must be from 0 to 65535, got {port}")
     if not host.strip():
         raise InvalidInput("--host must not be empty (use 0.0.0.0 for every address)")
+    if host != host.strip() or any(c.isspace() or c in "/?#@" for c in host):
+        raise InvalidInput(f"--host must be an address or a host name, got {host!r}")
     if not is_loopback(host) and not token:
         raise InvalidInput(f"binding {host} exposes the queue; give --token or set {TOKEN_ENV}")
 
@@ -52,6 +54,7 @@ def run(host: str, port: int, endpoint: str, token: str | None = None) -> int:
     check_bind(host, port, token)
     logging.basicConfig(level=os.environ.get("QUEUECTL_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="queuectl-dashboard: %(levelname)s %(name)s: %(message)s")
+    _check_endpoint(endpoint)
     from waitress import create_server
 
     from .app import create_app
@@ -60,9 +63,9 @@ def run(host: str, port: int, endpoint: str, token: str | None = None) -> int:
     try:
         server = create_server(app, host=host.strip("[]"), port=port, threads=THREADS,
                                ident="queuectl")
-    except OSError as exc:
-        reason = "address in use" if exc.errno == errno.EADDRINUSE else \
-            (exc.strerror or str(exc)).lower()
+    except (OSError, ValueError) as exc:  # waitress: ValueError for a host it cannot resolve
+        reason = "address in use" if getattr(exc, "errno", None) == errno.EADDRINUSE else \
+            (getattr(exc, "strerror", None) or str(exc)).lower()
         sys.stderr.write(f"queuectl: the stats page could not listen on {host}:{port} "
                          f"({reason})\n")
         return 1
@@ -76,6 +79,18 @@ def run(host: str, port: int, endpoint: str, token: str | None = None) -> int:
     sys.stderr.flush()
     server.run()  # returns on SIGTERM or Ctrl-C (waitress catches SystemExit)
     return 0
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """A malformed endpoint is the user's mistake now (InvalidInput, exit 2), not a
+    400 on every page later. A broker that is merely down is fine: the page says so."""
+    from queuectl.client import BrokerUnreachable, Client
+
+    with Client(endpoint, timeout=0.5) as qc:
+        try:
+            qc.ping()
+        except BrokerUnreachable:
+            pass
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

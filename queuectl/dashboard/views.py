@@ -40,7 +40,16 @@ JOB_LIMITS = (25, 100, 500)  # rows of the jobs table: the first is the default
 DLQ_LIMIT = 50
 MAX_FILTER = 200
 TERMINAL = ("completed", "dead", "canceled")
+DOT_IDS = (".", "..")  # valid job ids that a browser would take for steps of the path
 CANCELABLE = ("pending", "failed", "processing")
+
+
+def job_url(endpoint: str, job_id: str) -> str:
+    """The URL of a job's page, fragment or action. ``/jobs/..`` would be read as
+    a step up by every browser, so the ids ``.`` and ``..`` go in the query."""
+    if job_id in DOT_IDS:
+        return url_for(f"{endpoint}_by_query", id=job_id)
+    return url_for(endpoint, job_id=job_id)
 
 
 def source() -> Source:
@@ -57,8 +66,8 @@ def read_filters() -> dict[str, Any]:
     limit = request.args.get("limit", "")
     return {
         "state": state if state in charts.STATES else "",
-        "queue": request.args.get("queue", "").strip()[:MAX_FILTER],
-        "q": request.args.get("q", "").strip()[:MAX_FILTER],
+        "queue": request.args.get("queue", "").replace("\x00", "").strip()[:MAX_FILTER],
+        "q": request.args.get("q", "").replace("\x00", "").strip()[:MAX_FILTER],
         "limit": int(limit) if limit in map(str, JOB_LIMITS) else JOB_LIMITS[0],
     }
 
@@ -182,7 +191,7 @@ def act(do: Callable[[], str], back: str) -> Any:
 def _back(job_id: str) -> str:
     """Where a form without script returns: its job page, or the overview."""
     if request.form.get("next") == "job":
-        return url_for("views.job_page", job_id=job_id)
+        return job_url("views.job_page", job_id)
     return url_for("views.index")
 
 
@@ -214,3 +223,12 @@ def retry_all() -> Any:
             return "The dead-letter queue is empty; nothing to retry."
         return f"{len(retried):,} dead job{'s' if len(retried) != 1 else ''} moved back to pending."
     return act(do, url_for("views.index"))
+
+
+# The same views with the id in the query (``/by-id/job?id=..``), for DOT_IDS.
+for _rule, _view, _methods in (
+        ("/by-id/job", job_page, ["GET"]), ("/by-id/partial", job_partial, ["GET"]),
+        ("/by-id/api", api_job, ["GET"]), ("/by-id/logs", api_logs, ["GET"]),
+        ("/by-id/cancel", cancel, ["POST"]), ("/by-id/retry", retry, ["POST"])):
+    bp.add_url_rule(_rule, f"{_view.__name__}_by_query", methods=_methods,
+                    view_func=lambda _view=_view: _view(request.args.get("id", "")))

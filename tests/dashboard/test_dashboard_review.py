@@ -22,7 +22,7 @@ import pytest
 from dashboard_html import CSRF_META, parse
 from harness import free_port, program, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = pytest.mark.integration
 
 SECRET = "hunter2-not-for-other-sites"
 TOKEN = "review-Token_7"
@@ -90,10 +90,15 @@ def test_a_job_named_with_dots_can_be_opened_and_canceled_from_the_overview(brok
     row = tree.find("tr", data_job_id=job_id)
     assert row is not None
     # What a browser requests when the link is clicked (it removes dot segments).
-    link = urlsplit(urljoin(here, row.find("a").attrs["href"])).path
+    def requested(url: str) -> str:
+        parts = urlsplit(urljoin(here, url))
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
+    link = requested(row.find("a").attrs["href"])
     page = client.get(link)
     assert page.status_code == 200 and 'data-job-root' in page.get_data(as_text=True), link
-    action = urlsplit(urljoin(here, row.find("form").attrs["action"])).path
+    assert job_id in page.get_data(as_text=True)
+    action = requested(row.find("form").attrs["action"])
     reply = client.post(action, headers={"X-CSRFToken": _csrf(client),
                                          "Accept": "application/json"})
     assert reply.status_code == 200, (action, reply.get_data(as_text=True)[:200])
@@ -158,3 +163,11 @@ def test_a_job_page_opened_while_the_broker_is_down_recovers_by_itself(procs, br
                                f"back (it promised to recover: {promises})")
         finally:
             browser.close()
+
+
+def test_a_malformed_broker_endpoint_is_refused_at_start_in_one_line():
+    result = subprocess.run(
+        program("queuectl") + ["dashboard", "--port", "0", "--broker", "tcp://no-port-here"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1 and "endpoint" in result.stderr, result.stderr

@@ -64,3 +64,12 @@ def test_list_search_finds_jobs_by_a_part_of_the_id_or_command(broker):
     assert cli_json(broker, "list", "--search", "nothing-like-this") == []
     result = run_cli(broker, "list", "--search", "x" * 1001)
     assert result.returncode == 2 and "search" in result.stderr
+
+
+def test_a_search_with_a_nul_character_is_refused_instead_of_matching_everything(broker):
+    from queuectl.client import InvalidInput
+
+    with broker.client() as qc:
+        qc.enqueue({"id": "one", "command": "true", "delay": 60})
+        with pytest.raises(InvalidInput, match="NUL"):
+            qc.list(search="x\x00")

@@ -8,6 +8,9 @@
 
   var OVERVIEW_EVERY = 2000;
   var JOB_EVERY = 1000;
+  // Live output kept on a job's page: the broker keeps the last 1 MiB per
+  // stream, and a chatty job left open for hours must not exhaust the tab.
+  var OUTPUT_KEEP = 1 << 20, OUTPUT_TRIM_AT = 2 << 20;
   var TERMINAL = { completed: true, dead: true, canceled: true };
 
   function $(selector, root) { return (root || document).querySelector(selector); }
@@ -151,6 +154,10 @@
       if (!text) return;
       var atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
       pre.appendChild(document.createTextNode(text));
+      if (pre.textContent.length > OUTPUT_TRIM_AT) {
+        pre.textContent = pre.textContent.slice(-OUTPUT_KEEP);
+        if (skipped) skipped.hidden = false;
+      }
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
 
@@ -166,9 +173,11 @@
     }
 
     function refreshLogs() {
-      var params = new URLSearchParams({ out: String(out), err: String(err) });
-      if (attempt !== null) params.set("attempt", String(attempt));
-      return fetch(root.getAttribute("data-logs-url") + "?" + params.toString(),
+      var url = new URL(root.getAttribute("data-logs-url"), window.location.href);
+      url.searchParams.set("out", String(out));
+      url.searchParams.set("err", String(err));
+      if (attempt !== null) url.searchParams.set("attempt", String(attempt));
+      return fetch(url.toString(),
                    { credentials: "same-origin", headers: { "Accept": "application/json" } })
         .then(function (response) {
           if (!response.ok) { if (response.status >= 500) setBrokerDown(true); return null; }
@@ -209,6 +218,20 @@
   }
 
   var jobPoller = jobRoot ? jobPage(jobRoot) : null;
+
+  // --- an error page shown because the broker was down ------------------------------
+
+  // It has no live regions: ask for the same URL until the broker answers, then reload.
+  if ($("[data-retry-when-up]")) {
+    poller(function () {
+      return fetch(window.location.href, { credentials: "same-origin", method: "HEAD" })
+        .then(function (response) {
+          if (response.status === 503) return true;
+          window.location.reload();
+          return false;
+        }, function () { return true; });
+    }, OVERVIEW_EVERY).now();
+  }
 
   // --- actions (cancel, retry, retry all) -------------------------------------------
 
