@@ -7,20 +7,18 @@ Each test asserts what a user (or an attacker) would notice, against a real brok
 - jobs whose ids are ``.`` or ``..`` (valid ids) must be reachable from their links
   and their buttons;
 - ``--host`` that cannot be bound is one line on stderr, not a traceback;
-- a job page opened while the broker is down must recover by itself, as it says.
+- a malformed broker endpoint is refused at start (a job page opened while the
+  broker is down recovering by itself is checked in tests/e2e).
 """
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import time
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
 from dashboard_html import CSRF_META, parse
-from harness import free_port, program, wait_until
+from harness import program
 
 pytestmark = pytest.mark.integration
 
@@ -110,64 +108,15 @@ def test_a_host_that_cannot_be_bound_is_reported_in_one_line(broker):
     result = subprocess.run(
         program("queuectl") + ["dashboard", "--host", "127.0.0.1 ", "--port", "0",
                                "--broker", broker.endpoint],
-        capture_output=True, text=True, timeout=60)
+        check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode in (1, 2), result
     assert "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@pytest.mark.timeout(120)
-def test_a_job_page_opened_while_the_broker_is_down_recovers_by_itself(procs, broker):
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("needs Debian's /usr/bin/chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with broker.client() as qc:
-        qc.enqueue({"id": "later", "command": "echo later", "delay": "1h"})
-    port = free_port()
-    page_proc = procs.start(program("queuectl") + ["dashboard", "--port", str(port),
-                                                   "--broker", broker.endpoint],
-                            "dashboard.log", env=broker.env())
-    base = f"http://127.0.0.1:{port}"
-
-    def serving() -> bool:
-        import urllib.request
-        assert page_proc.poll() is None, Path(page_proc.log_path).read_text()
-        try:
-            return urllib.request.urlopen(base + "/healthz", timeout=2).status == 200
-        except OSError:
-            return False
-
-    wait_until(serving, 30, message="the stats page")
-    broker.stop(signal.SIGTERM)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-quic"])
-        try:
-            tab = browser.new_page()
-            first = tab.goto(f"{base}/jobs/later")
-            assert first.status == 503
-            body = tab.inner_text("body").lower()
-            assert "broker unavailable" in body
-            promises = "updates by itself" in body or "recovers by itself" in body
-            broker.start()
-            deadline = time.monotonic() + 20
-            recovered = False
-            while time.monotonic() < deadline and not recovered:
-                recovered = tab.locator("[data-testid=job-state]").count() > 0
-                time.sleep(0.25)
-            assert recovered, ("the job page still shows the error after the broker came "
-                               f"back (it promised to recover: {promises})")
-        finally:
-            browser.close()
-
-
 def test_a_malformed_broker_endpoint_is_refused_at_start_in_one_line():
     result = subprocess.run(
         program("queuectl") + ["dashboard", "--port", "0", "--broker", "tcp://no-port-here"],
-        capture_output=True, text=True, timeout=60)
+        check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result
     assert result.stderr.count("\n") == 1 and "endpoint" in result.stderr, result.stderr
