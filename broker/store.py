@@ -516,10 +516,14 @@ class Store:
 
     def finished_since(self, since: float) -> list[tuple[float, bool]]:
         """(finished_at, completed?) of attempts that ended at or after ``since``,
-        leaving out those a user canceled and stale ones."""
+        leaving out stale ones and those that ended their job as canceled (even
+        with another reason, such as a timeout while the cancel was pending): as
+        the broker counts them live (broker/metrics.py)."""
         return [(finished_at, bool(ok)) for finished_at, ok in self.conn.execute(
-            "SELECT finished_at, reason IS NULL FROM attempts WHERE finished_at >= ?"
-            " AND stale = 0 AND coalesce(reason, '') != 'canceled'", (since,))]
+            "SELECT a.finished_at, a.reason IS NULL FROM attempts a JOIN jobs j"
+            " ON j.seq = a.job_seq WHERE a.finished_at >= ? AND a.stale = 0"
+            " AND coalesce(a.reason, '') != 'canceled'"
+            " AND NOT (j.state = 'canceled' AND j.finished_at IS a.finished_at)", (since,))]
 
     def attempt(self, token: int) -> Attempt | None:
         row = self._one(f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE id = ?", (token,))

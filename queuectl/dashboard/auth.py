@@ -74,7 +74,8 @@ def _host_name(host: str) -> str:
 
 
 def _foreign_host() -> Response | None:
-    if is_loopback(_host_name(request.host)):
+    # No Host header at all (an HTTP/1.0 probe) cannot come from a browser.
+    if "HTTP_HOST" not in request.environ or is_loopback(_host_name(request.host)):
         return None
     return Response("this stats page answers only on a loopback address (127.0.0.1, "
                     "localhost, [::1]); to serve other names, give it a token\n",

@@ -57,8 +57,8 @@ def source() -> Source:
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/") or \
-        "application/json" in request.headers.get("Accept", "")
+    return request.path.startswith("/api/") or request.path in ("/by-id/api", "/by-id/logs") \
+        or "application/json" in request.headers.get("Accept", "")
 
 
 def read_filters() -> dict[str, Any]:

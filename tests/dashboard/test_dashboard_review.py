@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 from dashboard_html import CSRF_META, parse
-from harness import program
+from harness import free_port, program, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +120,34 @@ def test_a_malformed_broker_endpoint_is_refused_at_start_in_one_line():
         check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result
     assert result.stderr.count("\n") == 1 and "endpoint" in result.stderr, result.stderr
+
+
+def test_a_request_without_a_host_header_is_served_on_loopback(procs, broker):
+    """HTTP/1.0 probes send no Host; no browser does, so DNS rebinding needs one."""
+    import socket
+
+    port = free_port()
+    page = procs.start(program("queuectl") + ["dashboard", "--port", str(port), "--broker",
+                                              broker.endpoint], "dashboard.log", env=broker.env())
+
+    def ask(request: bytes) -> bytes:
+        assert page.poll() is None
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(request)
+                return b"".join(iter(lambda: conn.recv(65536), b""))
+        except OSError:
+            return b""
+
+    reply = wait_until(lambda: ask(b"GET /healthz HTTP/1.0\r\n\r\n"), 30,
+                       message="the stats page to answer")
+    assert reply.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")), reply[:200]
+    foreign = ask(b"GET /healthz HTTP/1.0\r\nHost: evil.example\r\n\r\n")
+    assert b" 421 " in foreign.split(b"\r\n", 1)[0], foreign[:200]
+
+
+def test_the_query_forms_of_the_json_routes_answer_json_errors(broker):
+    client = _app(broker).test_client()
+    for path in ("/by-id/api?id=nope", "/by-id/logs?id=nope", "/api/jobs/nope"):
+        reply = client.get(path)
+        assert reply.status_code == 404 and reply.is_json, (path, reply.content_type)

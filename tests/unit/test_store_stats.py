@@ -4,7 +4,6 @@ ended attempts that seed the per-minute chart (with the index migration)."""
 from __future__ import annotations
 
 import apsw
-
 from queuectl.broker.store import MIGRATIONS, NewJob, Store
 from queuectl.proto.states import JobState
 
@@ -74,6 +73,25 @@ def test_finished_since_lists_recent_ended_attempts_without_cancels_or_stale_one
     store.claim(NOW, "agent", None)  # an attempt that has not ended
     assert sorted(store.finished_since(NOW - 3600)) == [
         (NOW - 30, True), (NOW - 20, False), (NOW - 10, False)]
+
+
+def test_an_attempt_that_ended_its_job_as_canceled_is_not_a_failure_whatever_its_reason(store):
+    """A timeout while a cancel was pending ends the job canceled: live, the broker
+    counts no failed attempt (broker/metrics.py), so the seed must not either."""
+    run_attempt(store, "timed-out-while-canceling", finished_at=NOW - 30, reason="timeout")
+    job = store.job("timed-out-while-canceling")
+    store.transition(job, JobState.CANCELED, NOW - 30, attempts=1, lease=None,
+                     started_at=NOW - 31, finished_at=NOW - 30, last_error="timeout")
+    # A job that died, was retried from the DLQ and then canceled while pending:
+    # its failed attempt stays a failure.
+    run_attempt(store, "died-then-canceled", finished_at=NOW - 20, reason="exit code 1")
+    job = store.job("died-then-canceled")
+    job = store.transition(job, JobState.DEAD, NOW - 20, attempts=1, lease=None,
+                           started_at=NOW - 21, finished_at=NOW - 20, last_error="exit code 1")
+    job = store.transition(job, JobState.PENDING, NOW - 15, attempts=0, run_at=NOW + 3600,
+                           started_at=None, finished_at=None, last_error=None)
+    store.transition(job, JobState.CANCELED, NOW - 10, last_error="canceled")
+    assert store.finished_since(NOW - 3600) == [(NOW - 20, False)]
 
 
 def test_a_version_3_store_gets_the_finished_index_and_keeps_its_attempts(tmp_path):
