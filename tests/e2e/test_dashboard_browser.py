@@ -538,6 +538,26 @@ def test_an_action_from_a_page_older_than_a_dashboard_restart_asks_for_a_reload(
     assert_no_script_errors(tab)
 
 
+@pytest.mark.timeout(90)
+def test_a_page_whose_dashboard_stopped_says_so_rather_than_blaming_the_broker(
+        broker, dashboard, start_dashboard, tab):
+    page = tab.page
+    tab.open("/")
+    expect(by_testid(page, "count-pending")).to_have_text("0")
+    tab.mark()
+    dashboard.proc.terminate()
+    dashboard.proc.wait(15)
+    expect(by_testid(page, "page-banner")).to_be_visible(timeout=30_000)
+    expect(by_testid(page, "page-banner")).to_contain_text("does not answer")
+    expect(by_testid(page, "broker-banner")).to_be_hidden()
+    start_dashboard(port=dashboard.port)
+    expect(by_testid(page, "page-banner")).to_be_hidden(timeout=30_000)
+    with broker.client() as qc:
+        qc.enqueue({"command": "true", "delay": 3600})
+    expect(by_testid(page, "count-pending")).to_have_text("1")
+    assert tab.still_marked(), "the page must recover by itself, without a reload"
+
+
 # --- 10. the access token ------------------------------------------------------------------
 
 @pytest.mark.timeout(90)

@@ -23,15 +23,20 @@
 
   // --- broker state and messages ---------------------------------------------------
 
-  function setBrokerDown(down) {
+  // why: "page" when the stats page itself did not answer (the fetch failed),
+  // else the page answered that no broker did (a 503).
+  function setBrokerDown(down, why) {
+    var pageGone = down && why === "page";
     var banner = $("[data-testid=broker-banner]");
+    var pageBanner = $("[data-testid=page-banner]");
     var live = $("[data-testid=live-indicator]");
-    if (banner) banner.hidden = !down;
+    if (banner) banner.hidden = !down || pageGone;
+    if (pageBanner) pageBanner.hidden = !pageGone;
     if (live) {
       live.classList.toggle("down", down);
       live.classList.toggle("up", !down);
       var text = $(".live-text", live);
-      if (text) text.textContent = down ? "broker unavailable" : "live";
+      if (text) text.textContent = pageGone ? "page not answering" : down ? "broker unavailable" : "live";
     }
     document.body.classList.toggle("stale", down);
     if (!down) {
@@ -109,7 +114,7 @@
         if (response.status === 401) { window.location.reload(); return false; }
         if (!response.ok) { setBrokerDown(true); return; }
         return response.text().then(function (html) { swapRegions(html); setBrokerDown(false); });
-      }, function () { setBrokerDown(true); });
+      }, function () { setBrokerDown(true, "page"); });
   }
 
   if (overview) {
@@ -182,7 +187,7 @@
         .then(function (response) {
           if (!response.ok) { if (response.status >= 500) setBrokerDown(true); return null; }
           return response.json();
-        }, function () { setBrokerDown(true); return null; })
+        }, function () { setBrokerDown(true, "page"); return null; })
         .then(function (data) {
           if (!data) return true;
           setBrokerDown(false);
