@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Agent, Broker, Processes, free_port, program, wait_until  # noqa: E402
-from run import drain_rate  # noqa: E402
+from harness import Processes, free_port, program, wait_until  # noqa: E402
+from run import drain_rate, start_queue  # noqa: E402
 
 PAGE_EVERY = 2.0  # seconds between two polls of one open page (static/app.js)
 
@@ -83,10 +83,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="queuectl-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            home = Path(tmp) / "home"
-            home.mkdir()
-            broker = Broker(procs, home).start("--log-level", "WARNING")
-            Agent(procs, broker, 2, {}, None, "agent")
+            broker = start_queue(procs, tmp)
             port = free_port()
             procs.start(program("queuectl") + ["dashboard", "--port", str(port), "--broker",
                                                broker.endpoint], "dashboard.log",
@@ -101,8 +98,6 @@ def main() -> int:
                     return False
 
             wait_until(page_up, 30, message="the stats page")
-            with broker.client() as qc:
-                wait_until(lambda: qc.status()["slots"]["total"] == 2, 15, message="agent")
             for _ in range(args.rounds):
                 rates["none"].append(drain_rate(broker, args.jobs))
                 for mode, every in (("pages", PAGE_EVERY), ("flood", 0.0)):

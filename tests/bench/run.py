@@ -56,6 +56,17 @@ def latency_ms(broker: Broker, samples: int) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
+def start_queue(procs: Processes, tmp: str) -> Broker:
+    """A broker and one agent of 2 slots, ready for jobs."""
+    home = Path(tmp) / "home"
+    home.mkdir()
+    broker = Broker(procs, home).start("--log-level", "WARNING")
+    Agent(procs, broker, 2, {}, None, "agent")
+    with broker.client() as qc:
+        wait_until(lambda: qc.status()["slots"]["total"] == 2, 15, message="agent")
+    return broker
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2000)
@@ -64,12 +75,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="queuectl-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            home = Path(tmp) / "home"
-            home.mkdir()
-            broker = Broker(procs, home).start("--log-level", "WARNING")
-            Agent(procs, broker, 2, {}, None, "agent")
-            with broker.client() as qc:
-                wait_until(lambda: qc.status()["slots"]["total"] == 2, 15, message="agent")
+            broker = start_queue(procs, tmp)
             ceiling = xargs_rate(args.jobs)
             drained = drain_rate(broker, args.jobs)
             p50, p99 = latency_ms(broker, args.latency_samples)

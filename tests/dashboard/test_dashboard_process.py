@@ -159,6 +159,15 @@ def children_of(pid: int) -> list[int]:
 
 
 @pytest.mark.timeout(120)
+def kill_all(pids: list[int]) -> None:
+    """Teardown: the children of `up` that this test saw (their own sessions)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_queuectl_up_runs_the_stats_page_and_stops_it(procs, tmp_path):
     endpoint, port = f"tcp://127.0.0.1:{free_port()}", free_port()
     env = up_env(tmp_path)
@@ -188,11 +197,7 @@ def test_queuectl_up_runs_the_stats_page_and_stops_it(procs, tmp_path):
         wait_until(lambda: not any(pid_alive(pid) for pid in children), 10,
                    message="every child to exit")
     finally:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(children)
 
 
 @pytest.mark.timeout(120)
@@ -227,8 +232,4 @@ def test_queuectl_up_keeps_running_without_the_page_when_its_port_is_taken(procs
             assert stop(up, signal.SIGINT, 60) == 0
             assert "Traceback" not in log.read_text()
         finally:
-            for pid in children:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_all(children)
