@@ -165,13 +165,22 @@ def op_cancel(call: Call) -> Any:
 
 
 def op_logs(call: Call) -> Any:
-    """Output of the latest attempt after ``after`` offsets; parks while there is none yet."""
+    """Output of the latest attempt after ``after`` offsets; parks while there is none yet.
+    With ``token``, the output of that attempt of the job instead (the stats page)."""
     broker, job_id = call.broker, call.arg("id", str)
     after = call.arg("after", list, [0, 0])
     if len(after) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in after):
         raise SpecError("after", "must be [stdout offset, stderr offset]")
     wanted = call.arg("attempt", int, None, nullable=True)
     job = broker.jobs.get(job_id)
+    token = call.arg("token", int, None, nullable=True)
+    if token is not None:  # one earlier attempt, by its token (attempts_log); never parks
+        attempt = broker.store.attempt(token)
+        if attempt is None or attempt.job_seq != job.seq:
+            raise JobError("not_found", f"job {job_id!r} has no attempt with token {token}")
+        chunks = broker.store.output(attempt.id, {1: after[0], 2: after[1]})
+        return {"attempt": attempt.number, "done": attempt.finished_at is not None,
+                "state": job.state.value, "chunks": [[c.stream, c.offset, c.data] for c in chunks]}
 
     def read(ready_only: bool) -> Any:
         current = broker.jobs.get(job_id)

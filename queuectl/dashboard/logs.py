@@ -27,10 +27,10 @@ def complete_length(data: bytes) -> int:
 
 
 def read(source: Source, job_id: str, attempt: int | None = None, out: int = 0,
-         err: int = 0) -> dict[str, Any]:
-    """The API document of ``GET /api/jobs/<id>/logs``."""
-    result = source.logs(job_id, attempt, out, err)
-    same = result["attempt"] is not None and result["attempt"] == attempt
+         err: int = 0, token: int | None = None) -> dict[str, Any]:
+    """The API document of ``GET /api/jobs/<id>/logs``; ``token`` picks an earlier attempt."""
+    result = source.logs(job_id, attempt, out, err, token)
+    same = token is not None or (result["attempt"] is not None and result["attempt"] == attempt)
     offsets = [out, err] if same else [0, 0]  # the broker restarts a new attempt at 0
     data = [bytearray(), bytearray()]
     skipped = False

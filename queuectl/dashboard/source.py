@@ -74,8 +74,12 @@ class Source:
             "dlq": self.call("dlq_list", dlq_limit),
         }
 
-    def logs(self, job_id: str, attempt: int | None, out: int, err: int) -> dict[str, Any]:
+    def logs(self, job_id: str, attempt: int | None, out: int, err: int,
+             token: int | None = None) -> dict[str, Any]:
+        """The latest attempt's output after the offsets; with ``token``, that attempt's."""
         args: dict[str, Any] = {"id": job_id, "after": [out, err]}
         if attempt is not None:
             args["attempt"] = attempt
+        if token is not None:
+            args["token"] = token
         return self.call("call", "logs", **args)

@@ -44,12 +44,12 @@ DOT_IDS = (".", "..")  # valid job ids that a browser would take for steps of th
 CANCELABLE = ("pending", "failed", "processing")
 
 
-def job_url(endpoint: str, job_id: str) -> str:
+def job_url(endpoint: str, job_id: str, **query: Any) -> str:
     """The URL of a job's page, fragment or action. ``/jobs/..`` would be read as
     a step up by every browser, so the ids ``.`` and ``..`` go in the query."""
     if job_id in DOT_IDS:
-        return url_for(f"{endpoint}_by_query", id=job_id)
-    return url_for(endpoint, job_id=job_id)
+        return url_for(f"{endpoint}_by_query", id=job_id, **query)
+    return url_for(endpoint, job_id=job_id, **query)
 
 
 def source() -> Source:
@@ -112,7 +112,12 @@ def job_context(job_id: str) -> dict[str, Any]:
 @bp.get("/jobs/<path:job_id>")
 def job_page(job_id: str) -> Any:
     context = job_context(job_id)
-    context["output"] = logs.read(source(), job_id)
+    tokens = [a["token"] for a in context["job"]["attempts_log"]]
+    token = _int_arg("token", None)
+    if token is not None and tokens and token == tokens[-1]:
+        token = None  # the latest attempt: the live view
+    context["output"] = logs.read(source(), job_id, token=token)
+    context["viewing"] = token  # an earlier attempt, shown as it ended
     return render_template("job.html", **context)
 
 

@@ -4,7 +4,6 @@ per-minute series (``Client.metrics``), and job search (``list --search``)."""
 from __future__ import annotations
 
 import pytest
-
 from harness import cli_json, configure, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,3 +72,24 @@ def test_a_search_with_a_nul_character_is_refused_instead_of_matching_everything
         qc.enqueue({"id": "one", "command": "true", "delay": 60})
         with pytest.raises(InvalidInput, match="NUL"):
             qc.list(search="x\x00")
+
+
+def test_logs_by_token_reads_that_attempt_of_that_job_only(broker, start_agent):
+    from queuectl.client import NotFound
+
+    configure(broker, base_backoff=1)
+    start_agent(count=1)
+    with broker.client() as qc:
+        qc.enqueue({"id": "twice", "command": "echo at $(date +%s%N); exit 1", "max_retries": 2})
+        qc.enqueue({"id": "other", "command": "echo other"})
+        assert qc.wait("twice", timeout=30)["state"] == "dead"
+        assert qc.wait("other", timeout=30)["state"] == "completed"
+        first, second = (a["token"] for a in qc.get("twice")["attempts_log"])
+        outputs = [qc.call("logs", id="twice", token=t) for t in (first, second)]
+        assert [o["attempt"] for o in outputs] == [1, 2]
+        texts = [b"".join(c[2] for c in o["chunks"]) for o in outputs]
+        assert texts[0].startswith(b"at ") and texts[1].startswith(b"at ")
+        assert texts[0] != texts[1] and all(o["done"] for o in outputs)
+        other_token = qc.get("other")["attempts_log"][0]["token"]
+        with pytest.raises(NotFound):
+            qc.call("logs", id="twice", token=other_token)
