@@ -164,6 +164,13 @@ def op_cancel(call: Call) -> Any:
     return call.park(f"job:{job_id}", check, on_timeout)
 
 
+def _attempt_output(broker: "Broker", attempt: Any, state: str, offsets: list[int]) -> Any:
+    """The ``logs`` document of one attempt: its output after the two offsets."""
+    chunks = broker.store.output(attempt.id, {1: offsets[0], 2: offsets[1]})
+    return {"attempt": attempt.number, "done": attempt.finished_at is not None, "state": state,
+            "chunks": [[c.stream, c.offset, c.data] for c in chunks]}
+
+
 def op_logs(call: Call) -> Any:
     """Output of the latest attempt after ``after`` offsets; parks while there is none yet.
     With ``token``, the output of that attempt of the job instead (the stats page)."""
@@ -178,9 +185,7 @@ def op_logs(call: Call) -> Any:
         attempt = broker.store.attempt(token)
         if attempt is None or attempt.job_seq != job.seq:
             raise JobError("not_found", f"job {job_id!r} has no attempt with token {token}")
-        chunks = broker.store.output(attempt.id, {1: after[0], 2: after[1]})
-        return {"attempt": attempt.number, "done": attempt.finished_at is not None,
-                "state": job.state.value, "chunks": [[c.stream, c.offset, c.data] for c in chunks]}
+        return _attempt_output(broker, attempt, job.state.value, after)
 
     def read(ready_only: bool) -> Any:
         current = broker.jobs.get(job_id)
@@ -190,12 +195,11 @@ def op_logs(call: Call) -> Any:
             return {"attempt": None, "chunks": [], "done": done, "state": current.state.value} \
                 if done or not ready_only else None
         offsets = after if attempt.number == wanted else [0, 0]  # a new attempt starts at 0
-        chunks = broker.store.output(attempt.id, {1: offsets[0], 2: offsets[1]})
-        ended = attempt.finished_at is not None
-        if ready_only and not chunks and not ended and attempt.number == wanted:
+        document = _attempt_output(broker, attempt, current.state.value, offsets)
+        if ready_only and not document["chunks"] and not document["done"] \
+                and attempt.number == wanted:
             return None
-        return {"attempt": attempt.number, "done": ended, "state": current.state.value,
-                "chunks": [[c.stream, c.offset, c.data] for c in chunks]}
+        return document
 
     result = read(ready_only=True)
     if result is not None or call.hold() == 0:

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from queuectl.dashboard import TOKEN_ENV
+
 from .common import BrokerOpt
 from .common import endpoint as common_endpoint
-
-TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"
 
 
 def dashboard(

@@ -9,4 +9,7 @@ Modules: ``app`` (the application and its error pages), ``views`` (routes),
 ``source`` (one broker client per thread), ``auth`` (token, CSRF, headers),
 ``metrics`` (the Prometheus collector), ``charts`` (chart geometry), ``logs``
 (job output), ``fmt`` (numbers, durations, hostile text), ``server`` (waitress).
+This package file imports nothing, so the CLI can read ``TOKEN_ENV`` cheaply.
 """
+
+TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"  # the access token, when --token is not given

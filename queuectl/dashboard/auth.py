@@ -24,7 +24,6 @@ from flask_wtf.csrf import CSRFProtect
 
 from .server import is_loopback
 
-TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 HEADERS = {

@@ -15,7 +15,8 @@ import sys
 
 from queuectl.client import InvalidInput
 
-TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"
+from . import TOKEN_ENV
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 THREADS = 8  # each keeps its own broker connection (ZeroMQ sockets are per thread)
