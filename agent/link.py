@@ -12,6 +12,13 @@
 ``unheard_for`` is how long the broker may have been unable to hear us: zero
 while the transport is up (our heartbeats reach its queue and it reads them
 before judging any lease), else the time since the broker was last heard.
+
+Messages are queued and leave in one frame per loop iteration (``flush``,
+called before the loop waits), so a result, the next job's start and a
+heartbeat cost one send. While a frame that carried a result waits for its
+Ack, new messages wait too (up to ``HOLD_MAX``), as Nagle's algorithm does
+for TCP: under load the results of several jobs then share one frame and one
+commit of the broker, and an idle agent still sends each result at once.
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from typing import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from queuectl.proto import MAX_FRAME, ProtocolError, VersionMismatch, decode, encode
+from queuectl.proto import MAX_FRAME, ProtocolError, VersionMismatch, decode_batch, encode_batch
 from queuectl.proto import messages as m
 
 log = logging.getLogger(__name__)
 
 HELLO_RETRY = 2.0  # seconds between Hellos while connected but not welcomed
+HOLD_MAX = 0.005   # seconds queued messages wait, at most, for the last result's Ack
+URGENT = (m.Hello, m.Reject, m.Drain, m.Bye)  # sent without waiting for an Ack
 EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
@@ -47,6 +56,8 @@ class Link:
         self.last_sent = 0.0
         self.hello_at = -HELLO_RETRY
         self.hello_seq = 0       # of the latest Hello; only its Welcome counts
+        self.outbox: list[object] = []  # sent at the next flush, in one frame
+        self.unacked_since: float | None = None  # a frame with a result awaits its Ack
 
     def open(self, heartbeat: float) -> None:
         """(Re)create the socket; raises zmq.ZMQError for a malformed endpoint."""
@@ -72,6 +83,8 @@ class Link:
             raise
         self.socket, self.heartbeat = sock, heartbeat
         self.transport_up = self.up = False
+        self.outbox.clear()  # a new connection starts with Hello; the rest is resent
+        self.unacked_since = None
 
     def on_monitor(self, now: float) -> None:
         """Apply connection events from libzmq."""
@@ -113,15 +126,44 @@ class Link:
         return 0.0 if self.transport_up else now - self.last_heard
 
     def send(self, msg: object) -> bool:
-        """Send if the broker has welcomed us; False means the caller must hold it."""
-        return self.up and self._send(msg)
+        """Queue ``msg`` if the broker has welcomed us; False means the caller must hold it."""
+        if not self.up:
+            return False
+        self.outbox.append(msg)
+        return True
 
     def _send(self, msg: object) -> bool:
+        """Send now (Hello), after whatever is queued."""
+        self.outbox.append(msg)
+        return self.flush()
+
+    def acked(self) -> None:
+        """An Ack arrived: what waits for it may go."""
+        self.unacked_since = None
+
+    def hold_until(self) -> float | None:
+        """When queued messages must leave although no Ack came (None: nothing held)."""
+        if self.outbox and self.unacked_since is not None:
+            return self.unacked_since + HOLD_MAX
+        return None
+
+    def flush(self) -> bool:
+        """Send the queued messages in one frame, unless they wait for an Ack; False
+        if libzmq would block (they stay queued)."""
+        if not self.outbox or self.socket is None:
+            return True
+        now = time.monotonic()
+        if (self.unacked_since is not None and now - self.unacked_since < HOLD_MAX
+                and not any(isinstance(msg, URGENT) for msg in self.outbox)):
+            return True
         try:
-            self.socket.send(encode(msg), zmq.NOBLOCK)
+            self.socket.send(encode_batch(self.outbox), zmq.NOBLOCK)
         except zmq.Again:
             return False
-        self.last_sent = time.monotonic()
+        if any(isinstance(msg, m.Result) for msg in self.outbox):
+            self.unacked_since = now
+        self.outbox.clear()
+        self.last_sent = now
         return True
 
     def receive(self) -> list[object]:
@@ -134,7 +176,7 @@ class Link:
                 return messages
             self.last_heard = time.monotonic()
             try:
-                messages.append(decode(frame))
+                messages.extend(decode_batch(frame))
             except VersionMismatch as exc:
                 messages.append(m.Error(code="version", message=f"broker: {exc}"))
             except ProtocolError as exc:
@@ -142,6 +184,8 @@ class Link:
 
     def close(self, linger: float = 2.0) -> None:
         """Close, giving queued messages (the final Bye) ``linger`` seconds."""
+        if self.socket is not None and linger > 0:
+            self.flush()
         if self.monitor is not None:
             self.socket.disable_monitor()
             self.monitor.close(linger=0)

@@ -26,7 +26,7 @@ from queuectl.proto.states import Outcome
 
 from .link import Link
 from .output import StreamBuffer
-from .process import RunningJob
+from .process import RunningJob, protect_descriptors
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ class Agent:
         self.output_limit = int(defaults["output_limit"])
         self.link = Link(endpoint, self.agent_id, self._hello)
         self.jobs: dict[int, RunningJob] = {}
+        # Dispatches held until a slot frees (the broker's prefetch, see
+        # broker/agents.py), oldest first; never started while the session
+        # is in doubt, and given up at every Hello (the broker takes them back).
+        self.ready: dict[int, m.Dispatch] = {}
         self.held: dict[int, Held] = {}
         self.fds: dict[int, tuple[RunningJob, bool]] = {}  # fd -> (job, is_pidfd)
         self.poller = zmq.Poller()
@@ -81,6 +85,7 @@ class Agent:
     # --- the loop -------------------------------------------------------------
 
     def run(self) -> int:
+        protect_descriptors()  # no job inherits what this process was started with
         self._open_link()  # first: a malformed endpoint fails before anything starts
         self.watchdog = Watchdog(self.cutoff)
         self.poller.register(self._wake_r, zmq.POLLIN)
@@ -88,6 +93,7 @@ class Agent:
                  self.labels or "none", self.link.endpoint)
         self.progress_at = time.monotonic()
         while not self._finished(time.monotonic()):
+            self.link.flush()
             timeout = self._timeout_ms()
             events = self.poller.poll(timeout)
             self._progress(waited=timeout / 1000)
@@ -171,6 +177,9 @@ class Agent:
     def _timeout_ms(self) -> int:
         now = time.monotonic()
         wake = now + self.heartbeat / 2
+        held = self.link.hold_until()
+        if held is not None:
+            wake = min(wake, held)
         if self.jobs:
             wake = min(wake, now + FLUSH_EVERY)
             for job in self.jobs.values():
@@ -209,6 +218,7 @@ class Agent:
     # --- the broker -----------------------------------------------------------
 
     def _hello(self, seq: int) -> m.Hello:
+        self.ready.clear()  # not named below: the broker releases them
         return m.Hello(agent_id=self.agent_id, host=socket.gethostname(), pid=os.getpid(),
                        slots=self.slots, labels=self.labels,
                        tokens=sorted(set(self.jobs) | set(self.held)), seq=seq)
@@ -226,6 +236,7 @@ class Agent:
         if isinstance(msg, m.Dispatch):
             self._start(msg)
         elif isinstance(msg, m.Ack):
+            self.link.acked()
             self.output_inflight = max(0, self.output_inflight - msg.output_bytes)
             rewound = {self._rewind_stream(entry) for entry in msg.rewind}
             for token in msg.tokens:
@@ -237,6 +248,11 @@ class Agent:
             if job is not None:
                 log.info("job %s (attempt %d): canceled, killing it", job.job_id, job.token)
                 job.kill(Outcome.CANCELED, self.kill_grace, msg.reason)
+            elif msg.token in self.ready:
+                self._cancel_ready(self.ready.pop(msg.token), msg.reason)
+        elif isinstance(msg, m.Revoke):
+            if self.ready.pop(msg.token, None) is not None:
+                self.link.send(m.Reject(token=msg.token))
         elif isinstance(msg, m.Welcome):
             self._welcome(msg)
         elif isinstance(msg, m.Stop):
@@ -295,10 +311,31 @@ class Agent:
             log.info("job %s (attempt %d): dispatched before the broker welcomed this agent "
                      "again; not started", dispatch.job_id, token)
             return
-        if (self.draining_since is not None or len(self.jobs) >= self.slots
-                or token in self.jobs or token in self.held):
+        if token in self.jobs or token in self.held or token in self.ready:
+            log.warning("job %s (attempt %d): dispatched twice; ignored", dispatch.job_id, token)
+        elif self.draining_since is None and len(self.jobs) + len(self.ready) < 3 * self.slots:
+            self.ready[token] = dispatch  # the broker's prefetch: two per slot, at most
+            self._start_ready()
+        else:
             self.link.send(m.Reject(token=token))
-            return
+
+    def _start_ready(self) -> None:
+        """Start held dispatches while slots are free."""
+        while self.ready and len(self.jobs) < self.slots and self.link.up:
+            token = next(iter(self.ready))
+            self._spawn(self.ready.pop(token))
+
+    def _cancel_ready(self, dispatch: m.Dispatch, reason: str) -> None:
+        """A held dispatch was canceled before it started: report it as canceled."""
+        log.info("job %s (attempt %d): canceled before it started", dispatch.job_id,
+                 dispatch.token)
+        job = RunningJob(dispatch, self.output_limit)
+        self.held[dispatch.token] = Held(job.stdout, job.stderr, job.not_started(
+            Outcome.CANCELED, reason))
+        self._deliver(dispatch.token)
+
+    def _spawn(self, dispatch: m.Dispatch) -> None:
+        token = dispatch.token
         job = RunningJob(dispatch, self.output_limit)
         try:
             job.spawn(self.base_env)
@@ -312,8 +349,8 @@ class Agent:
         for fd in job.pipes:
             self._watch(fd, job, False)
         self._watch(job.pidfd, job, True)
-        self.link.send(m.Started(token=token, pid=job.proc.pid, started_at=job.started_at))
-        log.debug("job %s (attempt %d) started as pid %d", job.job_id, token, job.proc.pid)
+        self.link.send(m.Started(token=token, pid=job.pid, started_at=job.started_at))
+        log.debug("job %s (attempt %d) started as pid %d", job.job_id, token, job.pid)
 
     def _job_exited(self, job: RunningJob) -> None:
         for fd in [fd for fd, (owner, _) in self.fds.items() if owner is job]:
@@ -331,6 +368,7 @@ class Agent:
         log.debug("job %s (attempt %d) ended: %s", job.job_id, job.token, result.outcome)
         self.held[job.token] = Held(job.stdout, job.stderr, result)
         self._deliver(job.token)
+        self._start_ready()
 
     def _deliver(self, token: int) -> None:
         """Send a finished attempt's unsent output, then its result. Held output
@@ -434,6 +472,9 @@ class Agent:
         if self.draining_since is not None:
             return
         self.draining_since = time.monotonic()
+        for token in list(self.ready):  # held, never started: the broker takes them back
+            del self.ready[token]
+            self.link.send(m.Reject(token=token))
         running = ", ".join(job.job_id for job in self.jobs.values()) or "none"
         log.info("agent %s stopping (%s): taking no new jobs; waiting up to %ss for running "
                  "jobs: %s", self.agent_id, why, self.grace, running)

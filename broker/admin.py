@@ -257,14 +257,17 @@ def op_config_set(call: Call) -> Any:
 
 
 def agent_view(broker: "Broker", agent: Any) -> dict[str, Any]:
-    running = [job.id for job in (broker.store.job_by_lease(t) for t in sorted(agent.inflight)) if job]
+    def ids(tokens: set[int]) -> list[str]:
+        return [job.id for job in (broker.store.job_by_lease(t) for t in sorted(tokens)) if job]
+
     return {
         "id": agent.agent_id, "host": agent.host, "pid": agent.pid, "labels": agent.labels,
-        "slots": {"busy": len(agent.inflight), "total": agent.slots},
+        "slots": {"busy": min(len(agent.inflight), agent.slots), "total": agent.slots},
         "last_heartbeat": to_iso(agent.last_seen_wall), "connected_at": to_iso(agent.connected_at),
         "state": "stopping" if agent.departing_since is not None
         else "draining" if agent.draining else "active",
-        "running": running,
+        "running": ids(agent.inflight - agent.unstarted),
+        "queued": ids(agent.unstarted),  # leased to it ahead of a free slot (prefetch)
     }
 
 

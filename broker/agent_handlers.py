@@ -77,8 +77,8 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
         # The same agent said Hello again (it reconnected). An attempt it no
         # longer mentions never reached it, or ended without a result.
         for token in sorted(agent.inflight - tokens):
-            agent.inflight.discard(token)
-            broker.forget_lease(token)
+            agent.forget(token)
+            broker.end_lease(token, Outcome.LEASE_LOST)
         agent.slots, agent.labels = msg.slots, dict(msg.labels)
         agent.draining, agent.departing_since = False, None
     agent.hello_seq = msg.seq
@@ -104,6 +104,8 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
 
 def on_started(broker: "Broker", agent: AgentConn, msg: m.Started) -> None:
     if msg.token in agent.inflight:
+        agent.unstarted.discard(msg.token)
+        agent.revoked.discard(msg.token)
         broker.store.start_attempt(msg.token, msg.pid, msg.started_at)
 
 
@@ -123,12 +125,12 @@ def on_output(broker: "Broker", agent: AgentConn, msg: m.Output) -> None:
     broker.notify(f"out:{msg.token}")
 
 
-def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result) -> bool:
+def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result,
+                    stored: tuple[int, int]) -> bool:
     """Ask for a resend of output the broker lost (a failed batch) before applying
     the result of the job's current attempt, so its logs end where the job did."""
     if msg.token not in agent.inflight:
         return False
-    stored = broker.store.output_ends(msg.token)
     missing = False
     for stream, end, final in ((m.STDOUT, stored[0], msg.stdout_end),
                                (m.STDERR, stored[1], msg.stderr_end)):
@@ -139,9 +141,9 @@ def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result) -> bool:
 
 
 def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
-    attempt = broker.store.attempt(msg.token)
-    if attempt is not None and attempt.agent == agent.agent_id:
-        if _output_missing(broker, agent, msg):
+    holder = broker.store.lease_holder(msg.token)
+    if holder is not None and holder[0] == agent.agent_id:
+        if _output_missing(broker, agent, msg, holder[1:]):
             return  # not acknowledged: the agent resends the output, then the result
         try:
             outcome = Outcome(msg.outcome)
@@ -149,7 +151,9 @@ def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
             outcome, detail = Outcome.EXIT, f"unknown outcome {msg.outcome[:40]!r}"
         else:
             detail = msg.detail
-        agent.inflight.discard(msg.token)
+        if msg.started_at is not None and msg.token not in agent.unstarted:
+            agent.ran(msg.finished_at - msg.started_at)
+        agent.forget(msg.token)
         broker.finish_attempt(msg.token, outcome, exit_code=msg.exit_code, detail=detail[:1000],
                               started_at=msg.started_at, finished_at=msg.finished_at)
     broker.ack(agent.ident, msg.token)
@@ -166,8 +170,9 @@ def on_drain(broker: "Broker", agent: AgentConn, msg: m.Drain) -> None:
 
 def on_reject(broker: "Broker", agent: AgentConn, msg: m.Reject) -> None:
     if msg.token in agent.inflight:
-        agent.inflight.discard(msg.token)
+        agent.forget(msg.token)
         broker.jobs.release(msg.token, broker.now)
+        broker.dirty = True
 
 
 def on_bye(broker: "Broker", agent: AgentConn, msg: m.Bye) -> None:

@@ -2,12 +2,25 @@
 
 In memory only; the store is the truth about leases and ``Broker.resync``
 rebuilds ``inflight`` from it whenever the two could disagree.
+
+**Credit.** An agent whose jobs are short gets up to two jobs per slot beyond
+its slots (``prefetch``): it holds them ready and starts the next one the
+moment a slot frees, instead of waiting a round trip to the broker for it.
+For jobs of a few milliseconds that round trip is most of a slot's time; one
+job per slot ahead was not enough once the agent batches its results, two
+were, and more gained nothing (docs/BENCHMARKS.md). Jobs that run longer than ``PREFETCH_BELOW`` gain
+nothing from it, so an agent running them gets no more jobs than slots, and
+no job waits behind a long one on a busy agent. The broker takes a held job
+back (Revoke) when another agent has nothing to do.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+PREFETCH_BELOW = 0.05  # seconds: an agent whose jobs run shorter than this gets prefetch
+RUNTIME_WEIGHT = 0.3   # of the newest run time in the agent's running average
 
 
 @dataclass
@@ -22,7 +35,10 @@ class AgentConn:
     last_seen: float           # monotonic
     last_seen_wall: float
     last_sent: float = 0.0     # monotonic
-    inflight: set[int] = field(default_factory=set)
+    inflight: set[int] = field(default_factory=set)  # leased to it, started or not
+    unstarted: set[int] = field(default_factory=set)  # leased; no Started heard yet
+    revoked: set[int] = field(default_factory=set)    # unstarted ones asked back
+    runtime: float | None = None  # running average of its jobs' run time (seconds)
     draining: bool = False     # stopping: takes no new jobs
     reachable: bool = True     # false after a send to it failed, until it speaks again
     departing_since: float | None = None  # said Bye; gone once its connection closes
@@ -33,10 +49,35 @@ class AgentConn:
         return json.dumps(self.labels, sort_keys=True) if self.labels else None
 
     @property
-    def free(self) -> int:
+    def prefetch(self) -> int:
+        """Jobs it may hold beyond its slots (the agent accepts as many)."""
+        short = self.runtime is not None and self.runtime < PREFETCH_BELOW
+        return 2 * self.slots if short else 0
+
+    def free(self, prefetch: bool = True) -> int:
+        """Jobs it may take now: up to its slots, or with ``prefetch`` beyond them."""
         if self.draining or not self.reachable or self.departing_since is not None:
             return 0
-        return max(0, self.slots - len(self.inflight))
+        return max(0, self.slots + (self.prefetch if prefetch else 0) - len(self.inflight))
+
+    def can_run(self, requires: dict | None) -> bool:
+        """Its labels include every label ``requires`` names (as the store's claim checks)."""
+        return all(self.labels.get(key) == value for key, value in (requires or {}).items())
+
+    def held_back(self) -> int:
+        """Leased jobs beyond its slots: some wait on the agent, not started."""
+        return max(0, len(self.inflight) - self.slots)
+
+    def ran(self, seconds: float) -> None:
+        """A job of its ran for ``seconds``: update the running average."""
+        seconds = max(0.0, seconds)
+        self.runtime = seconds if self.runtime is None else \
+            (1 - RUNTIME_WEIGHT) * self.runtime + RUNTIME_WEIGHT * seconds
+
+    def forget(self, token: int) -> None:
+        self.inflight.discard(token)
+        self.unstarted.discard(token)
+        self.revoked.discard(token)
 
 
 class Registry:
@@ -64,13 +105,14 @@ class Registry:
                 return agent
         return None
 
-    def with_credit(self) -> list[AgentConn]:
-        """Agents with a free slot, the least loaded first."""
-        agents = [a for a in self._by_ident.values() if a.free > 0]
+    def with_credit(self, prefetch: bool) -> list[AgentConn]:
+        """Agents that may take a job (a free slot, or with ``prefetch`` a free
+        place to hold one), the least loaded first."""
+        agents = [a for a in self._by_ident.values() if a.free(prefetch) > 0]
         agents.sort(key=lambda a: (len(a.inflight) / a.slots, a.connected_at))
         return agents
 
     def slots(self) -> tuple[int, int]:
-        busy = sum(len(a.inflight) for a in self._by_ident.values())
+        busy = sum(min(len(a.inflight), a.slots) for a in self._by_ident.values())
         total = sum(a.slots for a in self._by_ident.values())
         return busy, total

@@ -3,7 +3,8 @@
 Each iteration receives a batch of frames and handles them, plus the timed
 work (``tick``), inside one SQLite transaction with a savepoint per message.
 Replies and dispatches go to an outbox that is sent only after the commit, so
-no peer ever hears of a change that a crash could undo (group commit).
+no peer ever hears of a change that a crash could undo (group commit). What
+one iteration has for an agent leaves in one frame (acks, dispatches).
 The loop sleeps in ``poll`` until a frame arrives, the next heartbeat or
 lease check is due, or the earliest scheduled ``run_at`` comes. It never
 polls the database for work.
@@ -19,7 +20,8 @@ from typing import Any
 
 import zmq
 
-from queuectl.proto import MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch, decode, encode
+from queuectl.proto import (MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch, decode_batch,
+                            encode, encode_batch)
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
 from queuectl.proto.jobspec import SpecError
@@ -111,11 +113,9 @@ class Broker:
                 os.read(self._wake_r, 4096)
             frames = []
             if self.socket in events:
-                for _ in range(BATCH):
-                    try:
-                        frames.append(self.socket.recv_multipart(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
+                # EVENTS says whether a frame waits: cheaper than ending on zmq.Again.
+                while len(frames) < BATCH and self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+                    frames.append(self.socket.recv_multipart(zmq.NOBLOCK))
             self.step(frames)
         self._shutdown()
 
@@ -242,7 +242,7 @@ class Broker:
             return
         ident, data = frame
         try:
-            msg = decode(data)
+            msgs = decode_batch(data)
         except VersionMismatch as exc:
             self.send(ident, m.Error(code=ErrorCode.VERSION.value, message=f"broker: {exc}"))
             return
@@ -257,6 +257,11 @@ class Broker:
         if agent is not None:
             agent.last_seen, agent.last_seen_wall = self.mono, self.now
             agent.reachable = True
+        for msg in msgs:
+            self._handle_message(ident, msg, requests)
+
+    def _handle_message(self, ident: bytes, msg: Any,
+                        requests: list[tuple[bytes, m.Request]]) -> None:
         if isinstance(msg, m.Request):
             requests.append((ident, msg))  # first: the store may fail while handling it
             self._handle_request(ident, msg)
@@ -312,7 +317,7 @@ class Broker:
             token = self.undelivered.pop()
             owner = self.agents.owner(token)
             if owner is not None:
-                owner.inflight.discard(token)
+                owner.forget(token)
             self.jobs.release(token, self.now)
         if self.next_due is not None and self.now >= self.next_due:
             promoted = self.store.promote_due(self.now)
@@ -343,27 +348,57 @@ class Broker:
             if self.mono >= deadline:
                 del self.orphans[token]
                 log.warning("attempt %d: no agent reclaimed it after the broker restarted", token)
-                self.finish_attempt(token, Outcome.LEASE_LOST)
+                self.end_lease(token, Outcome.LEASE_LOST)
 
     def dispatch(self) -> None:
-        """Lease due jobs to agents with free slots, one per agent per round."""
+        """Lease due jobs to agents, one per agent per round: first to free slots
+        across all agents, then to agents that hold jobs ahead (see agents.py)."""
         self.dirty = False
-        agents = self.agents.with_credit()
-        while agents:
-            next_round = []
-            for agent in agents:
-                claimed = self.store.claim(self.now, agent.agent_id, agent.labels_json)
-                if claimed is None:
+        nothing_for: set[bytes] = set()  # agents that found no job they could run
+        for prefetch in (False, True):
+            agents = [a for a in self.agents.with_credit(prefetch) if a.ident not in nothing_for]
+            while agents:
+                next_round = []
+                for agent in agents:
+                    if not self._dispatch_one(agent):
+                        nothing_for.add(agent.ident)
+                        if not prefetch:
+                            self._revoke_for(agent)
+                    elif agent.free(prefetch) > 0:
+                        next_round.append(agent)
+                agents = next_round
+
+    def _dispatch_one(self, agent: AgentConn) -> bool:
+        claimed = self.store.claim(self.now, agent.agent_id, agent.labels_json)
+        if claimed is None:
+            return False
+        job, token = claimed
+        agent.inflight.add(token)
+        agent.unstarted.add(token)
+        self.send(agent.ident, m.Dispatch(
+            token=token, job_id=job.id, attempt=job.attempts + 1, command=job.command,
+            timeout_sec=job.timeout_sec, env=job.env, cwd=job.cwd))
+        self._job_changed(job)
+        return True
+
+    def _revoke_for(self, idle: AgentConn) -> None:
+        """``idle`` has free slots and nothing to claim: ask agents holding jobs
+        ahead to give back those it could run, so no job waits while it idles."""
+        wanted = idle.free(prefetch=False) - sum(len(a.revoked) for a in self.agents)
+        for holder in self.agents:
+            if wanted <= 0:
+                return
+            if holder is idle or holder.held_back() <= len(holder.revoked):
+                continue
+            for token in sorted(holder.unstarted - holder.revoked, reverse=True):
+                if wanted <= 0 or holder.held_back() <= len(holder.revoked):
+                    break
+                job = self.store.job_by_lease(token)
+                if job is None or not idle.can_run(job.requires):
                     continue
-                job, token = claimed
-                agent.inflight.add(token)
-                self.send(agent.ident, m.Dispatch(
-                    token=token, job_id=job.id, attempt=job.attempts + 1, command=job.command,
-                    timeout_sec=job.timeout_sec, env=job.env, cwd=job.cwd))
-                self._job_changed(job)
-                if agent.free > 0:
-                    next_round.append(agent)
-            agents = next_round
+                holder.revoked.add(token)
+                self.send(holder.ident, m.Revoke(token=token))
+                wanted -= 1
 
     # --- shared helpers for handlers ------------------------------------------
 
@@ -376,10 +411,12 @@ class Broker:
         return True
 
     def end_leases(self, agent: AgentConn, outcome: Outcome) -> None:
-        """End every attempt leased to ``agent`` as a failed attempt with ``outcome``."""
+        """End every lease of ``agent``: see ``end_lease``."""
         for token in sorted(agent.inflight):
-            self.finish_attempt(token, outcome)
+            self.end_lease(token, outcome)
         agent.inflight.clear()
+        agent.unstarted.clear()
+        agent.revoked.clear()
         self.dirty = True
 
     def drop_agent(self, agent: AgentConn, outcome: Outcome) -> None:
@@ -396,14 +433,17 @@ class Broker:
         agent.departing_since = self.mono
         self._next_maintenance = min(self._next_maintenance, self.mono + 0.02)
 
-    def forget_lease(self, token: int) -> None:
-        """An agent no longer has attempt ``token``: undo it if it never started."""
+    def end_lease(self, token: int, outcome: Outcome) -> None:
+        """Attempt ``token`` will not report: if it never started (a dispatch lost
+        on the way, or a job an agent held ready), the job goes back as it was;
+        else the attempt ends as failed with ``outcome``."""
         attempt = self.store.attempt(token)
-        if attempt is not None and attempt.started_at is None:
-            self.jobs.release(token, self.now)  # the dispatch was lost on the way
+        if attempt is not None and attempt.started_at is None and attempt.finished_at is None:
+            self.orphans.pop(token, None)
+            self.jobs.release(token, self.now)
             self.dirty = True
         else:
-            self.finish_attempt(token, Outcome.LEASE_LOST)
+            self.finish_attempt(token, outcome)
 
     def finish_attempt(self, token: int, outcome: Outcome, *, exit_code: int | None = None,
                        detail: str = "", started_at: float | None = None,
@@ -424,6 +464,8 @@ class Broker:
             by_agent[job.agent or ""].add(job.lease)
         for agent in self.agents:
             agent.inflight = by_agent.pop(agent.agent_id, set())
+            agent.unstarted &= agent.inflight
+            agent.revoked &= agent.inflight
         live = {job.lease for job in leased}
         self.orphans = {t: d for t, d in self.orphans.items() if t in live}
         for tokens in by_agent.values():
@@ -487,19 +529,25 @@ class Broker:
         self.output_received.clear()
         self.rewinds.clear()
         outbox, self.outbox = self.outbox, []
+        by_peer: dict[bytes, list[Any]] = defaultdict(list)
         for ident, msg in outbox:
-            try:
-                self.socket.send_multipart([ident, encode(msg)], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                if isinstance(msg, m.Dispatch):
-                    self.undelivered.append(msg.token)
-                agent = self.agents.get(ident)
-                if agent is not None and agent.reachable:
-                    # Not connected right now: dispatch nothing more to it until
-                    # it speaks again (or its lease expires).
-                    agent.reachable = False
-                    log.info("agent %s is unreachable: %s", agent.agent_id, exc)
-                continue
+            by_peer[ident].append(msg)
+        for ident, msgs in by_peer.items():
             agent = self.agents.get(ident)
-            if agent is not None:
-                agent.last_sent = self.mono
+            # An agent takes all of it in one frame; a client, one reply per frame.
+            for batch in ([msgs] if agent is not None else [[msg] for msg in msgs]):
+                self._send_frame(ident, agent, batch)
+
+    def _send_frame(self, ident: bytes, agent: AgentConn | None, msgs: list[Any]) -> None:
+        try:
+            self.socket.send_multipart([ident, encode_batch(msgs)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.undelivered.extend(msg.token for msg in msgs if isinstance(msg, m.Dispatch))
+            if agent is not None and agent.reachable:
+                # Not connected right now: dispatch nothing more to it until
+                # it speaks again (or its lease expires).
+                agent.reachable = False
+                log.info("agent %s is unreachable: %s", agent.agent_id, exc)
+            return
+        if agent is not None:
+            agent.last_sent = self.mono

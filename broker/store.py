@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import apsw
 import apsw.bestpractice
@@ -335,11 +335,10 @@ class Store:
             log.info("store %s migrated to schema version %d", self.path, number + 1)
         self.conn.pragma("foreign_keys", 1)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """A transaction, or a savepoint when nested inside one."""
-        with self.conn:
-            yield
+    def transaction(self) -> apsw.Connection:
+        """A transaction, or a savepoint when nested inside one: ``with store.transaction():``.
+        (The connection itself is that context manager; no wrapper on the hot path.)"""
+        return self.conn
 
     def total_changes(self) -> int:
         """Rows changed through this connection since it opened (committed or not)."""
@@ -554,6 +553,11 @@ class Store:
         """Keep what an already ended attempt reported too late (its first end stands)."""
         self.conn.execute("UPDATE attempts SET late_result = ? WHERE id = ?"
                           " AND finished_at IS NOT NULL AND late_result IS NULL", (text, token))
+
+    def lease_holder(self, token: int) -> tuple[str, int, int] | None:
+        """(agent, stdout_end, stderr_end) of attempt ``token``: who may report its
+        result, and how far its output is stored."""
+        return self._one("SELECT agent, stdout_end, stderr_end FROM attempts WHERE id = ?", (token,))
 
     def output_ends(self, token: int) -> tuple[int, int] | None:
         """Stream offsets after the last stored byte of stdout and stderr."""

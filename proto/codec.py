@@ -1,4 +1,10 @@
-"""Envelope encoding: every frame is msgpack ``[VERSION, type, body]``.
+"""Envelope encoding: every frame is msgpack ``[VERSION, type, body, ...]``.
+
+A frame carries one message or several: ``[VERSION, type1, body1, type2,
+body2, ...]``. Agents and the broker put everything one loop iteration has
+for the peer into one frame (a result, the next job's start, an ack and the
+next dispatch), so a job costs one frame each way, not four. Admin clients
+and their replies use one message per frame.
 
 ``decode`` is the only way bytes from a peer become a message, and it raises
 exactly one exception type, :class:`ProtocolError`, for anything malformed:
@@ -16,7 +22,8 @@ from typing import Any, Callable
 
 import msgpack
 
-VERSION = 2
+VERSION = 3
+MAX_BATCH = 10_000  # messages in one frame, at most
 # The largest frame either side accepts (also set as ZMQ_MAXMSGSIZE on the
 # broker's socket, so libzmq drops a bigger message before we ever see it).
 MAX_FRAME = 64 * 1024 * 1024
@@ -92,42 +99,72 @@ def message(type_name: str) -> Callable[[type], type]:
     return register
 
 
+def _pair(msg: Any) -> tuple[str, dict[str, Any]]:
+    return msg.TYPE, {name: getattr(msg, name) for name in _CHECKS[type(msg)]}
+
+
 def encode(msg: Any) -> bytes:
-    body = {name: getattr(msg, name) for name in _CHECKS[type(msg)]}
-    return msgpack.packb([VERSION, msg.TYPE, body], use_bin_type=True)
+    return msgpack.packb([VERSION, *_pair(msg)], use_bin_type=True)
+
+
+def encode_batch(msgs: list[Any]) -> bytes:
+    """One frame holding ``msgs`` in order (at least one)."""
+    envelope: list[Any] = [VERSION]
+    for msg in msgs:
+        envelope.extend(_pair(msg))
+    return msgpack.packb(envelope, use_bin_type=True)
 
 
 def decode(frame: bytes) -> Any:
-    """One message from ``frame``; raises ProtocolError (or VersionMismatch) for anything else."""
+    """One message from ``frame``; raises ProtocolError (or VersionMismatch) for anything else,
+    including a frame of several messages."""
+    msgs = decode_batch(frame)
+    if len(msgs) != 1:
+        raise ProtocolError(f"expected one message, got {len(msgs)}")
+    return msgs[0]
+
+
+def decode_batch(frame: bytes) -> list[Any]:
+    """Every message of ``frame``, in order; the whole frame is refused (ProtocolError)
+    if any of them is malformed."""
     try:
         return _decode(frame)
     except RecursionError:  # msgpack unpacks 1,000 levels; Python code may not handle them
         raise ProtocolError("message nested too deeply") from None
 
 
-def _decode(frame: bytes) -> Any:
+def _decode(frame: bytes) -> list[Any]:
     if len(frame) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
     try:
         envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise ProtocolError(f"not a msgpack frame: {exc.__class__.__name__}") from None
-    if not isinstance(envelope, list) or len(envelope) != 3:
-        raise ProtocolError("envelope must be [version, type, body]")
-    version, type_name, body = envelope
+    if not isinstance(envelope, list) or len(envelope) < 3 or len(envelope) % 2 == 0:
+        if isinstance(envelope, list) and envelope and type(envelope[0]) is int \
+                and envelope[0] != VERSION:
+            raise VersionMismatch(envelope[0])
+        raise ProtocolError("envelope must be [version, type, body, ...]")
+    version = envelope[0]
     if type(version) is not int or version != VERSION:
         raise VersionMismatch(version)
+    if len(envelope) > 1 + 2 * MAX_BATCH:
+        raise ProtocolError(f"more than {MAX_BATCH} messages in one frame")
+    return [_message(envelope[i], envelope[i + 1]) for i in range(1, len(envelope), 2)]
+
+
+def _message(type_name: Any, body: Any) -> Any:
     cls = _REGISTRY.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {_brief(type_name)}")
     if not isinstance(body, dict):
         raise ProtocolError(f"{type_name}: body must be a map")
     checks = _CHECKS[cls]
-    for key in body:
-        if key not in checks:
-            raise ProtocolError(f"{type_name}: unknown field {str(key)[:40]!r}")
     for key, value in body.items():
-        accepted, optional = checks[key]
+        check = checks.get(key)
+        if check is None:
+            raise ProtocolError(f"{type_name}: unknown field {str(key)[:40]!r}")
+        accepted, optional = check
         if value is None:
             if not optional:
                 raise ProtocolError(f"{type_name}: field {key!r} must not be null")

@@ -2,7 +2,7 @@
 
 Agents and admin clients talk to the broker's single ROUTER socket.
 Agent -> broker: Hello, Started, Output, Result, Heartbeat, Drain, Reject, Bye.
-Broker -> agent: Welcome, Dispatch, Cancel, Ack, Heartbeat, Stop, Error.
+Broker -> agent: Welcome, Dispatch, Cancel, Revoke, Ack, Heartbeat, Stop, Error.
 Client <-> broker: Request and Reply (admin operations by name).
 A *token* is the id of one attempt: the lease that fences stale results.
 """
@@ -79,7 +79,7 @@ class Drain:
 
 @message("reject")
 class Reject:
-    """A dispatched job the agent will not start (no free slot, or draining)."""
+    """A dispatched job the agent will not start (no room, draining, or revoked)."""
 
     token: int
 
@@ -119,6 +119,13 @@ class Dispatch:
 class Cancel:
     token: int
     reason: str
+
+
+@message("revoke")
+class Revoke:
+    """Give back a dispatched job if it has not started (answered with Reject)."""
+
+    token: int
 
 
 @message("ack")

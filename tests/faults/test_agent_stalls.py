@@ -28,12 +28,20 @@ def test_a_job_dispatched_to_a_frozen_idle_agent_never_runs_there_once_given_to_
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
         with broker.client() as qc:
+            wait_until(lambda: qc.status()["agents"] == 1, 10, message="the agent to connect")
             qc.enqueue(ledger.job("cold", 2.0, max_retries=5))
-            # the broker dispatches it to the frozen agent, then judges that agent lost
-            wait_until(lambda: (qc.get("cold")["attempts_log"] or [{}])[0].get("reason"), 10,
+            # the broker dispatches it to the frozen agent, then judges that agent lost;
+            # the job never started there, so it goes back to pending with no attempt
+            # charged (an agent that dies holding jobs it never started costs them nothing)
+            wait_until(lambda: qc.get("cold")["state"] == "processing", 10,
+                       message="the job to be dispatched to the frozen agent")
+            wait_until(lambda: qc.status()["agents"] == 0, 10,
                        message="the frozen agent's lease to be judged lost")
+            released = qc.get("cold")
+            assert (released["state"], released["attempts"]) == ("pending", 0), released
             start_agent(count=1)
-            wait_until(lambda: ("start", "cold", 2) in ledger.lines() or ledger.overlaps(), 15,
+            wait_until(lambda: any(line[:2] == ("start", "cold") for line in ledger.lines())
+                       or ledger.overlaps(), 15,
                        message="the job to start on the other agent")
     finally:
         os.kill(frozen.pid, signal.SIGCONT)

@@ -248,6 +248,19 @@ def agent_messages(draw, agent_id: str) -> bytes:
     return encode(msg)
 
 
+def merged(frames: list[bytes]) -> bytes:
+    """The messages of several single frames in one frame, as agents send them."""
+    merged_envelope: list[Any] = [VERSION]
+    for frame_bytes in frames:
+        try:
+            parts = msgpack.unpackb(frame_bytes, raw=False, strict_map_key=False)
+        except Exception:
+            continue
+        if isinstance(parts, list) and len(parts) == 3:
+            merged_envelope += parts[1:]
+    return msgpack.packb(merged_envelope, use_bin_type=True)
+
+
 def hostile_frame(agent_id: str) -> st.SearchStrategy:
     """(socket, parts): socket "anon" never said Hello, "agent" is a welcomed, draining agent."""
     single = st.one_of(
@@ -267,6 +280,10 @@ def hostile_frame(agent_id: str) -> st.SearchStrategy:
         agent_messages(agent_id), agent_messages(agent_id), agent_messages(agent_id),
         deep_frames(),
         st.binary(min_size=1, max_size=65536).map(lambda b: envelope({"data": b}, "output")),
+        # several messages in one frame, valid and not, mixed
+        st.lists(st.one_of(agent_messages(agent_id), requests(), st.builds(
+            envelope, st.sampled_from(MESSAGES).flatmap(wrong_body), st.sampled_from(TYPE_NAMES))),
+            min_size=2, max_size=5).map(merged),
     )
     multipart = st.lists(st.one_of(st.binary(max_size=60), single), min_size=2, max_size=4)
     return st.tuples(st.sampled_from(["anon", "agent", "agent"]),
@@ -344,24 +361,28 @@ class Attacker:
                                              f"its log ends:\n{self.broker.log()[-1500:]}")
                     assert time.monotonic() < deadline, \
                         f"the broker did not answer the {who} socket within {timeout}s"
-                reply = self.receive(who, sock.recv_multipart())
-                if isinstance(reply, m.Reply) and reply.req_id == req_id:
+                replies = self.receive(who, sock.recv_multipart())
+                if any(isinstance(reply, m.Reply) and reply.req_id == req_id
+                       for reply in replies):
+                    reply = next(r for r in replies if isinstance(r, m.Reply))
                     assert reply.ok and reply.result["protocol"] == VERSION, reply
                     break
 
-    def receive(self, who: str, parts: list[bytes]) -> Any:
-        """Everything the broker sends back is one valid frame of an expected type."""
+    def receive(self, who: str, parts: list[bytes]) -> list[Any]:
+        """Everything the broker sends back is one valid frame of expected types: an
+        agent may get several messages in one frame, a client one reply per frame."""
         assert len(parts) == 1, f"the broker sent a {len(parts)}-part message to {who}"
         try:
-            msg = decode(parts[0])
+            msgs = codec.decode_batch(parts[0]) if who == "agent" else [decode(parts[0])]
         except ProtocolError as exc:
             raise AssertionError(f"the broker sent {who} a malformed frame: {exc}") from None
-        assert isinstance(msg, self.ACCEPTED[who]), f"the broker sent {who} a {msg.TYPE}"
-        self.replies[msg.TYPE] = self.replies.get(msg.TYPE, 0) + 1
-        if isinstance(msg, m.Dispatch):
-            # Only between a re-Hello and its Drain; give the job straight back.
-            self.sockets["agent"].send(encode(m.Reject(token=msg.token)))
-        return msg
+        for msg in msgs:
+            assert isinstance(msg, self.ACCEPTED[who]), f"the broker sent {who} a {msg.TYPE}"
+            self.replies[msg.TYPE] = self.replies.get(msg.TYPE, 0) + 1
+            if isinstance(msg, m.Dispatch):
+                # Only between a re-Hello and its Drain; give the job straight back.
+                self.sockets["agent"].send(encode(m.Reject(token=msg.token)))
+        return msgs
 
     def leave(self) -> None:
         """The fake agent says Bye (its leases, if any, end) and both sockets close."""

@@ -80,7 +80,7 @@ def test_every_message_in_the_module_is_registered():
     assert declared == set(MESSAGES)
     assert {cls.TYPE for cls in MESSAGES} == {
         "hello", "started", "output", "result", "heartbeat", "drain", "reject", "bye",
-        "welcome", "dispatch", "cancel", "ack", "stop", "error", "request", "reply"}
+        "welcome", "dispatch", "cancel", "revoke", "ack", "stop", "error", "request", "reply"}
 
 
 @pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.TYPE)
@@ -291,3 +291,40 @@ def test_version_is_checked_before_the_type_and_body():
     with pytest.raises(VersionMismatch) as info:
         decode(frame(VERSION + 1, "brand-new-type", {"new": "field"}))
     assert info.value.peer_version == VERSION + 1
+
+
+# --- several messages in one frame ------------------------------------------------
+
+def test_a_batch_frame_carries_its_messages_in_order():
+    msgs = [m.Result(token=1, outcome="ok", exit_code=0, detail="", started_at=1.0,
+                     finished_at=2.0), m.Started(token=2, pid=3, started_at=2.5), m.Heartbeat()]
+    frame_ = codec.encode_batch(msgs)
+    assert codec.decode_batch(frame_) == msgs
+    # a batch of one is exactly a single-message frame
+    assert codec.encode_batch([msgs[1]]) == encode(msgs[1])
+    assert decode(codec.encode_batch([msgs[1]])) == msgs[1]
+
+
+def test_a_frame_of_several_messages_is_refused_where_one_is_expected():
+    with pytest.raises(ProtocolError, match="expected one message"):
+        decode(codec.encode_batch([m.Heartbeat(), m.Heartbeat()]))
+
+
+def test_one_malformed_message_refuses_the_whole_frame():
+    good = ["heartbeat", {}]
+    bad = ["started", {"token": "not a number", "pid": 1, "started_at": 1.0}]
+    with pytest.raises(ProtocolError, match="started"):
+        codec.decode_batch(msgpack.packb([VERSION, *good, *bad, *good], use_bin_type=True))
+
+
+def test_a_type_without_its_body_is_refused():
+    with pytest.raises(ProtocolError, match="envelope"):
+        codec.decode_batch(msgpack.packb([VERSION, "heartbeat", {}, "heartbeat"]))
+
+
+def test_too_many_messages_in_one_frame_are_refused():
+    envelope = [VERSION] + ["heartbeat", {}] * (codec.MAX_BATCH + 1)
+    with pytest.raises(ProtocolError, match="more than"):
+        codec.decode_batch(msgpack.packb(envelope))
+    assert len(codec.decode_batch(msgpack.packb([VERSION] + ["heartbeat", {}] * codec.MAX_BATCH))) \
+        == codec.MAX_BATCH
