@@ -1,92 +1,217 @@
-"""QueueCTL benchmarks, printed side by side with the process-spawn ceilings.
+"""QueueCTL's benchmark suite: one command, one run, one table with the issue's targets.
 
-    python tests/bench/run.py              # the full run (2,000 jobs)
-    python tests/bench/run.py --jobs 200   # a smoke run (CI uses this)
+    python tests/bench/run.py                    # the full suite (a few minutes)
+    python tests/bench/run.py --quick            # a smoke run in seconds (CI uses this)
+    python tests/bench/run.py --only ceilings,throughput --json figures.json
 
-Measured in one run, so the figures compare as ratios on a noisy machine:
-* xargs: ``seq N | xargs -P2 -I{} sh -c true`` (the spawn ceiling with 2 workers);
-* drain: N ``true`` jobs enqueued in one batch, drained by one agent of 2 slots,
-  from the enqueue call to the last completion;
-* latency: enqueue-to-completion of one ``true`` job on an idle agent, through
-  the Python client (``enqueue`` then ``wait``).
-Nothing here asserts a speed; it prints figures.
+Sections, all in this one process and run so that their figures compare as
+ratios on a noisy machine (each prints as rows of the table):
+* ceilings (ceilings.py): ``xargs -P2 sh -c true`` and 2 Python processes
+  spawning ``true`` through ``subprocess.run``;
+* throughput (throughput.py): drain and CPU per job with one agent of 2 slots,
+  enqueue-to-completion latency, single / batch (CLI ``--file``) / CLI enqueue;
+* scale (scale.py): a broker on a store of 1,000,000 jobs against one on an
+  empty store: drain, enqueue, ``status``, ``/api/stats``, RSS;
+* fleet (fleet.py): 20 agents x 10 slots busy with ``sleep 0.2`` jobs.
+Each row is marked "meets" or "misses" against its target. Speed is never
+asserted: the command exits 0 whatever the figures (and non-zero only when a
+benchmark could not run, e.g. a CLI command failed).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
+import json
+import os
+import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Agent, Broker, Processes, wait_until  # noqa: E402
+import ceilings  # noqa: E402
+import fleet  # noqa: E402
+import scale  # noqa: E402
+import throughput  # noqa: E402
+
+SECTIONS = ("ceilings", "throughput", "scale", "fleet")
+SIZES = {
+    "full": dict(ceiling_jobs=2000, drain=2000, latency=200, batch=100_000, single=10_000,
+                 cli_runs=20, scale_rows=1_000_000, scale_pending=100_000, scale_drain=2000,
+                 scale_single=10_000, scale_batch=100_000, scale_samples=200,
+                 fleet_agents=20, fleet_slots=10, fleet_jobs=5000, fleet_duration=0.2),
+    "quick": dict(ceiling_jobs=200, drain=200, latency=20, batch=2000, single=500,
+                  cli_runs=3, scale_rows=20_000, scale_pending=2000, scale_drain=200,
+                  scale_single=500, scale_batch=2000, scale_samples=50,
+                  fleet_agents=4, fleet_slots=5, fleet_jobs=100, fleet_duration=0.05),
+}
+PEERS = (  # /work/shared/FACTS.md "Peers": 2,000 `sh -c true` jobs, 2 workers
+    ("beanstalkd + greenstalk", "1,520", "61,000", "1.5 ms"),
+    ("Huey (SQLite storage)", "1,015", "5,080", "116 ms or more (polls)"),
+    ("Celery (prefork, Redis)", "725", "2,630", "4.7 ms"),
+    ("RQ (fork per job)", "126", "3,490", "11.5 ms"),
+)
 
 
-def xargs_rate(jobs: int) -> float:
-    start = time.perf_counter()
-    subprocess.run(f"seq {jobs} | xargs -P2 -I{{}} sh -c true", shell=True, check=True)
-    return jobs / (time.perf_counter() - start)
-
-
-def drain_rate(broker: Broker, jobs: int) -> float:
-    with broker.client(timeout=60) as qc:
-        before = qc.status()["counts"]["completed"]
+def run_sections(only: list[str], s: dict) -> dict:
+    results: dict = {}
+    for name in only:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        qc.enqueue_many([{"command": "true"} for _ in range(jobs)])
-        wait_until(lambda: qc.status()["counts"]["completed"] - before >= jobs, 600,
-                   interval=0.005, message=f"{jobs} jobs to complete")
-        return jobs / (time.perf_counter() - start)
+        if name == "ceilings":
+            results[name] = ceilings.measure(s["ceiling_jobs"])
+        elif name == "throughput":
+            results[name] = throughput.measure(s["drain"], s["latency"], s["batch"],
+                                               s["single"], s["cli_runs"])
+        elif name == "scale":
+            results[name] = scale.measure(s["scale_rows"], s["scale_pending"], s["scale_drain"],
+                                          s["scale_single"], s["scale_batch"], s["scale_samples"])
+        elif name == "fleet":
+            results[name] = fleet.measure(s["fleet_agents"], s["fleet_slots"], s["fleet_jobs"],
+                                          s["fleet_duration"])
+        results[name]["section_sec"] = time.perf_counter() - start
+    return results
 
 
-def latency_ms(broker: Broker, samples: int) -> tuple[float, float]:
-    times = []
-    with broker.client() as qc:
-        for _ in range(samples):
-            start = time.perf_counter()
-            job = qc.enqueue({"command": "true"})
-            done = qc.wait(job["id"], timeout=30)
-            times.append((time.perf_counter() - start) * 1000)
-            assert done["state"] == "completed", done
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+def verdict(ok: bool) -> str:
+    return "meets" if ok else "misses"
 
 
-def start_queue(procs: Processes, tmp: str) -> Broker:
-    """A broker and one agent of 2 slots, ready for jobs."""
-    home = Path(tmp) / "home"
-    home.mkdir()
-    broker = Broker(procs, home).start("--log-level", "WARNING")
-    Agent(procs, broker, 2, {}, None, "agent")
-    with broker.client() as qc:
-        wait_until(lambda: qc.status()["slots"]["total"] == 2, 15, message="agent")
-    return broker
+def rows(r: dict, s: dict) -> list[tuple[str, str, str, str]]:
+    out = []
+    xargs = r.get("ceilings", {}).get("xargs_per_sec")
+
+    def vs_xargs(rate: float, target: float | None = None) -> str:
+        if xargs is None:
+            return "n/a (ceilings not run)"
+        text = f"{rate / xargs:.2f}x xargs"
+        return text if target is None else f"{text}: {verdict(rate / xargs >= target)}"
+
+    def vs_target(value: float, target: float, higher_is_better: bool = True) -> str:
+        ok = value >= target if higher_is_better else value <= target
+        return f"{value / target:.2f}x target: {verdict(ok)}"
+
+    if "ceilings" in r:
+        c = r["ceilings"]
+        out.append((f"xargs -P2 sh -c true ({c['jobs']:,} jobs)", f"{xargs:,.0f} jobs/s",
+                    "ceiling", "1.00x xargs"))
+        out.append((f"Python spawn: 2 x subprocess.run('true', shell=True) ({c['jobs']:,})",
+                    f"{c['python_spawn_per_sec']:,.0f} jobs/s", "ceiling",
+                    vs_xargs(c["python_spawn_per_sec"])))
+    if "throughput" in r:
+        t = r["throughput"]
+        d, lat, cli = t["drain"], t["latency_ms"], t["cli_enqueue_ms"]
+        out.append((f"drain, 1 agent x 2 slots ({d['jobs']:,} true jobs)",
+                    f"{d['per_sec']:,.0f} jobs/s", ">= 0.9x xargs", vs_xargs(d["per_sec"], 0.9)))
+        cpu = d["cpu_ms_per_job"]
+        out.append(("CPU per job during the drain (broker / agent)",
+                    f"{cpu['broker']:.2f} / {cpu['agent']:.2f} ms", "-", "info"))
+        out.append((f"latency enqueue->completed p50 ({lat['samples']} jobs)",
+                    f"{lat['p50']:.2f} ms", "<= 2 ms", vs_target(lat["p50"], 2, False)))
+        out.append((f"latency enqueue->completed p99 ({lat['samples']} jobs)",
+                    f"{lat['p99']:.2f} ms", "<= 10 ms", vs_target(lat["p99"], 10, False)))
+        b, one = t["batch_enqueue"], t["single_enqueue"]
+        out.append((f"batch enqueue, queuectl enqueue --file ({b['jobs']:,} jobs)",
+                    f"{b['per_sec']:,.0f}/s", ">= 100,000/s", vs_target(b["per_sec"], 100_000)))
+        out.append((f"single enqueue, Client.enqueue ({one['n']:,} calls)",
+                    f"{one['per_sec']:,.0f}/s", ">= 10,000/s", vs_target(one["per_sec"], 10_000)))
+        out.append((f"CLI enqueue wall, median / max ({cli['runs']} runs)",
+                    f"{cli['median']:.0f} / {cli['max']:.0f} ms (python -c pass: "
+                    f"{cli['python_pass_median']:.0f} ms)", "<= 120 ms",
+                    vs_target(cli["median"], 120, False)))
+    if "scale" in r:
+        sc = r["scale"]
+        big, empty, rows_label = sc["full"], sc["empty"], f"{sc['rows']:,} rows"
+
+        def within(key: str, label: str, unit: str = "/s") -> None:
+            ratio = big[key] / empty[key]
+            out.append((f"{label} at {rows_label}",
+                        f"{big[key]:,.0f}{unit} (empty: {empty[key]:,.0f})",
+                        "within 10% of empty", f"{ratio:.2f}x empty: {verdict(ratio >= 0.9)}"))
+
+        within("drain_per_sec", f"drain of {sc['drain']:,} jobs, 1 agent x 2 slots,", " jobs/s")
+        within("single_enqueue_per_sec", f"single enqueue ({sc['single']:,} calls)")
+        within("batch_enqueue_per_sec", f"batch enqueue, CLI --file ({sc['batch']:,} jobs),")
+        for key, label in (("status_ms", "status, Python client"),
+                           ("api_stats_ms", "/api/stats, queuectl dashboard")):
+            b, e = big[key], empty[key]
+            out.append((f"{label}, p50 / p99 ({sc['samples']}) at {rows_label}",
+                        f"{b['p50']:.1f} / {b['p99']:.1f} ms (empty: {e['p50']:.1f} / "
+                        f"{e['p99']:.1f})", "<= 50 ms",
+                        f"p99 {b['p99'] / e['p99']:.2f}x empty: {verdict(b['p99'] <= 50)}"))
+        b, e = big["rss_mb"], empty["rss_mb"]
+        growth = max(b[k] / e[k] for k in b)
+        flat = max(b.values()) < 150 and growth <= 1.1
+        out.append((f"broker RSS at start / after drain / after enqueues, {rows_label}",
+                    " / ".join(f"{b[k]:.0f}" for k in b) + " MB (empty: "
+                    + " / ".join(f"{e[k]:.0f}" for k in e) + ")",
+                    "< 150 MB, flat with rows",
+                    f"up to {growth:.2f}x empty: {verdict(flat)}"))
+    if "fleet" in r:
+        f = r["fleet"]
+        shape = (f"{f['agents']} agents x {f['slots']} slots, "
+                 f"{f['jobs']:,} x sleep {f['duration']:g}")
+        out.append((f"fleet utilisation ({shape})",
+                    f"{f['utilisation']:.1%} (wall {f['wall_sec']:.2f} s, ideal "
+                    f"{f['ideal_sec']:.2f} s)", ">= 95%",
+                    verdict(f["utilisation"] >= 0.95)))
+        out.append(("fleet broker CPU (agents' own; their job processes)",
+                    f"{f['broker_cores']:.2f} core ({f['agents_cores']:.2f}; "
+                    f"{f['job_processes_cores']:.2f})", "< 1 core",
+                    verdict(f["broker_cores"] < 1)))
+    return out
+
+
+def machine() -> dict:
+    import apsw
+    import zmq
+
+    return {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "apsw": apsw.apsw_version(),
+            "sqlite": apsw.sqlite_lib_version(), "loadavg": os.getloadavg()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run with small sizes (seconds, for CI)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="queuectl-bench-") as tmp:
-        procs = Processes(Path(tmp))
-        try:
-            broker = start_queue(procs, tmp)
-            ceiling = xargs_rate(args.jobs)
-            drained = drain_rate(broker, args.jobs)
-            p50, p99 = latency_ms(broker, args.latency_samples)
-        finally:
-            procs.cleanup()
-    print(f"{'benchmark':<44}{'result':>14}{'vs xargs':>10}")
-    print(f"{f'xargs -P2 sh -c true ({args.jobs} jobs)':<44}{ceiling:>10.0f} j/s{1:>10.2f}")
-    print(f"{f'queuectl drain, 1 agent x 2 slots ({args.jobs})':<44}{drained:>10.0f} j/s"
-          f"{drained / ceiling:>10.2f}")
-    print(f"{f'latency enqueue->completed, p50 ({args.latency_samples})':<44}{p50:>11.2f} ms")
-    print(f"{f'latency enqueue->completed, p99 ({args.latency_samples})':<44}{p99:>11.2f} ms")
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown or not only:
+        parser.error(f"unknown section(s) {unknown}; pick from {', '.join(SECTIONS)}")
+    sizes = SIZES["quick" if args.quick else "full"]
+    before = machine()
+    start = time.perf_counter()
+    only = [name for name in SECTIONS if name in only]
+    results = run_sections(only, sizes)
+    elapsed = time.perf_counter() - start
+    table = rows(results, sizes)
+    print("| benchmark | result | target (from the issue) | ratio / verdict |")
+    print("|---|---|---|---|")
+    for row in table:
+        print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    print("\nReference points, NOT measured in this run (FACTS.md \"Peers\": 2,000 `sh -c true`"
+          " jobs, 2 workers, same kind of machine):\n")
+    print("| system | drain/s | enqueue/s | latency on an idle worker |")
+    print("|---|---|---|---|")
+    for peer in PEERS:
+        print("| " + " | ".join(peer) + " |")
+    after = os.getloadavg()
+    print(f"\nMachine: {before['nproc']} CPUs, Python {before['python']}, pyzmq {before['pyzmq']}"
+          f" / libzmq {before['libzmq']}, apsw {before['apsw']} (SQLite {before['sqlite']});"
+          f" load average {before['loadavg'][0]:.2f} before, {after[0]:.2f} after.")
+    print(f"Sizes: {'quick' if args.quick else 'full'}; sections: {', '.join(only)};"
+          f" {elapsed:.1f} s in all. Speed is not asserted: this exits 0 whatever the figures.")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"machine": before, "quick": args.quick, "sizes": sizes, "results": results,
+             "seconds": elapsed, "table": [dict(zip(("benchmark", "result", "target", "verdict"),
+                                                    row)) for row in table]}, indent=2))
     return 0
 
 
