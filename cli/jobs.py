@@ -2,53 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from .common import BrokerOpt, JsonOpt, client, emit_json, present, say
+from . import enqueue as enqueue_command
+from .common import BrokerOpt, JsonOpt, client, emit_json, endpoint, present, say
 
 
 def _invalid(message: str) -> Exception:
     from queuectl.client import InvalidInput
 
     return InvalidInput(message)
-
-
-def _parse_object(text: str, where: str = "") -> Any:
-    try:
-        value = json.loads(text)
-        # JSON allows lone surrogate escapes ("\\ud800"), which no UTF-8 message can carry
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except json.JSONDecodeError as exc:
-        raise _invalid(f"{where}invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-                       " (quote the whole job in single quotes)") from None
-    except UnicodeEncodeError:
-        raise _invalid(f"{where}invalid text: a string holds a lone surrogate (\\ud800-\\udfff)"
-                       " or bytes that are not UTF-8") from None
-    except RecursionError:
-        raise _invalid(f"{where}invalid JSON: nested too deeply") from None
-    return value
-
-
-def _read_lines(path: str) -> list[Any]:
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _invalid(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    jobs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            jobs.append((number, _parse_object(line, f"line {number}: ")))
-    if not jobs:
-        raise _invalid(f"{path} holds no jobs (one JSON object per line)")
-    return jobs
 
 
 def enqueue(
@@ -60,23 +26,7 @@ def enqueue(
     broker: BrokerOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Add a job (or every job of a JSON Lines file) to the queue."""
-    if (job is None) == (file is None):
-        raise _invalid("give one job as JSON or --file PATH (not both)")
-    with client(ctx, broker) as qc:
-        if job is not None:
-            result = qc.enqueue(_parse_object(job))
-            if as_json:
-                emit_json(result)
-            else:
-                say(f"Enqueued job: {result['id']}")
-            return
-        numbered = _read_lines(file)
-        result = qc.enqueue_many([spec for _, spec in numbered],
-                                 names=[f"line {number}" for number, _ in numbered])
-        if as_json:
-            emit_json(result)
-        else:
-            say(f"Enqueued {result['enqueued']} jobs")
+    enqueue_command.run(endpoint(ctx, broker), job, file, as_json)
 
 
 def status(ctx: typer.Context, broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:

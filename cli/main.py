@@ -1,78 +1,37 @@
-"""The ``queuectl`` program: the typer app and the error-to-exit-code boundary.
+"""The ``queuectl`` program's entry point and its error-to-exit-code boundary.
 
 Errors a user can cause print one line on stderr and exit with the contract's
-code: 2 invalid input, 3 no broker answered, 1 anything else.
+code: 2 invalid input, 3 no broker answered, 1 anything else. A plain
+``enqueue`` runs without loading the typer app (see ``enqueue.py``); every
+other command line goes to the app in ``app.py``.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
-
-import typer
-
-from . import config, dlq, jobs, workers
-from .dashboard import dashboard
-from .up import up
-
-try:  # typer >= 0.17 vendors click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
-
-app = typer.Typer(
-    name="queuectl", add_completion=False, no_args_is_help=True,
-    pretty_exceptions_enable=False, rich_markup_mode=None,
-    help="QueueCTL: a durable job queue for shell commands. Every command talks to a broker "
-         "(--broker or QUEUECTL_BROKER, default tcp://127.0.0.1:5555).")
-
-
-@app.callback()
-def _global(ctx: typer.Context, broker: Annotated[Optional[str], typer.Option(
-        "--broker", envvar="QUEUECTL_BROKER", help="broker endpoint for every command")] = None,
-) -> None:
-    ctx.obj = {"broker": broker}
-
-
-jobs.register(app)
-app.add_typer(dlq.app, name="dlq")
-app.add_typer(config.app, name="config")
-app.add_typer(workers.app, name="worker")
-app.command()(workers.agents)
-app.command()(up)
-app.command()(dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:
     from queuectl.client import QueueError
 
-    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
     try:
-        # Without standalone mode, an Exit(n) (worker start, or Ctrl-C in
-        # typer >= 0.17) comes back as the return value.
-        code = command.main(args=sys.argv[1:] if argv is None else argv, prog_name="queuectl",
-                            standalone_mode=False)
-    except click_errors.NoArgsIsHelpError as exc:
-        sys.stdout.write(exc.ctx.get_help() + "\n")
-        return 0
-    except click_errors.UsageError as exc:
-        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        sys.stderr.write(f"queuectl: {exc.format_message()}{hint}\n")
-        return 2
+        from .enqueue import fast_main
+
+        code = fast_main(args)
+        if code is None:
+            from .app import run
+
+            code = run(args)
     except QueueError as exc:
         sys.stderr.write(f"queuectl: {exc}\n")
         return exc.exit_code
-    except typer.Abort:  # not in typer._click.exceptions: typer owns Abort and Exit
-        sys.stderr.write("queuectl: interrupted\n")
-        return 130
     except KeyboardInterrupt:
         sys.stderr.write("queuectl: interrupted\n")
         return 130
-    except typer.Exit as exc:
-        return exc.exit_code
     except BrokenPipeError:
         return 0  # `queuectl list | head` closed our stdout
-    return code if isinstance(code, int) else 0
+    return code
 
 
 if __name__ == "__main__":
