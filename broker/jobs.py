@@ -7,8 +7,8 @@ returned jobs into messages, and ``on_change`` tells it which job changed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import secrets
 from typing import Any, Callable
 
 from queuectl.proto import jobspec
@@ -32,12 +32,33 @@ class JobError(Exception):
         self.code = code
 
 
+class IdMaker:
+    """Ids for jobs enqueued without one: 16 hex digits of a 64-bit number, the
+    time in milliseconds above 20 bits of a counter. They only grow, even when
+    the clock steps back, so a batch lands at the end of the id index instead of
+    all over it (random ids made a 100,000-job batch a fifth slower), and they
+    sort by enqueue time."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self, now: float) -> str:
+        self.last = max(int(now * 1000) << 20, self.last + 1)
+        return f"{self.last:016x}"
+
+    def skip(self) -> None:
+        """An id was taken (a clock that stepped back past a previous broker's ids):
+        move a second ahead."""
+        self.last += 1000 << 20
+
+
 class JobService:
     def __init__(self, store: Store, config: dict[str, Any],
                  on_change: Callable[[Job], None]):
         self.store = store
         self.config = config
         self.on_change = on_change
+        self.ids = IdMaker()
 
     def _changed(self, job: Job) -> Job:
         self.on_change(job)
@@ -45,47 +66,47 @@ class JobService:
 
     # --- enqueue ----------------------------------------------------------
 
-    def build(self, spec: dict[str, Any], now: float) -> NewJob:
-        """A canonical job spec plus today's defaults -> a row to insert."""
-        spec = jobspec.validate(spec)
-        if "run_at" in spec:
-            run_at = parse_iso(spec["run_at"])
-        else:
-            run_at = now + spec.get("delay", 0.0)
-        return NewJob(
-            id=spec.get("id") or secrets.token_hex(8),
-            command=spec["command"],
-            queue=spec.get("queue", DEFAULT_QUEUE),
-            priority=spec.get("priority", DEFAULT_PRIORITY),
-            run_at=run_at,
-            timeout_sec=spec.get("timeout_sec", self.config["timeout_sec"]),
-            max_retries=spec.get("max_retries", self.config["max_retries"]),
-            env=spec.get("env"),
-            cwd=spec.get("cwd"),
-            requires=spec.get("requires"),
-        )
-
     def enqueue(self, specs: list[dict[str, Any]], now: float, batch: bool = False) -> list[NewJob]:
         """Validate and insert all of ``specs`` or none. Raises SpecError or JobError.
 
         In a batch, an error names the job as ``job N: `` (counted from 1), which
-        the client turns into the user's own label (a line number).
+        the client turns into the user's own label (a line number). A spec
+        becomes a row with today's defaults; this loop is the enqueue rate's
+        hot path, hence the locals.
         """
+        validate, next_id = jobspec.validate, self.ids.next
+        timeout_sec, max_retries = self.config["timeout_sec"], self.config["max_retries"]
         jobs = []
-        for number, spec in enumerate(specs, 1):
+        for number, raw in enumerate(specs, 1):
             try:
-                jobs.append(self.build(spec, now))
+                spec = validate(raw)
+                if "run_at" in spec:
+                    run_at = parse_iso(spec["run_at"])
+                else:
+                    run_at = now + spec.get("delay", 0.0)
             except jobspec.SpecError as exc:
                 if not batch:
                     raise
                 raise jobspec.SpecError(None, f"job {number}: {exc}") from None
-        try:
-            self.store.insert_jobs(jobs, now)
-        except DuplicateId as exc:
-            if not batch:
-                raise JobError("conflict", str(exc)) from None
-            number = next(n for n, job in enumerate(jobs, 1) if job.id == exc.job_id)
-            raise JobError("conflict", f"job {number}: {exc}") from None
+            get = spec.get
+            jobs.append(NewJob(get("id") or next_id(now), spec["command"],
+                               get("queue", DEFAULT_QUEUE), get("priority", DEFAULT_PRIORITY),
+                               run_at, get("timeout_sec", timeout_sec),
+                               get("max_retries", max_retries), get("env"), get("cwd"),
+                               get("requires")))
+        for retry in range(3):
+            try:
+                self.store.insert_jobs(jobs, now)
+                break
+            except DuplicateId as exc:
+                number = next(n for n, job in enumerate(jobs, 1) if job.id == exc.job_id)
+                if "id" in specs[number - 1] or retry == 2:  # the user's own id
+                    if not batch:
+                        raise JobError("conflict", str(exc)) from None
+                    raise JobError("conflict", f"job {number}: {exc}") from None
+                self.ids.skip()
+                jobs = [job if "id" in spec else dataclasses.replace(job, id=self.ids.next(now))
+                        for job, spec in zip(jobs, specs)]
         return jobs
 
     # --- leases -----------------------------------------------------------

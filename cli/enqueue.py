@@ -24,9 +24,12 @@ def _invalid(message: str) -> Exception:
 
 def parse_object(text: str, where: str = "") -> Any:
     try:
+        if not text.isascii():
+            text.encode("utf-8")  # bytes that were not UTF-8 (argv keeps them as surrogates)
         value = json.loads(text)
         # JSON allows lone surrogate escapes ("\\ud800"), which no UTF-8 message can carry
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        if "\\u" in text:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as exc:
         raise _invalid(f"{where}invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
                        " (quote the whole job in single quotes)") from None
@@ -48,13 +51,11 @@ def read_lines(path: str) -> list[tuple[int, Any]]:
                 text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise _invalid(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    jobs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            jobs.append((number, parse_object(line, f"line {number}: ")))
-    if not jobs:
+    numbered = [(number, line) for number, line in enumerate(text.splitlines(), 1)
+                if line.strip()]
+    if not numbered:
         raise _invalid(f"{path} holds no jobs (one JSON object per line)")
-    return jobs
+    return [(number, parse_object(line, f"line {number}: ")) for number, line in numbered]
 
 
 def run(endpoint: str | None, job: str | None, file: str | None, as_json: bool) -> None:

@@ -29,6 +29,7 @@ FIELDS = (
 )
 # Fields of the job format users already write; the queue sets them itself.
 COMPAT_FIELDS = ("state", "attempts", "created_at", "updated_at")
+_KNOWN = frozenset(FIELDS + COMPAT_FIELDS)
 
 
 class SpecError(ValueError):
@@ -105,10 +106,11 @@ def validate(raw: Any) -> dict[str, Any]:
     """Check a job object and return its canonical form. Raises SpecError."""
     if not isinstance(raw, dict):
         raise SpecError(None, f"a job must be a JSON object, got {_type_name(raw)}")
-    for key in raw:
-        if key not in FIELDS and key not in COMPAT_FIELDS:
-            raise SpecError(repr(str(key)[:64])[1:-1], "unknown field")
-    _check_compat(raw)
+    if not _KNOWN.issuperset(raw):
+        unknown = next(key for key in raw if key not in _KNOWN)  # the first, as written
+        raise SpecError(repr(str(unknown)[:64])[1:-1], "unknown field")
+    if "state" in raw or "attempts" in raw:
+        _check_compat(raw)
     spec: dict[str, Any] = {}
 
     if "id" in raw:
@@ -121,10 +123,15 @@ def validate(raw: Any) -> dict[str, Any]:
         raise SpecError("command", "is required")
     if not isinstance(command, str):
         raise SpecError("command", f"expected a string, got {_type_name(command)}")
-    if not command.strip():
+    if not command or command.isspace():
         raise SpecError("command", "must not be empty")
-    _check_text("command", command)
-    if len(command.encode("utf-8")) > MAX_COMMAND_BYTES:
+    try:
+        encoded = command.encode("utf-8")
+    except UnicodeEncodeError:
+        _check_text("command", command)  # raises the message for a lone surrogate
+    if b"\0" in encoded:
+        raise SpecError("command", "must not contain a NUL byte")
+    if len(encoded) > MAX_COMMAND_BYTES:
         raise SpecError("command", f"is longer than {MAX_COMMAND_BYTES} bytes")
     spec["command"] = command
 

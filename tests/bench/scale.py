@@ -49,7 +49,8 @@ RUN_SEC = 0.005  # how long each completed job ran
 
 
 def fill(db: Path, completed: int, pending: int, now: float) -> None:
-    """``completed`` finished jobs with their attempts, then ``pending`` due jobs."""
+    """``completed`` finished jobs with their attempts, then ``pending`` due jobs, with
+    time-ordered ids as the broker makes them (broker/jobs.py, IdMaker)."""
     store = Store(str(db))
     try:
         with store.transaction():
@@ -60,16 +61,20 @@ def fill(db: Path, completed: int, pending: int, now: float) -> None:
                 " INSERT INTO jobs (id, command, state, queue, priority, run_at, due,"
                 " timeout_sec, max_retries, attempts, created_at, updated_at, started_at,"
                 " finished_at, exit_code, agent)"
-                " SELECT lower(hex(randomblob(8))), 'true', 'completed', 'default', 100, t, 0,"
+                " SELECT printf('%016x', (CAST(t * 1000 AS INTEGER) << 20) + i % 1048576),"
+                " 'true', 'completed', 'default', 100, t, 0,"
                 " 60, 3, 1, t, t + ?2 + 0.001, t + 0.001, t + ?2 + 0.001, 0, 'bench-agent'"
-                " FROM (SELECT ?3 + i * ?4 AS t FROM n)",
+                " FROM (SELECT ?3 + i * ?4 AS t, i FROM n)",
                 (completed, RUN_SEC, now - HISTORY, step))
             store.conn.execute(
                 "INSERT INTO attempts (job_seq, number, agent, dispatched_at, started_at,"
                 " finished_at, pid, exit_code)"
                 " SELECT seq, 1, agent, created_at, started_at, finished_at, 1000 + seq % 30000, 0"
                 " FROM jobs WHERE state = 'completed'")
-            # jobs_completed fires on UPDATE only: add what these jobs would have added.
+            # jobs_completed fires on UPDATE only, and new jobs are counted by
+            # Store.insert_jobs: add what these jobs would have added.
+            store.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'completed'",
+                               (completed,))
             store.conn.execute("UPDATE totals SET value = value + ? WHERE name = 'completed_n'",
                                (completed,))
             store.conn.execute("UPDATE totals SET value = value + ?"
@@ -79,9 +84,11 @@ def fill(db: Path, completed: int, pending: int, now: float) -> None:
                 " WHERE i + 1 < ?1)"
                 " INSERT INTO jobs (id, command, state, queue, priority, run_at, due,"
                 " timeout_sec, max_retries, created_at, updated_at)"
-                " SELECT lower(hex(randomblob(8))), 'true', 'pending', 'default', 100, t, 1,"
-                " 60, 3, t, t FROM (SELECT ?2 - 60 + i * (30.0 / ?1) AS t FROM n)",
+                " SELECT printf('%016x', (CAST(t * 1000 AS INTEGER) << 20) + i % 1048576),"
+                " 'true', 'pending', 'default', 100, t, 1,"
+                " 60, 3, t, t FROM (SELECT ?2 - 60 + i * (30.0 / ?1) AS t, i FROM n)",
                 (pending, now))
+            store.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'", (pending,))
     finally:
         store.close()
 

@@ -468,3 +468,42 @@ def test_a_batch_with_one_bad_job_inserts_nothing_and_names_the_job(svc):
         svc.jobs.enqueue([{"command": "true"}, {"id": "taken", "command": "true"}], NOW,
                          batch=True)
     assert str(info.value).startswith("job 2: ") and "taken" in str(info.value)
+
+
+# --- generated ids ------------------------------------------------------------------
+
+def test_generated_ids_are_16_hex_digits_that_sort_by_enqueue_time(store):
+    service = Service(store)
+    first = [service.enqueue(now=NOW).id for _ in range(3)]
+    later = service.enqueue(now=NOW + 1).id
+    assert all(len(job_id) == 16 and int(job_id, 16) for job_id in first + [later])
+    assert first + [later] == sorted(first + [later])
+    assert len(set(first)) == 3
+
+
+def test_generated_ids_keep_growing_when_the_clock_steps_back(store):
+    service = Service(store)
+    before = service.enqueue(now=NOW).id
+    after = service.enqueue(now=NOW - 3600).id  # an NTP step back
+    assert after > before
+
+
+def test_a_generated_id_already_taken_is_replaced_not_reported(store):
+    service = Service(store)
+    taken = service.jobs.ids.next(NOW)  # what the next job would get...
+    service.jobs.ids.last -= 1          # ...handed out again by a clock that went back
+    service.enqueue(id=taken)           # and already used, by a user or an older broker
+    jobs = service.jobs.enqueue([{"command": "true"}, {"command": "true"}], NOW, batch=True)
+    assert taken not in [job.id for job in jobs]
+    assert store.counts()["pending"] == 3
+    with pytest.raises(JobError, match="already exists"):
+        service.enqueue(id=taken)  # a user's own id is still a conflict
+
+
+def test_a_batch_is_counted_once_it_is_stored(store):
+    service = Service(store)
+    service.jobs.enqueue([{"command": "true"} for _ in range(500)], NOW, batch=True)
+    with pytest.raises(JobError):
+        service.jobs.enqueue([{"command": "true"}, {"id": "dup", "command": "true"},
+                              {"id": "dup", "command": "true"}], NOW, batch=True)
+    assert store.counts()["pending"] == 500

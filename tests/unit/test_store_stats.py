@@ -116,3 +116,26 @@ def test_a_version_3_store_gets_the_finished_index_and_keeps_its_attempts(tmp_pa
         assert store.finished_since(NOW - 3600) == [(NOW - 60, True)]
     finally:
         store.close()
+
+
+def test_a_version_4_store_keeps_its_counts_when_new_jobs_are_counted_per_batch(tmp_path):
+    path = str(tmp_path / "queue.db")
+    old = apsw.Connection(path)
+    with old:
+        for number in range(4):
+            old.execute(MIGRATIONS[number])
+        old.pragma("user_version", 4)
+        old.execute("INSERT INTO jobs (id, command, queue, priority, state, run_at, timeout_sec,"
+                    " max_retries, created_at, updated_at) VALUES ('old', 'true', 'default', 0,"
+                    " 'pending', 1, 60, 3, 1, 2)")  # counted by the version-1 trigger
+    old.close()
+    store = Store(path)
+    try:
+        assert store.counts()["pending"] == 1
+        store.insert_jobs([NewJob(id=f"new-{n}", command="true", queue="default", priority=100,
+                                  run_at=NOW, timeout_sec=60, max_retries=3, env=None, cwd=None,
+                                  requires=None) for n in range(3)], NOW)
+        assert store.counts()["pending"] == 4
+        assert store.conn.execute("SELECT count(*) FROM jobs").fetchall() == [(4,)]
+    finally:
+        store.close()
