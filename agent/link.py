@@ -126,9 +126,14 @@ class Link:
         return 0.0 if self.transport_up else now - self.last_heard
 
     def send(self, msg: object) -> bool:
-        """Queue ``msg`` if the broker has welcomed us; False means the caller must hold it."""
+        """Queue ``msg`` if the broker has welcomed us; False means the caller must hold it.
+        A Result replaces its attempt's Started if that has not left yet (the
+        Result carries the start time and pid too): one message less per short job."""
         if not self.up:
             return False
+        if isinstance(msg, m.Result):
+            self.outbox = [queued for queued in self.outbox
+                           if not (isinstance(queued, m.Started) and queued.token == msg.token)]
         self.outbox.append(msg)
         return True
 

@@ -200,7 +200,7 @@ class RunningJob:
                 detail = str(-returncode)
         return m.Result(token=self.token, outcome=outcome.value, exit_code=exit_code,
                         detail=detail, started_at=self.started_at, finished_at=finished_at,
-                        stdout_end=self.stdout.end, stderr_end=self.stderr.end)
+                        stdout_end=self.stdout.end, stderr_end=self.stderr.end, pid=self.pid)
 
     def spawn_failure(self, exc: OSError) -> m.Result:
         now = time.time()

@@ -143,7 +143,7 @@ def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result,
 def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
     holder = broker.store.lease_holder(msg.token)
     if holder is not None and holder[0] == agent.agent_id:
-        if _output_missing(broker, agent, msg, holder[1:]):
+        if _output_missing(broker, agent, msg, holder[1:3]):
             return  # not acknowledged: the agent resends the output, then the result
         try:
             outcome = Outcome(msg.outcome)
@@ -151,11 +151,13 @@ def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
             outcome, detail = Outcome.EXIT, f"unknown outcome {msg.outcome[:40]!r}"
         else:
             detail = msg.detail
-        if msg.started_at is not None and msg.token not in agent.unstarted:
+        if msg.started_at is not None:
             agent.ran(msg.finished_at - msg.started_at)
         agent.forget(msg.token)
+        pid = msg.pid if msg.pid is not None and 0 < msg.pid < 2**31 else None
         broker.finish_attempt(msg.token, outcome, exit_code=msg.exit_code, detail=detail[:1000],
-                              started_at=msg.started_at, finished_at=msg.finished_at)
+                              started_at=msg.started_at, finished_at=msg.finished_at, pid=pid,
+                              holder=holder[3])
     broker.ack(agent.ident, msg.token)
 
 

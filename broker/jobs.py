@@ -20,6 +20,7 @@ from .store import DuplicateId, Job, NewJob, Store
 
 log = logging.getLogger(__name__)
 
+UNREAD = object()  # finish(holder=...): the caller has not read the lease's job
 DEFAULT_PRIORITY = 100
 DEFAULT_QUEUE = "default"
 
@@ -112,7 +113,8 @@ class JobService:
     # --- leases -----------------------------------------------------------
 
     def finish(self, token: int, outcome: Outcome, *, exit_code: int | None, detail: str,
-               started_at: float | None, finished_at: float, now: float) -> Job | None:
+               started_at: float | None, finished_at: float, now: float,
+               pid: int | None = None, holder: Any = UNREAD) -> Job | None:
         """Apply the end of attempt ``token``. Returns the job, or None if the lease is stale.
 
         A stale result (the lease expired, or the job was canceled or moved
@@ -122,7 +124,7 @@ class JobService:
         of the result that ended the attempt changes nothing at all.
         """
         reason = lifecycle.reason_text(outcome, exit_code, detail)
-        job = self.store.job_by_lease(token)
+        job = self.store.job_by_lease(token) if holder is UNREAD else holder
         if job is None or job.state is not JobState.PROCESSING:
             attempt = self.store.attempt(token)
             if attempt is None:
@@ -138,7 +140,7 @@ class JobService:
                      reason or "ok")
             return None
         self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
-                               exit_code=exit_code, reason=reason)
+                               exit_code=exit_code, reason=reason, pid=pid)
         attempts = job.attempts + 1
         ended = dict(attempts=attempts, lease=None, exit_code=exit_code,
                      started_at=started_at if started_at is not None else job.started_at,

@@ -29,7 +29,7 @@ from queuectl.proto.states import Outcome
 
 from . import admin, agent_handlers, lifecycle
 from .agents import AgentConn, Registry
-from .jobs import JobError, JobService
+from .jobs import UNREAD, JobError, JobService
 from .metrics import Metrics
 from .parking import Parked, ParkingLot
 from .store import UNAVAILABLE_ERRORS, Job, StaleState, Store
@@ -40,6 +40,7 @@ BATCH = 512  # frames handled per transaction
 STORE_RETRY = (0.1, 2.0)  # backoff bounds (seconds) for timed writes while the store fails
 STORE_LOG_EVERY = 10.0    # seconds between log lines about a store that keeps failing
 DEPARTURE_WAIT = 5.0  # seconds a departing agent's connection may take to close
+DEPARTURE_PROBE = 0.02  # seconds between two looks at a departing agent's connection
 
 
 class Broker:
@@ -311,8 +312,8 @@ class Broker:
         """Timed work: expiries, heartbeats, released leases, due jobs, dispatch."""
         self._expire_parked()
         if self.mono >= self._next_maintenance:
-            self._maintain(judge_leases)
             self._next_maintenance = self.mono + min(0.25, self.config["heartbeat_sec"] / 2)
+            self._maintain(judge_leases)  # may want the next one sooner
         while self.undelivered:
             token = self.undelivered.pop()
             owner = self.agents.owner(token)
@@ -338,6 +339,8 @@ class Broker:
                 if not self._still_connected(agent) or \
                         self.mono - agent.departing_since > DEPARTURE_WAIT:
                     self.forget_agent(agent)
+                else:  # it closes in a moment: look again soon (`worker stop` waits on it)
+                    self._next_maintenance = min(self._next_maintenance, self.mono + DEPARTURE_PROBE)
             elif judge_leases and self.mono - agent.last_seen > lease:
                 log.warning("agent %s lost: no heartbeat for %.1fs; %d jobs will run again",
                             agent.agent_id, self.mono - agent.last_seen, len(agent.inflight))
@@ -447,11 +450,14 @@ class Broker:
 
     def finish_attempt(self, token: int, outcome: Outcome, *, exit_code: int | None = None,
                        detail: str = "", started_at: float | None = None,
-                       finished_at: float | None = None) -> None:
-        """End attempt ``token`` (from a result, or because its agent is gone)."""
+                       finished_at: float | None = None, pid: int | None = None,
+                       holder: Any = UNREAD) -> None:
+        """End attempt ``token`` (from a result, or because its agent is gone);
+        ``holder`` is the job holding its lease, if the caller read it already."""
         self.orphans.pop(token, None)
         self.jobs.finish(token, outcome, exit_code=exit_code, detail=detail, started_at=started_at,
-                         finished_at=self.now if finished_at is None else finished_at, now=self.now)
+                         finished_at=self.now if finished_at is None else finished_at, now=self.now,
+                         pid=pid, holder=holder)
         self.notify(f"out:{token}")  # `logs --follow` learns the attempt ended
         self.dirty = True
 

@@ -41,6 +41,7 @@ ATTEMPT_COLUMNS = (
     "pid", "exit_code", "reason", "late_result", "stale",
 )
 _JOB_SELECT = ", ".join(JOB_COLUMNS)
+_JOB_JOINED = ", ".join(f"j.{column}" for column in JOB_COLUMNS)
 _ATTEMPT_SELECT = ", ".join(ATTEMPT_COLUMNS)
 # Columns a transition may set besides state/updated_at/due.
 _SETTABLE = frozenset({
@@ -550,21 +551,28 @@ class Store:
         self.conn.execute("UPDATE jobs SET started_at = ? WHERE lease = ?", (started_at, token))
 
     def end_attempt(self, token: int, *, started_at: float | None, finished_at: float,
-                    exit_code: int | None, reason: str | None, stale: bool = False) -> None:
+                    exit_code: int | None, reason: str | None, stale: bool = False,
+                    pid: int | None = None) -> None:
         self.conn.execute(
             "UPDATE attempts SET started_at = coalesce(?, started_at), finished_at = ?,"
-            " exit_code = ?, reason = ?, stale = ? WHERE id = ? AND finished_at IS NULL",
-            (started_at, finished_at, exit_code, reason, int(stale), token))
+            " exit_code = ?, reason = ?, stale = ?, pid = coalesce(?, pid)"
+            " WHERE id = ? AND finished_at IS NULL",
+            (started_at, finished_at, exit_code, reason, int(stale), pid, token))
 
     def record_late_result(self, token: int, text: str) -> None:
         """Keep what an already ended attempt reported too late (its first end stands)."""
         self.conn.execute("UPDATE attempts SET late_result = ? WHERE id = ?"
                           " AND finished_at IS NOT NULL AND late_result IS NULL", (text, token))
 
-    def lease_holder(self, token: int) -> tuple[str, int, int] | None:
-        """(agent, stdout_end, stderr_end) of attempt ``token``: who may report its
-        result, and how far its output is stored."""
-        return self._one("SELECT agent, stdout_end, stderr_end FROM attempts WHERE id = ?", (token,))
+    def lease_holder(self, token: int) -> tuple[str, int, int, Job | None] | None:
+        """(agent, stdout_end, stderr_end, job) of attempt ``token``: who may report its
+        result, how far its output is stored, and the job whose lease it still is
+        (None when the lease ended). One query: this is on every result's path."""
+        row = self._one(f"SELECT a.agent, a.stdout_end, a.stderr_end, {_JOB_JOINED} FROM attempts a"
+                        " LEFT JOIN jobs j ON j.lease = a.id WHERE a.id = ?", (token,))
+        if row is None:
+            return None
+        return row[0], row[1], row[2], Job.from_row(row[3:]) if row[3] is not None else None
 
     def output_ends(self, token: int) -> tuple[int, int] | None:
         """Stream offsets after the last stored byte of stdout and stderr."""

@@ -156,6 +156,11 @@ def rows(r: dict, s: dict) -> list[tuple[str, str, str, str]]:
                     f"{f['utilisation']:.1%} (wall {f['wall_sec']:.2f} s, ideal "
                     f"{f['ideal_sec']:.2f} s)", ">= 95%",
                     verdict(f["utilisation"] >= 0.95)))
+        out.append((f"fleet ceiling: xargs -P{f['agents'] * f['slots']} sh -c 'sleep "
+                    f"{f['duration']:g}' ({f['jobs']:,})", f"{f['xargs_utilisation']:.1%}",
+                    "ceiling", f"queuectl {f['utilisation'] / f['xargs_utilisation']:.2f}x"))
+        out.append(("fleet slot occupancy (busy / total slots while jobs wait)",
+                    f"{f['occupancy']:.1%}", ">= 95%", verdict(f["occupancy"] >= 0.95)))
         out.append(("fleet broker CPU (agents' own; their job processes)",
                     f"{f['broker_cores']:.2f} core ({f['agents_cores']:.2f}; "
                     f"{f['job_processes_cores']:.2f})", "< 1 core",
