@@ -105,8 +105,17 @@ def rows(r: dict, s: dict) -> list[tuple[str, str, str, str]]:
         out.append((f"drain, 1 agent x 2 slots ({d['jobs']:,} true jobs)",
                     f"{d['per_sec']:,.0f} jobs/s", ">= 0.9x xargs", vs_xargs(d["per_sec"], 0.9)))
         cpu = d["cpu_ms_per_job"]
-        out.append(("CPU per job during the drain (broker / agent)",
-                    f"{cpu['broker']:.2f} / {cpu['agent']:.2f} ms", "-", "info"))
+        out.append(("CPU per job during the drain (broker / agent / the job's `sh -c true`)",
+                    f"{cpu['broker']:.2f} / {cpu['agent']:.2f} / {cpu['jobs']:.2f} ms; machine "
+                    f"{d['machine_busy']:.0%} busy", "-", "info"))
+        if xargs:
+            # What 0.9x xargs leaves for the broker and the agent on this machine,
+            # once the job processes have had their CPU.
+            budget = len(os.sched_getaffinity(0)) / (0.9 * xargs) * 1000 - cpu["jobs"]
+            used = cpu["broker"] + cpu["agent"]
+            out.append(("CPU per job left for broker + agent at 0.9x xargs",
+                        f"{budget:.2f} ms (they use {used:.2f})", "-",
+                        f"{used / budget:.1f}x the budget" if budget > 0 else "none left"))
         out.append((f"latency enqueue->completed p50 ({lat['samples']} jobs)",
                     f"{lat['p50']:.2f} ms", "<= 2 ms", vs_target(lat["p50"], 2, False)))
         out.append((f"latency enqueue->completed p99 ({lat['samples']} jobs)",

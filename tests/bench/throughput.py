@@ -74,12 +74,30 @@ def drain(broker: Broker, jobs: int, pids: dict[str, int] | None = None) -> dict
     with broker.client(timeout=60) as qc:
         before = qc.status()["counts"]["completed"]
         cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        children = {name: cpu_seconds(pid, children=True) for name, pid in pids.items()}
+        machine = machine_busy()
         start = time.perf_counter()
         qc.enqueue_many([{"command": "true"} for _ in range(jobs)])
         wait_completed(qc, before + jobs, 600)
         elapsed = time.perf_counter() - start
         used = {name: (cpu_seconds(pid) - cpu[name]) * 1000 / jobs for name, pid in pids.items()}
-    return {"jobs": jobs, "seconds": elapsed, "per_sec": jobs / elapsed, "cpu_ms_per_job": used}
+        if "agent" in pids:  # the job processes: the agent's waited-for children
+            used["jobs"] = (cpu_seconds(pids["agent"], children=True)
+                            - children["agent"]) * 1000 / jobs
+        busy = machine_busy(machine)
+    return {"jobs": jobs, "seconds": elapsed, "per_sec": jobs / elapsed, "cpu_ms_per_job": used,
+            "machine_busy": busy}
+
+
+def machine_busy(since: tuple[int, int] | None = None):
+    """(total, idle) jiffies of all CPUs from /proc/stat; with ``since``, the busy
+    fraction of the machine between the two readings."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    now = (sum(fields), fields[3] + fields[4])  # idle + iowait
+    if since is None:
+        return now
+    total = now[0] - since[0]
+    return 1 - (now[1] - since[1]) / total if total else float("nan")
 
 
 def drain_rate(broker: Broker, jobs: int) -> float:
