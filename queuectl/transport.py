@@ -24,7 +24,8 @@ DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0
 SLOW_RATE = 10_000     # jobs a second that even a slow broker stores or lists
 MAX_ITEMS = 10_000_000  # no request is about more jobs than this (the broker refuses it)
-PING_ABOVE = 1.0       # requests that may take longer than this are preceded by a ping
+PING_ABOVE = 1.0       # requests that may take longer than this are preceded by a ping...
+PING_FRESH = 1.0       # ...unless the broker answered on this connection this recently
 RECONNECT_BUDGET = 30.0  # seconds a wait without a deadline rides out a missing broker
 T = TypeVar("T")
 
@@ -101,6 +102,7 @@ class Connection:
         self.endpoint = endpoint or default_endpoint()
         self.timeout = default_timeout() if timeout is None else timeout
         self.answered = False  # a broker has answered this connection at least once
+        self.answered_at = -PING_FRESH  # monotonic time of the latest answer
         self._ctx = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._ids = itertools.count(1)
@@ -144,12 +146,16 @@ class Connection:
             raise InvalidInput(f"the request is {len(frame)} bytes, more than the {MAX_FRAME} "
                                "bytes one message may carry; split it into smaller batches")
         if hold + extra > PING_ABOVE:
-            self.call("ping")  # fails within `timeout` if no broker is there
+            # A long request first proves a broker is there (a ping fails within
+            # `timeout`), unless one answered a moment ago: enqueue then wait
+            # saves a round trip.
+            if time.monotonic() - self.answered_at > PING_FRESH:
+                self.call("ping")
             try:
                 return self._exchange(frame, req_id, self.timeout + hold + extra)
             except BrokerUnreachable:
                 raise BrokerUnreachable(
-                    f"the broker at {self.endpoint} answered a ping but not the {op} request "
+                    f"the broker at {self.endpoint} answered just before but not the {op} request "
                     f"within {self.timeout + hold + extra:.0f}s; it may still complete it, "
                     "so check before retrying") from None
         return self._exchange(frame, req_id, self.timeout)
@@ -168,7 +174,7 @@ class Connection:
                     f"no broker answered at {self.endpoint} within {wait:g}s "
                     "(is queuectl-broker running? set --broker or QUEUECTL_BROKER)")
             reply = self._decode(sock.recv())
-            self.answered = True
+            self.answered, self.answered_at = True, time.monotonic()
             if isinstance(reply, m.Reply) and reply.req_id == req_id:
                 if reply.ok:
                     return reply.result

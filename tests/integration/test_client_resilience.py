@@ -266,3 +266,29 @@ def test_a_wait_gives_up_at_its_deadline_when_the_broker_never_returns(broker):
         elapsed = time.monotonic() - started
     assert type(info.value).__name__ == "BrokerUnreachable" and info.value.exit_code == 3
     assert 1.5 < elapsed < 6, elapsed
+
+
+def test_a_wait_right_after_an_answer_skips_the_ping_and_a_later_one_sends_it(broker,
+                                                                              monkeypatch):
+    """A long request (wait) is preceded by a ping, so a missing broker fails fast,
+    unless the broker answered on this connection within the last second."""
+    from queuectl import transport
+
+    with Client(broker.endpoint) as qc:
+        sent: list[str] = []
+        exchange = qc._conn._exchange
+
+        def spy(frame: bytes, req_id: int, wait: float) -> Any:
+            sent.append(transport.decode(frame).op)
+            return exchange(frame, req_id, wait)
+
+        monkeypatch.setattr(qc._conn, "_exchange", spy)
+        qc.enqueue({"id": "quick", "command": "true"})
+        with pytest.raises(TimeoutError):
+            qc.wait("quick", timeout=1.5)  # no agent: it stays pending
+        assert sent == ["enqueue", "wait"]
+        monkeypatch.setattr(transport, "PING_FRESH", 0.0)  # as if the answer were old
+        sent.clear()
+        with pytest.raises(TimeoutError):
+            qc.wait("quick", timeout=1.5)
+        assert sent == ["ping", "wait"]
