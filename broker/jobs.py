@@ -7,9 +7,9 @@ returned jobs into messages, and ``on_change`` tells it which job changed.
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from queuectl.proto import jobspec
 from queuectl.proto.states import JobState, Outcome
@@ -47,6 +47,13 @@ class IdMaker:
         self.last = max(int(now * 1000) << 20, self.last + 1)
         return f"{self.last:016x}"
 
+    def numbers(self, now: float) -> Iterator[int]:
+        """Successive id numbers from ``now`` on, for a batch; ``used`` ends it."""
+        return itertools.count(max(int(now * 1000) << 20, self.last + 1))
+
+    def used(self, numbers: Iterator[int]) -> None:
+        self.last = next(numbers) - 1
+
     def skip(self) -> None:
         """An id was taken (a clock that stepped back past a previous broker's ids):
         move a second ahead."""
@@ -75,7 +82,7 @@ class JobService:
         becomes a row with today's defaults; this loop is the enqueue rate's
         hot path, hence the locals.
         """
-        validate, next_id = jobspec.validate, self.ids.next
+        validate, numbers = jobspec.validate, self.ids.numbers(now)
         timeout_sec, max_retries = self.config["timeout_sec"], self.config["max_retries"]
         jobs = []
         for number, raw in enumerate(specs, 1):
@@ -90,11 +97,12 @@ class JobService:
                     raise
                 raise jobspec.SpecError(None, f"job {number}: {exc}") from None
             get = spec.get
-            jobs.append(NewJob(get("id") or next_id(now), spec["command"],
+            jobs.append(NewJob(get("id") or format(next(numbers), "016x"), spec["command"],
                                get("queue", DEFAULT_QUEUE), get("priority", DEFAULT_PRIORITY),
                                run_at, get("timeout_sec", timeout_sec),
                                get("max_retries", max_retries), get("env"), get("cwd"),
                                get("requires")))
+        self.ids.used(numbers)
         for retry in range(3):
             try:
                 self.store.insert_jobs(jobs, now)
@@ -106,7 +114,7 @@ class JobService:
                         raise JobError("conflict", str(exc)) from None
                     raise JobError("conflict", f"job {number}: {exc}") from None
                 self.ids.skip()
-                jobs = [job if "id" in spec else dataclasses.replace(job, id=self.ids.next(now))
+                jobs = [job if "id" in spec else job._replace(id=self.ids.next(now))
                         for job, spec in zip(jobs, specs)]
         return jobs
 

@@ -73,11 +73,11 @@ class Client:
     # --- jobs -------------------------------------------------------------------
 
     @staticmethod
-    def _check(job: Any, where: str = "") -> dict[str, Any]:
+    def _check(job: Any, label: str | None = None) -> dict[str, Any]:
         try:
             return jobspec.validate(job)
         except jobspec.SpecError as exc:
-            raise InvalidInput(f"{where}{exc}") from None
+            raise InvalidInput(f"{label}: {exc}" if label else str(exc)) from None
 
     def enqueue(self, job: dict[str, Any]) -> dict[str, Any]:
         """Add one job; returns ``{"id", "state", "run_at"}``."""
@@ -91,7 +91,7 @@ class Client:
         """
         jobs = list(jobs)
         labels = list(names) if names is not None else [f"job {n}" for n in range(1, len(jobs) + 1)]
-        specs = [self._check(job, f"{label}: ") for job, label in zip(jobs, labels)]
+        specs = [self._check(job, label) for job, label in zip(jobs, labels)]
         first: dict[str, str] = {}
         for spec, label in zip(specs, labels):
             if "id" in spec:
