@@ -14,8 +14,8 @@ while the transport is up (our heartbeats reach its queue and it reads them
 before judging any lease), else the time since the broker was last heard.
 
 Messages are queued and leave in one frame per loop iteration (``flush``,
-called before the loop waits), so a result, the next job's start and a
-heartbeat cost one send. While a frame that carried a result waits for its
+called before the loop waits; several frames when that is more than one frame
+may carry), so a result, the next job's start and a heartbeat cost one send. While a frame that carried a result waits for its
 Ack, new messages wait too (up to ``HOLD_MAX``), as Nagle's algorithm does
 for TCP: under load the results of several jobs then share one frame and one
 commit of the broker, and an idle agent still sends each result at once.
@@ -30,14 +30,18 @@ from typing import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from queuectl.proto import MAX_FRAME, ProtocolError, VersionMismatch, decode_batch, encode_batch
+from queuectl.proto import (MAX_FRAME, ProtocolError, VersionMismatch, batches, decode_batch,
+                            encode_batch)
 from queuectl.proto import messages as m
 
 log = logging.getLogger(__name__)
 
 HELLO_RETRY = 2.0  # seconds between Hellos while connected but not welcomed
 HOLD_MAX = 0.005   # seconds queued messages wait, at most, for the last result's Ack
-URGENT = (m.Hello, m.Reject, m.Drain, m.Bye)  # sent without waiting for an Ack
+# Sent without waiting for an Ack. Started too: the broker must hear that a job
+# started before the job can do anything, such as kill this agent; a lease the
+# broker never heard start is given back uncounted when its agent is lost.
+URGENT = (m.Hello, m.Started, m.Reject, m.Drain, m.Bye)
 EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
@@ -126,14 +130,9 @@ class Link:
         return 0.0 if self.transport_up else now - self.last_heard
 
     def send(self, msg: object) -> bool:
-        """Queue ``msg`` if the broker has welcomed us; False means the caller must hold it.
-        A Result replaces its attempt's Started if that has not left yet (the
-        Result carries the start time and pid too): one message less per short job."""
+        """Queue ``msg`` if the broker has welcomed us; False means the caller must hold it."""
         if not self.up:
             return False
-        if isinstance(msg, m.Result):
-            self.outbox = [queued for queued in self.outbox
-                           if not (isinstance(queued, m.Started) and queued.token == msg.token)]
         self.outbox.append(msg)
         return True
 
@@ -161,14 +160,17 @@ class Link:
         if (self.unacked_since is not None and now - self.unacked_since < HOLD_MAX
                 and not any(isinstance(msg, URGENT) for msg in self.outbox)):
             return True
-        try:
-            self.socket.send(encode_batch(self.outbox), zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        if any(isinstance(msg, m.Result) for msg in self.outbox):
-            self.unacked_since = now
+        groups = batches(self.outbox)
+        for sent, group in enumerate(groups):
+            try:
+                self.socket.send(encode_batch(group), zmq.NOBLOCK)
+            except zmq.Again:
+                self.outbox = [msg for rest in groups[sent:] for msg in rest]
+                return False
+            if any(isinstance(msg, m.Result) for msg in group):
+                self.unacked_since = now
+            self.last_sent = now
         self.outbox.clear()
-        self.last_sent = now
         return True
 
     def receive(self) -> list[object]:

@@ -251,7 +251,10 @@ class Agent:
             elif msg.token in self.ready:
                 self._cancel_ready(self.ready.pop(msg.token), msg.reason)
         elif isinstance(msg, m.Revoke):
-            if self.ready.pop(msg.token, None) is not None:
+            # A held job goes back; so does one this agent never got or gave back
+            # already (a Reject the broker lost). One it runs or ran stays.
+            held = self.ready.pop(msg.token, None) is not None
+            if held or (msg.token not in self.jobs and msg.token not in self.held):
                 self.link.send(m.Reject(token=msg.token))
         elif isinstance(msg, m.Welcome):
             self._welcome(msg)
@@ -350,6 +353,7 @@ class Agent:
             self._watch(fd, job, False)
         self._watch(job.pidfd, job, True)
         self.link.send(m.Started(token=token, pid=job.pid, started_at=job.started_at))
+        self.link.flush()  # now, before the job can act (see link.URGENT)
         log.debug("job %s (attempt %d) started as pid %d", job.job_id, token, job.pid)
 
     def _job_exited(self, job: RunningJob) -> None:

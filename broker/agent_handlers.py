@@ -78,7 +78,7 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
         # longer mentions never reached it, or ended without a result.
         for token in sorted(agent.inflight - tokens):
             agent.forget(token)
-            broker.end_lease(token, Outcome.LEASE_LOST)
+            broker.end_lease(token, Outcome.LEASE_LOST, may_release=True)  # it is not running
         agent.slots, agent.labels = msg.slots, dict(msg.labels)
         agent.draining, agent.departing_since = False, None
     agent.hello_seq = msg.seq
@@ -92,6 +92,13 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
             cancel.append(token)
     if cancel:
         log.info("agent %s: attempts %s are no longer leased to it; canceling", agent.agent_id, cancel)
+    # Leases a restarted broker found for this agent that its Hello does not name:
+    # jobs it held but never started (it drops those at every Hello). End them
+    # now, not when the orphan timer runs out.
+    for token in sorted(t for t in broker.orphans if t not in tokens):
+        job = broker.store.job_by_lease(token)
+        if job is not None and job.agent == agent.agent_id:
+            broker.end_lease(token, Outcome.LEASE_LOST, may_release=True)
     broker.agents.add(agent)
     welcome(broker, agent, cancel, sorted(tokens - set(cancel)))
     for token in sorted(agent.inflight):  # cancels requested while it was away
@@ -182,7 +189,7 @@ def on_bye(broker: "Broker", agent: AgentConn, msg: m.Bye) -> None:
         log.warning("agent %s left with %d jobs unreported; they run again",
                     agent.agent_id, len(agent.inflight))
     log.info("agent %s disconnected", agent.agent_id)
-    broker.end_leases(agent, Outcome.LEASE_LOST)
+    broker.end_leases(agent, Outcome.LEASE_LOST, said_bye=True)
     broker.depart(agent)
 
 

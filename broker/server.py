@@ -20,8 +20,8 @@ from typing import Any
 
 import zmq
 
-from queuectl.proto import (MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch, decode_batch,
-                            encode, encode_batch)
+from queuectl.proto import (MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch, batches,
+                            decode_batch, encode, encode_batch)
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
 from queuectl.proto.jobspec import SpecError
@@ -351,7 +351,8 @@ class Broker:
             if self.mono >= deadline:
                 del self.orphans[token]
                 log.warning("attempt %d: no agent reclaimed it after the broker restarted", token)
-                self.end_lease(token, Outcome.LEASE_LOST)
+                # Its agent never came back: it may have started it (counted).
+                self.end_lease(token, Outcome.LEASE_LOST, may_release=False)
 
     def dispatch(self) -> None:
         """Lease due jobs to agents, one per agent per round: first to free slots
@@ -413,10 +414,18 @@ class Broker:
             return False
         return True
 
-    def end_leases(self, agent: AgentConn, outcome: Outcome) -> None:
-        """End every lease of ``agent``: see ``end_lease``."""
+    def end_leases(self, agent: AgentConn, outcome: Outcome, said_bye: bool = False) -> None:
+        """End every lease of ``agent``, which is gone. Its jobs start in the order
+        they were dispatched (token order), so the oldest ones it was not heard to
+        start, up to its slot count, may have started just before it went (a Started
+        lost with it, or a job that killed it): they count as failed attempts, as a
+        lease that started does. The others it can only have held: they go back
+        as they were (``end_lease``). An agent that ``said_bye`` reported every job
+        it started first, so none of those it was not heard to start did."""
+        unheard = sorted(agent.unstarted & agent.inflight)
+        held = set(unheard if said_bye else unheard[agent.slots:])
         for token in sorted(agent.inflight):
-            self.end_lease(token, outcome)
+            self.end_lease(token, outcome, may_release=token in held)
         agent.inflight.clear()
         agent.unstarted.clear()
         agent.revoked.clear()
@@ -436,12 +445,13 @@ class Broker:
         agent.departing_since = self.mono
         self._next_maintenance = min(self._next_maintenance, self.mono + 0.02)
 
-    def end_lease(self, token: int, outcome: Outcome) -> None:
-        """Attempt ``token`` will not report: if it never started (a dispatch lost
-        on the way, or a job an agent held ready), the job goes back as it was;
-        else the attempt ends as failed with ``outcome``."""
+    def end_lease(self, token: int, outcome: Outcome, may_release: bool) -> None:
+        """Attempt ``token`` will not report. With ``may_release``, an attempt that
+        never started (a dispatch lost on the way, a job an agent held ready) gives
+        its job back as it was; otherwise the attempt ends as failed with ``outcome``."""
         attempt = self.store.attempt(token)
-        if attempt is not None and attempt.started_at is None and attempt.finished_at is None:
+        if (may_release and attempt is not None and attempt.started_at is None
+                and attempt.finished_at is None):
             self.orphans.pop(token, None)
             self.jobs.release(token, self.now)
             self.dirty = True
@@ -468,10 +478,13 @@ class Broker:
         leased = self.store.leased_jobs()
         for job in leased:
             by_agent[job.agent or ""].add(job.lease)
+        unstarted = self.store.unstarted_leases()
         for agent in self.agents:
             agent.inflight = by_agent.pop(agent.agent_id, set())
-            agent.unstarted &= agent.inflight
-            agent.revoked &= agent.inflight
+            # From the store: a Reject or a Started of the failed batch is gone, and
+            # its Revoke was never sent; a held job is asked for again when needed.
+            agent.unstarted = agent.inflight & unstarted
+            agent.revoked.clear()
         live = {job.lease for job in leased}
         self.orphans = {t: d for t, d in self.orphans.items() if t in live}
         for tokens in by_agent.values():
@@ -540,8 +553,8 @@ class Broker:
             by_peer[ident].append(msg)
         for ident, msgs in by_peer.items():
             agent = self.agents.get(ident)
-            # An agent takes all of it in one frame; a client, one reply per frame.
-            for batch in ([msgs] if agent is not None else [[msg] for msg in msgs]):
+            # An agent takes it in as few frames as fit; a client, one reply per frame.
+            for batch in (batches(msgs) if agent is not None else [[msg] for msg in msgs]):
                 self._send_frame(ident, agent, batch)
 
     def _send_frame(self, ident: bytes, agent: AgentConn | None, msgs: list[Any]) -> None:
@@ -549,6 +562,9 @@ class Broker:
             self.socket.send_multipart([ident, encode_batch(msgs)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             self.undelivered.extend(msg.token for msg in msgs if isinstance(msg, m.Dispatch))
+            if agent is not None:
+                agent.revoked.difference_update(
+                    msg.token for msg in msgs if isinstance(msg, m.Revoke))
             if agent is not None and agent.reachable:
                 # Not connected right now: dispatch nothing more to it until
                 # it speaks again (or its lease expires).

@@ -515,6 +515,12 @@ class Store:
         return [Job.from_row(r) for r in self.conn.execute(
             f"SELECT {_JOB_SELECT} FROM jobs WHERE lease IS NOT NULL")]
 
+    def unstarted_leases(self) -> set[int]:
+        """Leases whose attempt has not been reported started."""
+        return {token for (token,) in self.conn.execute(
+            "SELECT a.id FROM jobs j JOIN attempts a ON a.id = j.lease"
+            " WHERE j.lease IS NOT NULL AND a.started_at IS NULL")}
+
     def dead_jobs(self, limit: int | None = None) -> list[Job]:
         return [Job.from_row(r) for r in self.conn.execute(
             f"SELECT {_JOB_SELECT} FROM jobs WHERE state = 'dead' ORDER BY finished_at DESC, seq DESC"

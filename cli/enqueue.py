@@ -122,23 +122,13 @@ def _plain_form(argv: list[str]) -> dict[str, Any] | None:
 
 
 def fast_main(argv: list[str]) -> int | None:
-    """Run a plain ``enqueue`` command line; None if it is not one."""
+    """Run a plain ``enqueue`` command line; None if it is not one. Errors go to
+    the caller's boundary (cli/main.py), as the typer app's do."""
     import os
 
     found = _plain_form(argv)
     if found is None:
         return None
-    from queuectl.client import QueueError
-
     endpoint = found["broker"] or found["global_broker"] or os.environ.get("QUEUECTL_BROKER")
-    try:
-        run(endpoint, found["job"], found["file"], found["as_json"])
-    except QueueError as exc:
-        sys.stderr.write(f"queuectl: {exc}\n")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("queuectl: interrupted\n")
-        return 130
-    except BrokenPipeError:
-        return 0
+    run(endpoint, found["job"], found["file"], found["as_json"])
     return 0

@@ -108,11 +108,48 @@ def encode(msg: Any) -> bytes:
 
 
 def encode_batch(msgs: list[Any]) -> bytes:
-    """One frame holding ``msgs`` in order (at least one)."""
+    """One frame holding ``msgs`` in order (at least one). See ``batches``."""
     envelope: list[Any] = [VERSION]
     for msg in msgs:
         envelope.extend(_pair(msg))
     return msgpack.packb(envelope, use_bin_type=True)
+
+
+FRAME_BUDGET = MAX_FRAME // 4  # bytes a sender puts in one frame, by estimate
+SEND_BATCH = 1_000             # messages a sender puts in one frame, at most
+
+
+def _estimate(msg: Any) -> int:
+    """A generous estimate of a message's encoded size (its text and bytes, plus
+    a little per field), cheap enough for every message."""
+    size = 64
+    for name in _CHECKS[type(msg)]:
+        value = getattr(msg, name)
+        if isinstance(value, (str, bytes)):
+            size += len(value) * (4 if isinstance(value, str) else 1) + 16
+        elif isinstance(value, (list, dict)):
+            size += 64 * len(value) + sum(len(k) * 4 + len(v) * 4 for k, v in value.items()
+                                          if isinstance(k, str) and isinstance(v, str)) \
+                if isinstance(value, dict) else 64 * len(value)
+        else:
+            size += 16
+    return size
+
+
+def batches(msgs: list[Any]) -> list[list[Any]]:
+    """``msgs`` in order, cut into groups that each fit one frame: at most
+    ``SEND_BATCH`` messages and about ``FRAME_BUDGET`` bytes (a message bigger
+    than that goes alone; ``MAX_FRAME`` is four times the budget)."""
+    groups: list[list[Any]] = [[]]
+    used = 0
+    for msg in msgs:
+        size = _estimate(msg)
+        if groups[-1] and (used + size > FRAME_BUDGET or len(groups[-1]) >= SEND_BATCH):
+            groups.append([])
+            used = 0
+        groups[-1].append(msg)
+        used += size
+    return groups if groups[0] else []
 
 
 def decode(frame: bytes) -> Any:

@@ -65,8 +65,8 @@ class Result:
     # has stored the output up to there (else it asks for a resend first).
     stdout_end: int = 0
     stderr_end: int = 0
-    # The process id, for a result whose Started was never sent: a job that ended
-    # before the agent's next frame left reports both in the Result alone.
+    # The process id, also in Started; the Result repeats it for a broker that
+    # missed the Started (a failed store batch).
     pid: Optional[int] = None
 
 

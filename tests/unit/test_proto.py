@@ -328,3 +328,19 @@ def test_too_many_messages_in_one_frame_are_refused():
         codec.decode_batch(msgpack.packb(envelope))
     assert len(codec.decode_batch(msgpack.packb([VERSION] + ["heartbeat", {}] * codec.MAX_BATCH))) \
         == codec.MAX_BATCH
+
+
+def test_a_sender_cuts_its_messages_into_frames_that_each_fit():
+    outputs = [m.Output(token=1, stream=1, offset=n << 20, data=b"x" * (1 << 20))
+               for n in range(80)]  # 80 MiB of output waiting for one broker
+    dispatches = [m.Dispatch(token=n, job_id=f"j{n}", attempt=1, command="é" * 65535,
+                             timeout_sec=60.0) for n in range(600)]
+    for msgs in (outputs, dispatches, [m.Heartbeat()] * 2500):
+        groups = codec.batches(msgs)
+        assert [msg for group in groups for msg in group] == msgs  # all, in order
+        for group in groups:
+            assert len(group) <= codec.SEND_BATCH
+            assert len(codec.encode_batch(group)) <= codec.MAX_FRAME
+            assert codec.decode_batch(codec.encode_batch(group)) == group
+    assert len(codec.batches([m.Heartbeat(), m.Heartbeat()])) == 1
+    assert codec.batches([]) == []

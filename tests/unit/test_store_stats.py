@@ -94,16 +94,25 @@ def test_an_attempt_that_ended_its_job_as_canceled_is_not_a_failure_whatever_its
     assert store.finished_since(NOW - 3600) == [(NOW - 20, False)]
 
 
-def test_a_version_3_store_gets_the_finished_index_and_keeps_its_attempts(tmp_path):
+def old_store(tmp_path, version: int, state: str) -> str:
+    """A store at schema ``version`` holding one job 'old' in ``state``; returns its path."""
     path = str(tmp_path / "queue.db")
     old = apsw.Connection(path)
     with old:
-        for number in range(3):
+        for number in range(version):
             old.execute(MIGRATIONS[number])
-        old.pragma("user_version", 3)
+        old.pragma("user_version", version)
         old.execute("INSERT INTO jobs (id, command, queue, priority, state, run_at, timeout_sec,"
                     " max_retries, created_at, updated_at) VALUES ('old', 'true', 'default', 0,"
-                    " 'completed', 1, 60, 3, 1, 2)")
+                    " ?, 1, 60, 3, 1, 2)", (state,))
+    old.close()
+    return path
+
+
+def test_a_version_3_store_gets_the_finished_index_and_keeps_its_attempts(tmp_path):
+    path = old_store(tmp_path, 3, "completed")
+    old = apsw.Connection(path)
+    with old:
         old.execute("INSERT INTO attempts (job_seq, number, agent, dispatched_at, finished_at,"
                     " exit_code) VALUES (1, 1, 'a', 1, ?, 0)", (NOW - 60,))
     old.close()
@@ -119,16 +128,7 @@ def test_a_version_3_store_gets_the_finished_index_and_keeps_its_attempts(tmp_pa
 
 
 def test_a_version_4_store_keeps_its_counts_when_new_jobs_are_counted_per_batch(tmp_path):
-    path = str(tmp_path / "queue.db")
-    old = apsw.Connection(path)
-    with old:
-        for number in range(4):
-            old.execute(MIGRATIONS[number])
-        old.pragma("user_version", 4)
-        old.execute("INSERT INTO jobs (id, command, queue, priority, state, run_at, timeout_sec,"
-                    " max_retries, created_at, updated_at) VALUES ('old', 'true', 'default', 0,"
-                    " 'pending', 1, 60, 3, 1, 2)")  # counted by the version-1 trigger
-    old.close()
+    path = old_store(tmp_path, 4, "pending")  # counted by the version-1 trigger
     store = Store(path)
     try:
         assert store.counts()["pending"] == 1
