@@ -266,8 +266,8 @@ def agent_view(broker: "Broker", agent: Any) -> dict[str, Any]:
         "last_heartbeat": to_iso(agent.last_seen_wall), "connected_at": to_iso(agent.connected_at),
         "state": "stopping" if agent.departing_since is not None
         else "draining" if agent.draining else "active",
-        "running": ids(agent.inflight - agent.unstarted),
-        "queued": ids(agent.unstarted),  # leased to it ahead of a free slot (prefetch)
+        "running": ids(agent.inflight - agent.queued()),  # or starting
+        "queued": ids(agent.queued()),  # leased to it ahead of a free slot (prefetch)
     }
 
 

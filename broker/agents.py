@@ -64,6 +64,13 @@ class AgentConn:
         """Its labels include every label ``requires`` names (as the store's claim checks)."""
         return all(self.labels.get(key) == value for key, value in (requires or {}).items())
 
+    def queued(self) -> set[int]:
+        """The leases it holds waiting for a slot, as far as the broker can tell:
+        unheard ones beyond its free slots (the oldest unheard fill those)."""
+        started = len(self.inflight - self.unstarted)
+        unheard = sorted(self.unstarted & self.inflight)
+        return set(unheard[max(0, self.slots - started):])
+
     def held_back(self) -> int:
         """Leased jobs beyond its slots: some wait on the agent, not started."""
         return max(0, len(self.inflight) - self.slots)

@@ -41,6 +41,7 @@ STORE_RETRY = (0.1, 2.0)  # backoff bounds (seconds) for timed writes while the 
 STORE_LOG_EVERY = 10.0    # seconds between log lines about a store that keeps failing
 DEPARTURE_WAIT = 5.0  # seconds a departing agent's connection may take to close
 DEPARTURE_PROBE = 0.02  # seconds between two looks at a departing agent's connection
+LINGER = 0.001  # seconds the loop may wait for more frames from busy agents (_linger)
 
 
 class Broker:
@@ -112,13 +113,41 @@ class Broker:
             events = dict(poller.poll(self._poll_timeout_ms()))
             if self._wake_r in events:
                 os.read(self._wake_r, 4096)
-            frames = []
+            frames: list[list[bytes]] = []
             if self.socket in events:
-                # EVENTS says whether a frame waits: cheaper than ending on zmq.Again.
-                while len(frames) < BATCH and self.socket.get(zmq.EVENTS) & zmq.POLLIN:
-                    frames.append(self.socket.recv_multipart(zmq.NOBLOCK))
+                self._read(frames)
+                self._linger(frames)
             self.step(frames)
         self._shutdown()
+
+    def _read(self, frames: list[list[bytes]]) -> int:
+        """Append the frames waiting on the socket (up to BATCH); returns how many."""
+        before = len(frames)
+        # EVENTS says whether a frame waits: cheaper than ending on zmq.Again.
+        while len(frames) < BATCH and self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+            frames.append(self.socket.recv_multipart(zmq.NOBLOCK))
+        return len(frames) - before
+
+    def _linger(self, frames: list[list[bytes]]) -> None:
+        """Group commit over time: while every frame read so far comes from an agent
+        that still holds jobs ready to start (so nothing waits on our answer), wait
+        up to LINGER for more frames, so that one commit and one reply serve several
+        results. A client's request, or an agent that may run dry, ends the wait."""
+        deadline = time.monotonic() + LINGER
+        start = 0
+        while len(frames) < BATCH and self._can_wait(frames[start:]):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.socket.poll(max(1, int(remaining * 1000))):
+                return
+            start = len(frames)
+            self._read(frames)
+
+    def _can_wait(self, frames: list[list[bytes]]) -> bool:
+        for frame in frames:
+            agent = self.agents.get(frame[0])
+            if agent is None or agent.held_back() == 0:
+                return False
+        return True
 
     def _shutdown(self) -> None:
         for parked in self.parking.drop_all():
