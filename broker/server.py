@@ -143,6 +143,8 @@ class Broker:
             self._read(frames)
 
     def _can_wait(self, frames: list[list[bytes]]) -> bool:
+        if not frames:
+            return False  # nothing read (a spurious wake-up): nothing to group
         for frame in frames:
             agent = self.agents.get(frame[0])
             if agent is None or agent.held_back() == 0:
