@@ -33,6 +33,8 @@ def hold_behind_a_long_job(qc) -> None:
                      {"id": "h1", "command": "true"}, {"id": "h2", "command": "true"}])
     wait_until(lambda: [a["queued"] for a in qc.agents()] == [["h1", "h2"]], 10,
                message="h1 and h2 to be held by the busy agent")
+    wait_until(lambda: qc.get("long")["started_at"] is not None, 10,
+               message="the broker to hear that long started")
     assert [a["running"] for a in qc.agents()] == [["long"]]
     # a 1-slot agent never shows more than one busy slot
     assert qc.status()["slots"] == {"busy": 1, "total": 1}
