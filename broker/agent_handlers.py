@@ -150,7 +150,7 @@ def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result,
 def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
     holder = broker.store.lease_holder(msg.token)
     if holder is not None and holder[0] == agent.agent_id:
-        if _output_missing(broker, agent, msg, holder[1:3]):
+        if _output_missing(broker, agent, msg, holder[1:]):
             return  # not acknowledged: the agent resends the output, then the result
         try:
             outcome = Outcome(msg.outcome)
@@ -163,8 +163,7 @@ def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
         agent.forget(msg.token)
         pid = msg.pid if msg.pid is not None and 0 < msg.pid < 2**31 else None
         broker.finish_attempt(msg.token, outcome, exit_code=msg.exit_code, detail=detail[:1000],
-                              started_at=msg.started_at, finished_at=msg.finished_at, pid=pid,
-                              holder=holder[3])
+                              started_at=msg.started_at, finished_at=msg.finished_at, pid=pid)
     broker.ack(agent.ident, msg.token)
 
 

@@ -20,7 +20,6 @@ from .store import DuplicateId, Job, NewJob, Store
 
 log = logging.getLogger(__name__)
 
-UNREAD = object()  # finish(holder=...): the caller has not read the lease's job
 DEFAULT_PRIORITY = 100
 DEFAULT_QUEUE = "default"
 
@@ -122,7 +121,7 @@ class JobService:
 
     def finish(self, token: int, outcome: Outcome, *, exit_code: int | None, detail: str,
                started_at: float | None, finished_at: float, now: float,
-               pid: int | None = None, holder: Any = UNREAD) -> Job | None:
+               pid: int | None = None) -> Job | None:
         """Apply the end of attempt ``token``. Returns the job, or None if the lease is stale.
 
         A stale result (the lease expired, or the job was canceled or moved
@@ -132,7 +131,7 @@ class JobService:
         of the result that ended the attempt changes nothing at all.
         """
         reason = lifecycle.reason_text(outcome, exit_code, detail)
-        job = self.store.job_by_lease(token) if holder is UNREAD else holder
+        job = self.store.job_by_lease(token)
         if job is None or job.state is not JobState.PROCESSING:
             attempt = self.store.attempt(token)
             if attempt is None:

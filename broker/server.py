@@ -29,7 +29,7 @@ from queuectl.proto.states import Outcome
 
 from . import admin, agent_handlers, lifecycle
 from .agents import AgentConn, Registry
-from .jobs import UNREAD, JobError, JobService
+from .jobs import JobError, JobService
 from .metrics import Metrics
 from .parking import Parked, ParkingLot
 from .store import UNAVAILABLE_ERRORS, Job, StaleState, Store
@@ -120,13 +120,11 @@ class Broker:
             self.step(frames)
         self._shutdown()
 
-    def _read(self, frames: list[list[bytes]]) -> int:
-        """Append the frames waiting on the socket (up to BATCH); returns how many."""
-        before = len(frames)
+    def _read(self, frames: list[list[bytes]]) -> None:
+        """Append the frames waiting on the socket (up to BATCH)."""
         # EVENTS says whether a frame waits: cheaper than ending on zmq.Again.
         while len(frames) < BATCH and self.socket.get(zmq.EVENTS) & zmq.POLLIN:
             frames.append(self.socket.recv_multipart(zmq.NOBLOCK))
-        return len(frames) - before
 
     def _linger(self, frames: list[list[bytes]]) -> None:
         """Group commit over time: while every frame read so far comes from an agent
@@ -491,14 +489,12 @@ class Broker:
 
     def finish_attempt(self, token: int, outcome: Outcome, *, exit_code: int | None = None,
                        detail: str = "", started_at: float | None = None,
-                       finished_at: float | None = None, pid: int | None = None,
-                       holder: Any = UNREAD) -> None:
-        """End attempt ``token`` (from a result, or because its agent is gone);
-        ``holder`` is the job holding its lease, if the caller read it already."""
+                       finished_at: float | None = None, pid: int | None = None) -> None:
+        """End attempt ``token`` (from a result, or because its agent is gone)."""
         self.orphans.pop(token, None)
         self.jobs.finish(token, outcome, exit_code=exit_code, detail=detail, started_at=started_at,
                          finished_at=self.now if finished_at is None else finished_at, now=self.now,
-                         pid=pid, holder=holder)
+                         pid=pid)
         self.notify(f"out:{token}")  # `logs --follow` learns the attempt ended
         self.dirty = True
 

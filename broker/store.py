@@ -571,15 +571,11 @@ class Store:
         self.conn.execute("UPDATE attempts SET late_result = ? WHERE id = ?"
                           " AND finished_at IS NOT NULL AND late_result IS NULL", (text, token))
 
-    def lease_holder(self, token: int) -> tuple[str, int, int, Job | None] | None:
-        """(agent, stdout_end, stderr_end, job) of attempt ``token``: who may report its
-        result, how far its output is stored, and the job whose lease it still is
-        (None when the lease ended). Two indexed lookups: a LEFT JOIN of the two
-        took five times as long."""
-        row = self._one("SELECT agent, stdout_end, stderr_end FROM attempts WHERE id = ?", (token,))
-        if row is None:
-            return None
-        return row[0], row[1], row[2], self.job_by_lease(token)
+    def lease_holder(self, token: int) -> tuple[str, int, int] | None:
+        """(agent, stdout_end, stderr_end) of attempt ``token``: who may report its
+        result, and how far its output is stored."""
+        return self._one("SELECT agent, stdout_end, stderr_end FROM attempts WHERE id = ?",
+                         (token,))
 
     def output_ends(self, token: int) -> tuple[int, int] | None:
         """Stream offsets after the last stored byte of stdout and stderr."""
