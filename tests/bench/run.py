@@ -6,8 +6,9 @@
 
 Sections, all in this one process and run so that their figures compare as
 ratios on a noisy machine (each prints as rows of the table):
-* ceilings (ceilings.py): ``xargs -P2 sh -c true`` and 2 Python processes
-  spawning ``true`` through ``subprocess.run``;
+* ceilings (ceilings.py): ``xargs -P2 sh -c true``, 2 Python processes
+  spawning ``true`` through ``subprocess.run``, and lockstep round trips with a
+  Python ZeroMQ echo server (what bounds one-at-a-time requests);
 * throughput (throughput.py): drain and CPU per job with one agent of 2 slots,
   enqueue-to-completion latency, single / batch (CLI ``--file``) / CLI enqueue;
 * scale (scale.py): a broker on a store of 1,000,000 jobs against one on an
@@ -37,11 +38,11 @@ import throughput  # noqa: E402
 
 SECTIONS = ("ceilings", "throughput", "scale", "fleet")
 SIZES = {
-    "full": dict(ceiling_jobs=2000, drain=2000, latency=200, batch=100_000, single=10_000,
+    "full": dict(ceiling_jobs=2000, round_trips=10_000, drain=2000, latency=200, batch=100_000, single=10_000,
                  cli_runs=20, scale_rows=1_000_000, scale_pending=100_000, scale_drain=2000,
                  scale_single=10_000, scale_batch=100_000, scale_samples=200,
                  fleet_agents=20, fleet_slots=10, fleet_jobs=5000, fleet_duration=0.2),
-    "quick": dict(ceiling_jobs=200, drain=200, latency=20, batch=2000, single=500,
+    "quick": dict(ceiling_jobs=200, round_trips=500, drain=200, latency=20, batch=2000, single=500,
                   cli_runs=3, scale_rows=20_000, scale_pending=2000, scale_drain=200,
                   scale_single=500, scale_batch=2000, scale_samples=50,
                   fleet_agents=4, fleet_slots=5, fleet_jobs=100, fleet_duration=0.05),
@@ -60,7 +61,7 @@ def run_sections(only: list[str], s: dict) -> dict:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         if name == "ceilings":
-            results[name] = ceilings.measure(s["ceiling_jobs"])
+            results[name] = ceilings.measure(s["ceiling_jobs"], s["round_trips"])
         elif name == "throughput":
             results[name] = throughput.measure(s["drain"], s["latency"], s["batch"],
                                                s["single"], s["cli_runs"])
@@ -99,6 +100,8 @@ def rows(r: dict, s: dict) -> list[tuple[str, str, str, str]]:
         out.append((f"Python spawn: 2 x subprocess.run('true', shell=True) ({c['jobs']:,})",
                     f"{c['python_spawn_per_sec']:,.0f} jobs/s", "ceiling",
                     vs_xargs(c["python_spawn_per_sec"])))
+        out.append((f"ZeroMQ lockstep echo, Python ROUTER ({c['round_trips']:,} round trips)",
+                    f"{c['echo_per_sec']:,.0f}/s", "ceiling", "bounds single enqueue"))
     if "throughput" in r:
         t = r["throughput"]
         d, lat, cli = t["drain"], t["latency_ms"], t["cli_enqueue_ms"]
@@ -123,8 +126,11 @@ def rows(r: dict, s: dict) -> list[tuple[str, str, str, str]]:
         b, one = t["batch_enqueue"], t["single_enqueue"]
         out.append((f"batch enqueue, queuectl enqueue --file ({b['jobs']:,} jobs)",
                     f"{b['per_sec']:,.0f}/s", ">= 100,000/s", vs_target(b["per_sec"], 100_000)))
+        echo = r.get("ceilings", {}).get("echo_per_sec")
         out.append((f"single enqueue, Client.enqueue ({one['n']:,} calls)",
-                    f"{one['per_sec']:,.0f}/s", ">= 10,000/s", vs_target(one["per_sec"], 10_000)))
+                    f"{one['per_sec']:,.0f}/s" + (f" ({one['per_sec'] / echo:.2f}x the echo)"
+                                                  if echo else ""),
+                    ">= 10,000/s", vs_target(one["per_sec"], 10_000)))
         out.append((f"CLI enqueue wall, median / max ({cli['runs']} runs)",
                     f"{cli['median']:.0f} / {cli['max']:.0f} ms (python -c pass: "
                     f"{cli['python_pass_median']:.0f} ms)", "<= 120 ms",
