@@ -33,6 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from queuectl.proto import (MAX_FRAME, ProtocolError, VersionMismatch, batches, decode_batch,
                             encode_batch)
 from queuectl.proto import messages as m
+from queuectl.keys import ClientKeys, secure_client
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,18 @@ HOLD_MAX = 0.005   # seconds queued messages wait, at most, for the last result'
 # started before the job can do anything, such as kill this agent; a lease the
 # broker never heard start is given back uncounted when its agent is lost.
 URGENT = (m.Hello, m.Started, m.Reject, m.Drain, m.Bye)
-EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+REFUSED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | REFUSED
+REFUSED_LOG_EVERY = 60.0  # seconds between two log lines about a refused handshake
 
 
 class Link:
-    def __init__(self, endpoint: str, identity: str, hello: Callable[[int], m.Hello]):
+    def __init__(self, endpoint: str, identity: str, hello: Callable[[int], m.Hello],
+                 keys: ClientKeys | None = None):
         self.endpoint = endpoint
+        self.keys = keys
+        self.refused_logged_at = -REFUSED_LOG_EVERY
         self.identity = identity.encode()
         self.hello = hello
         self.ctx = zmq.Context.instance()
@@ -78,6 +85,7 @@ class Link:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(heartbeat * 1000)))
         if "[" in self.endpoint:
             sock.setsockopt(zmq.IPV6, 1)
+        secure_client(sock, self.keys)
         self.monitor = sock.get_monitor_socket(EVENTS)
         try:
             sock.connect(self.endpoint)
@@ -105,6 +113,14 @@ class Link:
             elif event == zmq.EVENT_DISCONNECTED and self.transport_up:
                 log.warning("lost the connection to broker %s; reconnecting", self.endpoint)
                 self.transport_up = self.up = False
+            elif event & REFUSED and now - self.refused_logged_at >= REFUSED_LOG_EVERY:
+                # libzmq keeps retrying: the key may be allowed later.
+                self.refused_logged_at = now
+                log.error("the handshake with broker %s failed: %s; retrying", self.endpoint,
+                          "it refused this agent's key (not on its allow-list, or revoked)"
+                          if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else
+                          "it needs CURVE keys (--key, --broker-key)" if self.keys is None else
+                          "check that --broker-key is this broker's broker.key")
 
     def say_hello(self, now: float) -> None:
         self.hello_at = now

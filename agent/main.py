@@ -21,13 +21,22 @@ def parse_label(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def run_agent(broker: str, count: int, labels: dict[str, str], grace: float) -> int:
-    """Run an agent in the foreground until SIGTERM/SIGINT; returns the exit code."""
+def run_agent(broker: str, count: int, labels: dict[str, str], grace: float,
+              key: str | None = None, broker_key: str | None = None) -> int:
+    """Run an agent in the foreground until SIGTERM/SIGINT; returns the exit code.
+    ``key``/``broker_key``: CURVE key files (see queuectl.keys)."""
     import zmq  # imported here, not at CLI start-up
+
+    from queuectl.keys import KeyFileError, client_keys
 
     from .worker import Agent
 
-    agent = Agent(broker, count, labels, grace)
+    try:
+        keys = client_keys(key, broker_key)
+    except KeyFileError as exc:
+        print(f"queuectl-agent: {exc}", file=sys.stderr)
+        return 2
+    agent = Agent(broker, count, labels, grace, keys)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: agent.signal(signum))
     try:
@@ -51,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=VALUE", help="a label jobs can require (repeatable)")
     parser.add_argument("--grace", type=float, default=30.0,
                         help="seconds running jobs may finish after a stop request (default 30)")
+    parser.add_argument("--key", default=None,
+                        help="this agent's CURVE key, a .key_secret file (default "
+                             "$QUEUECTL_KEY, else $QUEUECTL_HOME/keys/client.key_secret)")
+    parser.add_argument("--broker-key", default=None,
+                        help="the broker's public CURVE key, broker.key (default "
+                             "$QUEUECTL_BROKER_KEY, else $QUEUECTL_HOME/keys/broker.key)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
@@ -59,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.grace < 0:
         parser.error("--grace must be zero or more")
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
-    return run_agent(args.broker, args.count, dict(args.label), args.grace)
+    return run_agent(args.broker, args.count, dict(args.label), args.grace, args.key,
+                     args.broker_key)
 
 
 if __name__ == "__main__":

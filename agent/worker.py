@@ -22,6 +22,7 @@ import zmq
 
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
+from queuectl.keys import ClientKeys
 from queuectl.proto.states import Outcome
 
 from .link import Link
@@ -49,7 +50,7 @@ class Held:
 
 class Agent:
     def __init__(self, endpoint: str, slots: int, labels: dict[str, str] | None = None,
-                 grace: float = 30.0):
+                 grace: float = 30.0, keys: ClientKeys | None = None):
         self.agent_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.slots = slots
         self.labels = dict(labels or {})
@@ -59,7 +60,7 @@ class Agent:
         self.lease = float(defaults["lease_sec"])
         self.kill_grace = float(defaults["kill_grace_sec"])
         self.output_limit = int(defaults["output_limit"])
-        self.link = Link(endpoint, self.agent_id, self._hello)
+        self.link = Link(endpoint, self.agent_id, self._hello, keys)
         self.jobs: dict[int, RunningJob] = {}
         # Dispatches held until a slot frees (the broker's prefetch, see
         # broker/agents.py), oldest first; never started while the session
@@ -299,7 +300,7 @@ class Agent:
                 log.info("the broker does not know this agent (it restarted?); saying hello "
                          "again")
             self.link.rehello(time.monotonic())
-        elif msg.code == "version":
+        elif msg.code in ("version", "forbidden"):  # nothing to retry: stop, loudly
             self.fatal = msg.message
         else:
             log.warning("broker error: %s", msg.message)

@@ -43,6 +43,7 @@ class AgentConn:
     reachable: bool = True     # false after a send to it failed, until it speaks again
     departing_since: float | None = None  # said Bye; gone once its connection closes
     hello_seq: int = 0         # of its latest Hello, echoed in every Welcome
+    key_name: str | None = None  # the CURVE key it connected with (None without CURVE)
 
     @property
     def labels_json(self) -> str | None:

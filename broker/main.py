@@ -9,10 +9,14 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import zmq
 
+from queuectl.keys import KeyFileError, KeyStore
+
+from .auth import Guard
 from .server import Broker
 from .store import Store
 
@@ -49,8 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND})")
     parser.add_argument("--db", default=None,
                         help="SQLite store (default $QUEUECTL_HOME/queue.db)")
+    parser.add_argument("--keys", default=None,
+                        help="CURVE keys directory (default $QUEUECTL_HOME/keys); with the "
+                             "broker's key in it (queuectl keys init) every peer must "
+                             "authenticate")
     parser.add_argument("--insecure", action="store_true",
-                        help="allow binding a non-loopback address without authentication")
+                        help="allow binding a non-loopback address without CURVE keys")
     parser.add_argument("--sync", choices=("normal", "full"), default="normal",
                         help="SQLite synchronous mode: normal survives a process crash, "
                              "full also a power loss (default normal)")
@@ -77,13 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not is_loopback(args.bind) and not args.insecure:
+    keys = KeyStore(Path(args.keys) if args.keys else Path(default_home()) / "keys")
+    guard = None
+    if keys.initialised():
+        try:
+            guard = Guard(keys)
+            guard.keys_ok()
+        except KeyFileError as exc:
+            print(f"queuectl-broker: {exc}", file=sys.stderr)
+            return 2
+        log.info("CURVE on: %d keys allowed (%s)", len(guard.allowed), keys.dir)
+    elif not is_loopback(args.bind) and not args.insecure:
         print(f"queuectl-broker: refusing to bind {args.bind}: it is not a loopback address and "
-              "QueueCTL has no authentication yet; pass --insecure to accept that anyone who "
+              f"there are no CURVE keys in {keys.dir}; run `queuectl keys init` (then give "
+              "agents and clients their keys), or pass --insecure to accept that anyone who "
               "can reach it may run commands", file=sys.stderr)
         return 2
-    if args.insecure and not is_loopback(args.bind):
-        log.warning("INSECURE: %s accepts unauthenticated agents and clients", args.bind)
+    elif not is_loopback(args.bind):
+        log.warning("INSECURE: %s accepts unauthenticated agents and clients, and traffic is "
+                    "plaintext: anyone who can reach it can run commands on the agents. Run "
+                    "`queuectl keys init` to turn on CURVE.", args.bind)
     db_path = args.db or os.path.join(default_home(), "queue.db")
     try:
         os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
@@ -95,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # unreadable path, corrupt file, newer schema
         print(f"queuectl-broker: cannot open the store {db_path}: {exc}", file=sys.stderr)
         return 1
-    broker = Broker(store, args.bind)
+    broker = Broker(store, args.bind, guard)
     try:
         broker.bind()
     except zmq.ZMQError as exc:

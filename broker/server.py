@@ -24,11 +24,13 @@ from queuectl.proto import (MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch
                             decode_batch, encode, encode_batch)
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
+from queuectl.keys import Principal
 from queuectl.proto.jobspec import SpecError
 from queuectl.proto.states import Outcome
 
 from . import admin, agent_handlers, lifecycle
 from .agents import AgentConn, Registry
+from .auth import Guard, forbidden
 from .jobs import JobError, JobService
 from .metrics import Metrics
 from .parking import Parked, ParkingLot
@@ -43,11 +45,16 @@ DEPARTURE_WAIT = 5.0  # seconds a departing agent's connection may take to close
 DEPARTURE_PROBE = 0.02  # seconds between two looks at a departing agent's connection
 LINGER = 0.001  # seconds the loop may wait for more frames from busy agents (_linger)
 
+# One frame read from the ROUTER: the peer's identity, the data, and with CURVE
+# the key it connected with (None without CURVE: everyone may do everything).
+Frame = tuple[bytes, bytes, Principal | None]
+
 
 class Broker:
-    def __init__(self, store: Store, endpoint: str):
+    def __init__(self, store: Store, endpoint: str, guard: Guard | None = None):
         self.store = store
         self.endpoint = endpoint
+        self.guard = guard
         self.config: dict[str, Any] = {**config_keys.defaults(), **store.config()}
         self.jobs = JobService(store, self.config, self._job_changed)
         self.agents = Registry()
@@ -88,7 +95,15 @@ class Broker:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         if "[" in self.endpoint:
             sock.setsockopt(zmq.IPV6, 1)
-        sock.bind(self.endpoint)
+        if self.guard is not None:
+            self.guard.secure(ctx, sock)
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            if self.guard is not None:
+                self.guard.stop()
+            raise
         self.socket = sock
 
     def request_stop(self) -> None:
@@ -113,20 +128,31 @@ class Broker:
             events = dict(poller.poll(self._poll_timeout_ms()))
             if self._wake_r in events:
                 os.read(self._wake_r, 4096)
-            frames: list[list[bytes]] = []
+            frames: list[Frame] = []
             if self.socket in events:
                 self._read(frames)
                 self._linger(frames)
             self.step(frames)
         self._shutdown()
 
-    def _read(self, frames: list[list[bytes]]) -> None:
+    def _read(self, frames: list[Frame]) -> None:
         """Append the frames waiting on the socket (up to BATCH)."""
         # EVENTS says whether a frame waits: cheaper than ending on zmq.Again.
-        while len(frames) < BATCH and self.socket.get(zmq.EVENTS) & zmq.POLLIN:
-            frames.append(self.socket.recv_multipart(zmq.NOBLOCK))
+        sock, guard = self.socket, self.guard
+        while len(frames) < BATCH and sock.get(zmq.EVENTS) & zmq.POLLIN:
+            if guard is None:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+                principal = None
+            else:  # the key behind the frame, as ZAP named it (its User-Id)
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                principal = guard.who(parts[-1].get("User-Id"))
+                parts = [part.bytes for part in parts]
+            if len(parts) != 2:
+                log.warning("dropped a message of %d frames (expected identity + 1)", len(parts))
+                continue
+            frames.append((parts[0], parts[1], principal))
 
-    def _linger(self, frames: list[list[bytes]]) -> None:
+    def _linger(self, frames: list[Frame]) -> None:
         """Group commit over time: while every frame read so far comes from an agent
         that still holds jobs ready to start (so nothing waits on our answer), wait
         up to LINGER for more frames, so that one commit and one reply serve several
@@ -140,7 +166,7 @@ class Broker:
             start = len(frames)
             self._read(frames)
 
-    def _can_wait(self, frames: list[list[bytes]]) -> bool:
+    def _can_wait(self, frames: list[Frame]) -> bool:
         if not frames:
             return False  # nothing read (a spurious wake-up): nothing to group
         for frame in frames:
@@ -162,6 +188,8 @@ class Broker:
         else:
             log.info("broker stopped; no job was processing")
         self.socket.close()
+        if self.guard is not None:
+            self.guard.stop()
         self.store.close()
 
     def _poll_timeout_ms(self) -> int:
@@ -182,7 +210,7 @@ class Broker:
 
     # --- one iteration -----------------------------------------------------
 
-    def step(self, frames: list[list[bytes]]) -> None:
+    def step(self, frames: list[Frame]) -> None:
         """Handle ``frames`` and the timed work in one transaction, then send."""
         self.now, self.mono = time.time(), time.monotonic()
         requests: list[tuple[bytes, m.Request]] = []  # answered again if the batch fails
@@ -265,12 +293,8 @@ class Broker:
                              f"the broker could not write its store: {exc}")
         self.needs_resync = True
 
-    def _handle_frame(self, frame: list[bytes],
-                      requests: list[tuple[bytes, m.Request]]) -> None:
-        if len(frame) != 2:
-            log.warning("dropped a message of %d frames (expected identity + 1)", len(frame))
-            return
-        ident, data = frame
+    def _handle_frame(self, frame: Frame, requests: list[tuple[bytes, m.Request]]) -> None:
+        ident, data, principal = frame
         try:
             msgs = decode_batch(data)
         except VersionMismatch as exc:
@@ -284,14 +308,42 @@ class Broker:
             log.exception("bug while decoding a frame from peer %s; dropped", ident.hex()[:16])
             return
         agent = self.agents.get(ident)
+        if self.guard is not None and not self._permitted(ident, agent, principal, msgs):
+            return
         if agent is not None:
             agent.last_seen, agent.last_seen_wall = self.mono, self.now
             agent.reachable = True
         for msg in msgs:
-            self._handle_message(ident, msg, requests)
+            self._handle_message(ident, msg, requests, principal)
 
-    def _handle_message(self, ident: bytes, msg: Any,
-                        requests: list[tuple[bytes, m.Request]]) -> None:
+    def _permitted(self, ident: bytes, agent: AgentConn | None, principal: Principal | None,
+                   msgs: list[Any]) -> bool:
+        """With CURVE: may this key send these messages? A frame is handled whole
+        or not at all. Each refused request gets its error reply; agent messages
+        one Error. An agent is bound to the key it said Hello with, so no other
+        key can speak in its name."""
+        if agent is not None and principal is not None and principal.name != agent.key_name:
+            why = f"the key {principal.name!r} is not the one agent {agent.agent_id} connected with"
+            refusals: list[str | None] = [why] * len(msgs)
+        else:
+            refusals = [forbidden(principal, msg) for msg in msgs]
+        if not any(refusals):
+            return True
+        first = next(why for why in refusals if why)
+        agent_refusal = None
+        for msg, why in zip(msgs, refusals):
+            if isinstance(msg, m.Request):
+                self._send_reply(ident, msg.req_id, None, ErrorCode.FORBIDDEN,
+                                 why or f"refused with the rest of its frame: {first}")
+            else:
+                agent_refusal = agent_refusal or why or first
+        if agent_refusal:
+            log.warning("refused agent messages from peer %s: %s", ident.hex()[:16], agent_refusal)
+            self.send(ident, m.Error(code=ErrorCode.FORBIDDEN.value, message=agent_refusal))
+        return False
+
+    def _handle_message(self, ident: bytes, msg: Any, requests: list[tuple[bytes, m.Request]],
+                        principal: Principal | None = None) -> None:
         if isinstance(msg, m.Request):
             requests.append((ident, msg))  # first: the store may fail while handling it
             self._handle_request(ident, msg)
@@ -305,6 +357,10 @@ class Broker:
         try:
             with self.store.transaction(), self.metrics.transaction():
                 handler(self, ident, msg)
+                if principal is not None and isinstance(msg, m.Hello):
+                    agent = self.agents.get(ident)
+                    if agent is not None:  # bound to this key from now on
+                        agent.key_name = principal.name
         except UNAVAILABLE_ERRORS:
             raise  # the store itself fails: abandon the batch
         except Exception:
@@ -363,6 +419,8 @@ class Broker:
 
     def _maintain(self, judge_leases: bool) -> None:
         heartbeat, lease = self.config["heartbeat_sec"], self.config["lease_sec"]
+        if self.guard is not None and self.guard.refresh():
+            self._drop_revoked()
         for agent in self.agents:
             if agent.departing_since is not None:
                 if not self._still_connected(agent) or \
@@ -382,6 +440,17 @@ class Broker:
                 log.warning("attempt %d: no agent reclaimed it after the broker restarted", token)
                 # Its agent never came back: it may have started it (counted).
                 self.end_lease(token, Outcome.LEASE_LOST, may_release=False)
+
+    def _drop_revoked(self) -> None:
+        """The allow-list changed: agents whose key is gone are lost at once (their
+        jobs run again elsewhere) and hear why; their frames are refused from now on."""
+        for agent in self.agents:
+            if agent.key_name is not None and not self.guard.allows_agent(agent.key_name):
+                log.warning("agent %s lost: its key %r was revoked; %d jobs will run again",
+                            agent.agent_id, agent.key_name, len(agent.inflight))
+                self.send(agent.ident, m.Error(code=ErrorCode.FORBIDDEN.value,
+                                               message=f"the key {agent.key_name!r} was revoked"))
+                self.drop_agent(agent, Outcome.LEASE_LOST)
 
     def dispatch(self) -> None:
         """Lease due jobs to agents, one per agent per round: first to free slots

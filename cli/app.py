@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import config, dlq, jobs, workers
+from . import config, dlq, jobs, keys, workers
 from .dashboard import dashboard
 from .up import up
 
@@ -38,6 +38,7 @@ jobs.register(app)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(config.app, name="config")
 app.add_typer(workers.app, name="worker")
+app.add_typer(keys.app, name="keys")
 app.command()(workers.agents)
 app.command()(up)
 app.command()(dashboard)

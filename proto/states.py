@@ -45,3 +45,4 @@ class ErrorCode(str, enum.Enum):
     PROTOCOL = "protocol"      # exit 1: a malformed frame
     VERSION = "version"        # exit 1: the peer speaks another protocol version
     INTERNAL = "internal"      # exit 1: a bug in the broker
+    FORBIDDEN = "forbidden"    # exit 1: this peer's key does not allow the request

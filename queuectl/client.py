@@ -28,12 +28,12 @@ from queuectl.proto import jobspec
 from queuectl.proto.states import TERMINAL_STATES
 
 from .transport import (BrokerError, BrokerUnreachable, Conflict, Connection, InvalidInput,
-                        NotFound, ProtocolMismatch, QueueError, Unavailable, default_endpoint,
-                        default_timeout, size_allowance)
+                        NotFound, ProtocolMismatch, QueueError, Refused, Unavailable,
+                        default_endpoint, default_timeout, size_allowance)
 
 __all__ = [
     "BrokerError", "BrokerUnreachable", "Client", "Conflict", "InvalidInput", "LogChunk",
-    "NotFound", "ProtocolMismatch", "QueueError", "Unavailable", "default_endpoint",
+    "NotFound", "ProtocolMismatch", "QueueError", "Refused", "Unavailable", "default_endpoint",
     "default_timeout",
 ]
 
@@ -53,8 +53,12 @@ class LogChunk:
 
 
 class Client:
-    def __init__(self, endpoint: str | None = None, timeout: float | None = None):
-        self._conn = Connection(endpoint, timeout)
+    def __init__(self, endpoint: str | None = None, timeout: float | None = None, *,
+                 key: str | None = None, broker_key: str | None = None):
+        """``key`` and ``broker_key`` are CURVE key files (this client's
+        ``.key_secret`` and the broker's ``broker.key``); by default
+        QUEUECTL_KEY and QUEUECTL_BROKER_KEY, else those in $QUEUECTL_HOME/keys."""
+        self._conn = Connection(endpoint, timeout, key=key, broker_key=broker_key)
         self.endpoint, self.timeout = self._conn.endpoint, self._conn.timeout
 
     def __enter__(self) -> "Client":

@@ -16,9 +16,11 @@ import time
 from typing import Any, Callable, TypeVar
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import messages as m
+from queuectl.keys import ClientKeys, KeyFileError, client_keys, secure_client
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0
@@ -58,13 +60,20 @@ class BrokerError(QueueError):
     pass
 
 
+class Refused(QueueError):
+    """The broker refused this client's key, or the request for its role."""
+
+
 class Unavailable(BrokerError):
     """The broker cannot serve the request now: it is stopping, or its store
     cannot write. The same request may work later."""
 
 
 ERRORS = {"invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
-          "version": ProtocolMismatch, "unavailable": Unavailable}
+          "version": ProtocolMismatch, "unavailable": Unavailable, "forbidden": Refused}
+# Handshake failures the socket monitor reports: the peers' keys do not match.
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 # A signal that lands just before a blocking poll starts does not interrupt it
@@ -98,19 +107,34 @@ def size_allowance(items: int) -> float:
 
 
 class Connection:
-    def __init__(self, endpoint: str | None = None, timeout: float | None = None):
+    def __init__(self, endpoint: str | None = None, timeout: float | None = None, *,
+                 key: str | None = None, broker_key: str | None = None):
         self.endpoint = endpoint or default_endpoint()
         self.timeout = default_timeout() if timeout is None else timeout
         self.answered = False  # a broker has answered this connection at least once
         self.answered_at = -PING_FRESH  # monotonic time of the latest answer
         self._ctx = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._key_files = (key, broker_key)
+        self._keys: ClientKeys | None | bool = False  # False: not read yet
         self._ids = itertools.count(1)
 
     def close(self) -> None:
         if self._socket is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
             self._socket.close(linger=0)
-            self._socket = None
+            self._socket = self._monitor = None
+
+    def _curve(self) -> ClientKeys | None:
+        """This client's CURVE keys (read once), or None to connect without."""
+        if self._keys is False:
+            try:
+                self._keys = client_keys(*self._key_files)
+            except KeyFileError as exc:
+                raise InvalidInput(str(exc)) from None
+        return self._keys
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
@@ -120,12 +144,45 @@ class Connection:
             if "[" in self.endpoint:
                 sock.setsockopt(zmq.IPV6, 1)
             try:
+                secure_client(sock, self._curve())
+                monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+            except BaseException:
+                sock.close(linger=0)
+                raise
+            try:
                 sock.connect(self.endpoint)
             except zmq.ZMQError as exc:
+                sock.disable_monitor()
+                monitor.close(linger=0)
                 sock.close(linger=0)
                 raise InvalidInput(f"bad broker endpoint {self.endpoint!r}: {exc}") from None
-            self._socket = sock
+            self._socket, self._monitor = sock, monitor
+            self._poller = zmq.Poller()
+            self._poller.register(sock, zmq.POLLIN)
+            self._poller.register(monitor, zmq.POLLIN)
+            self._failures: set[int] = set()
         return self._socket
+
+    def _refusal(self, final: bool) -> str | None:
+        """Why the handshake with the broker failed, if the monitor saw it fail.
+        A failure with no detail (a reset mid-handshake, say a broker restarting)
+        counts only once the request has timed out (``final``)."""
+        while True:
+            try:
+                self._failures.add(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"])
+            except zmq.Again:
+                break
+        events = self._failures if final else self._failures - {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}
+        if not events:
+            return None
+        if self._curve() is None:
+            return (f"the broker at {self.endpoint} requires CURVE keys: set QUEUECTL_KEY "
+                    "(this client's .key_secret) and QUEUECTL_BROKER_KEY (the broker's broker.key)")
+        if zmq.EVENT_HANDSHAKE_FAILED_AUTH in events:
+            return (f"the broker at {self.endpoint} refused this client's key (not on its "
+                    "allow-list, or revoked): ask its admin for one (queuectl keys add-client)")
+        return (f"the CURVE handshake with {self.endpoint} failed: check that "
+                "QUEUECTL_BROKER_KEY is this broker's broker.key, and that it uses CURVE")
 
     def call(self, op: str, hold: float = 0.0, extra: float = 0.0, **args: Any) -> Any:
         """One admin request; returns its result or raises its error.
@@ -166,13 +223,22 @@ class Connection:
         deadline = time.monotonic() + wait
         while True:
             remaining = deadline - time.monotonic()
-            if remaining > 0 and not sock.poll(int(min(remaining, POLL_SLICE) * 1000) + 1):
-                continue
             if remaining <= 0:
+                refusal = self._refusal(final=True)
                 self.close()
+                if refusal:
+                    raise Refused(refusal)
                 raise BrokerUnreachable(
                     f"no broker answered at {self.endpoint} within {wait:g}s "
                     "(is queuectl-broker running? set --broker or QUEUECTL_BROKER)")
+            events = dict(self._poller.poll(int(min(remaining, POLL_SLICE) * 1000) + 1))
+            if self._monitor in events:
+                refusal = self._refusal(final=False)
+                if refusal:
+                    self.close()
+                    raise Refused(refusal)
+            if sock not in events:
+                continue
             reply = self._decode(sock.recv())
             self.answered, self.answered_at = True, time.monotonic()
             if isinstance(reply, m.Reply) and reply.req_id == req_id:

@@ -16,6 +16,20 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_home(tmp_path_factory):
+    """The test process never uses the developer's own QueueCTL home or keys
+    (a client would speak CURVE to the tests' brokers)."""
+    names = ("QUEUECTL_HOME", "QUEUECTL_KEY", "QUEUECTL_BROKER_KEY")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    os.environ["QUEUECTL_HOME"] = str(tmp_path_factory.mktemp("queuectl-home"))
+    yield
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def procs(tmp_path):
     owner = Processes(tmp_path)

@@ -144,7 +144,7 @@ class Broker:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"broker exited with {self.proc.returncode}: {self.log()}")
         try:
-            with Client(self.endpoint, timeout=0.3) as qc:
+            with Client(self.endpoint, timeout=0.3, **self.key_files()) as qc:
                 qc.ping()
             return True
         except BrokerUnreachable:
@@ -163,7 +163,15 @@ class Broker:
     def client(self, timeout: float = 5.0):
         from queuectl.client import Client
 
-        return Client(self.endpoint, timeout=timeout)
+        return Client(self.endpoint, timeout=timeout, **self.key_files())
+
+    def key_files(self) -> dict[str, str]:
+        """After ``queuectl keys init`` in its home: the admin key of that home,
+        which its CLI commands and agents use by default too."""
+        keys = self.home / "keys"
+        if (keys / "broker.key").exists():
+            return {"key": str(keys / "client.key_secret"), "broker_key": str(keys / "broker.key")}
+        return {}
 
     def log(self) -> str:
         if self.proc is None:
@@ -175,13 +183,13 @@ class Agent:
     """A real ``queuectl-agent`` process."""
 
     def __init__(self, procs: Processes, broker: Broker, count: int, labels: dict[str, str],
-                 grace: float | None, name: str):
+                 grace: float | None, name: str, env: dict[str, str] | None = None):
         argv = program("queuectl-agent") + ["--count", str(count), "--broker", broker.endpoint]
         for key, value in labels.items():
             argv += ["--label", f"{key}={value}"]
         if grace is not None:
             argv += ["--grace", str(grace)]
-        self.proc = procs.start(argv, f"{name}.log", env=broker.env())
+        self.proc = procs.start(argv, f"{name}.log", env={**broker.env(), **(env or {})})
         self.pid = self.proc.pid
 
     def log(self) -> str:

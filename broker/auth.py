@@ -1,0 +1,112 @@
+"""Who may do what: CURVE on the broker's socket, a ZAP handler, and roles.
+
+With keys (``queuectl keys init``) the ROUTER is a CURVE server. pyzmq's ZAP
+authenticator (``zmq.auth``, in its own thread) accepts a handshake only from a
+public key on the allow-list, which it reads from the keys directory whenever
+that changed, so a key added or revoked counts for the next connection. A
+connection made before a revocation stays open in libzmq, so the broker also
+checks the key behind every frame (the ZAP User-Id, which libzmq attaches to
+each message) against the allow-list, refreshed once per maintenance tick.
+
+Roles: ``admin`` may do everything (it could enqueue any command anyway);
+``agent`` may only speak the agent protocol (run jobs); ``reader`` may only
+make requests that change nothing (the stats page's role).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from queuectl.proto import messages as m
+from queuectl.keys import KeyStore, Principal, load
+
+log = logging.getLogger(__name__)
+
+ZAP_DOMAIN = "queuectl"
+# Requests a reader may make: those that change nothing.
+READER_OPS = frozenset({"ping", "get", "list", "status", "metrics", "dlq_list", "config_show",
+                        "config_get", "agents", "wait", "logs"})
+
+
+class Guard:
+    """The allow-list as the broker sees it, and the check of each message."""
+
+    def __init__(self, store: KeyStore):
+        self.keys = store
+        self._lock = threading.Lock()  # the ZAP thread and the loop both refresh
+        self._stamp: tuple | None = None
+        self.allowed: dict[bytes, Principal] = {}
+        self.refresh()
+        self._auth: ThreadAuthenticator | None = None
+
+    def refresh(self) -> bool:
+        """Re-read the allow-list if it changed; True if it did."""
+        with self._lock:
+            stamp = self.keys.stamp()
+            if stamp == self._stamp:
+                return False
+            self.allowed, self._stamp = self.keys.allowed(), stamp
+            return True
+
+    def keys_ok(self) -> None:
+        """Raises KeyFileError if the broker's own key cannot be read."""
+        load(self.keys.broker_secret, secret=True)
+
+    # --- the socket ------------------------------------------------------------
+
+    def secure(self, ctx: zmq.Context, sock: zmq.Socket) -> None:
+        """Before ``bind``: make ``sock`` a CURVE server behind the ZAP handler."""
+        public, secret = load(self.keys.broker_secret, secret=True)
+        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("queuectl.broker.zap"))
+        self._auth.start()
+        self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_server = True
+        sock.zap_domain = ZAP_DOMAIN.encode()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP (in the authenticator's thread): may this public key connect?"""
+        self.refresh()
+        principal = self.allowed.get(key)
+        if principal is None:
+            log.warning("refused a connection: its key %s... is not on the allow-list",
+                        key[:8].decode(errors="replace"))
+        return principal is not None
+
+    def allows_agent(self, name: str) -> bool:
+        return any(p.name == name and p.role in ("admin", "agent") for p in self.allowed.values())
+
+    def stop(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    # --- each message ------------------------------------------------------------
+
+    def who(self, user_id: str | None) -> Principal | None:
+        """The principal behind a frame's ZAP User-Id (its z85 public key), or
+        None when that key is no longer allowed."""
+        if not user_id:
+            return None
+        return self.allowed.get(user_id.encode())
+
+
+def forbidden(principal: Principal | None, msg: Any) -> str | None:
+    """Why ``principal`` may not send ``msg``, or None if it may."""
+    if principal is None:
+        return "this key is not on the broker's allow-list (revoked?)"
+    if principal.role == "admin":
+        return None
+    if isinstance(msg, m.Request):
+        if principal.role == "reader" and msg.op in READER_OPS:
+            return None
+        return f"the key {principal.name!r} ({principal.role}) may not make {msg.op!r} requests"
+    if principal.role == "agent":
+        return None
+    return f"the key {principal.name!r} ({principal.role}) may not act as an agent"

@@ -1,0 +1,249 @@
+"""CURVE: only allowed keys connect, each role does only its part, revocation
+needs no restart, and nothing crosses the wire in plaintext.
+
+Real brokers and agents on loopback ports; keys made with ``queuectl keys``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness import Agent, Broker, free_port, run_cli, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def keys_cli(home: Path, *args: str):
+    return run_cli(None, "keys", *args, env={**os.environ, "QUEUECTL_HOME": str(home)})
+
+
+@pytest.fixture
+def secure(procs, tmp_path):
+    """A broker with CURVE on: keys init, an agent key ``hostb``, a reader ``viewer``."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for args in (("init",), ("add-agent", "hostb"), ("add-client", "viewer", "--read-only")):
+        result = keys_cli(home, *args)
+        assert result.returncode == 0, result.stderr
+    return Broker(procs, home).start()
+
+
+def issued(broker: Broker, name: str) -> dict[str, str]:
+    """Environment for a process that uses the issued key ``name``."""
+    keys = broker.home / "keys"
+    return {"QUEUECTL_KEY": str(keys / "issued" / f"{name}.key_secret"),
+            "QUEUECTL_BROKER_KEY": str(keys / "broker.key")}
+
+
+def start_agent(procs, broker: Broker, name: str, env: dict[str, str], count: int = 1) -> Agent:
+    return Agent(procs, broker, count, {}, None, name, env=env)
+
+
+def agent_ids(broker: Broker) -> list[str]:
+    with broker.client() as qc:
+        return [a["id"] for a in qc.agents()]
+
+
+def test_key_files_are_private_and_roles_are_listed(tmp_path):
+    home = tmp_path / "home"
+    assert keys_cli(home, "add-agent", "early").returncode == 1  # before init
+    assert keys_cli(home, "init").returncode == 0
+    assert keys_cli(home, "init").returncode == 1  # never overwrites the broker's keys
+    assert keys_cli(home, "add-agent", "gpu-1").returncode == 0
+    assert keys_cli(home, "add-client", "ops").returncode == 0
+    assert keys_cli(home, "add-client", "page", "--read-only").returncode == 0
+    again = keys_cli(home, "add-agent", "gpu-1")
+    assert again.returncode == 1 and "exists" in again.stderr
+    bad = keys_cli(home, "add-agent", "../etc")
+    assert bad.returncode == 2 and "bad key name" in bad.stderr
+    for path in (home / "keys").rglob("*"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    listed = json.loads(keys_cli(home, "list", "--json").stdout)
+    assert {(k["name"], k["role"]) for k in listed} == {
+        ("local", "admin"), ("gpu-1", "agent"), ("ops", "admin"), ("page", "reader")}
+    assert keys_cli(home, "revoke", "gpu-1").returncode == 0
+    assert not (home / "keys" / "issued" / "gpu-1.key_secret").exists()
+    assert keys_cli(home, "revoke", "gpu-1").returncode == 1
+    listed = json.loads(keys_cli(home, "list", "--json").stdout)
+    assert "gpu-1" not in {k["name"] for k in listed}
+
+
+def test_each_role_does_only_its_part(secure, procs):
+    agent = start_agent(procs, secure, "hostb", issued(secure, "hostb"))
+    wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the agent to connect")
+    # The local admin key (the default of this home) enqueues; the agent runs it.
+    added = run_cli(secure, "enqueue", '{"id": "a1", "command": "echo ran"}')
+    assert added.returncode == 0, added.stderr
+    with secure.client() as qc:
+        assert qc.wait("a1", timeout=20)["state"] == "completed"
+
+    as_agent = {**secure.env(), **issued(secure, "hostb")}
+    refused = run_cli(secure, "enqueue", '{"command": "echo no"}', env=as_agent)
+    assert refused.returncode == 1
+    assert "may not make 'enqueue' requests" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    as_reader = {**secure.env(), **issued(secure, "viewer")}
+    status = run_cli(secure, "status", "--json", env=as_reader)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"]["completed"] == 1
+    for args in (("enqueue", '{"command": "echo no"}'), ("cancel", "a1"),
+                 ("config", "set", "max_retries", "5")):
+        result = run_cli(secure, *args, env=as_reader)
+        assert result.returncode == 1, args
+        assert "(reader) may not" in result.stderr
+    with secure.client() as qc:
+        assert qc.status()["counts"]["pending"] == 0  # nothing the reader tried happened
+        assert qc.config_get("max_retries") == 3
+
+
+def keep_copy(broker: Broker, name: str, where: Path) -> dict[str, str]:
+    """The issued key ``name`` copied to ``where`` (revoking deletes the issued file)."""
+    copy = where / f"{name}.key_secret"
+    copy.write_bytes((broker.home / "keys" / "issued" / f"{name}.key_secret").read_bytes())
+    return {**issued(broker, name), "QUEUECTL_KEY": str(copy)}
+
+
+def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
+    # A key pair this broker never allowed (made in another home)...
+    other = tmp_path / "other"
+    assert keys_cli(other, "init").returncode == 0
+    assert keys_cli(other, "add-agent", "stranger").returncode == 0
+    wrong_key = {"QUEUECTL_KEY": str(other / "keys" / "issued" / "stranger.key_secret"),
+                 "QUEUECTL_BROKER_KEY": str(secure.home / "keys" / "broker.key")}
+    # ...one revoked before it was used, and no key at all.
+    assert keys_cli(secure.home, "add-agent", "gone").returncode == 0
+    revoked = keep_copy(secure, "gone", tmp_path)
+    assert keys_cli(secure.home, "revoke", "gone").returncode == 0
+    (tmp_path / "empty").mkdir()
+    agents = [start_agent(procs, secure, "wrong", wrong_key),
+              start_agent(procs, secure, "revoked", revoked),
+              start_agent(procs, secure, "nokey", {"QUEUECTL_HOME": str(tmp_path / "empty")})]
+    added = run_cli(secure, "enqueue", '{"id": "p1", "command": "true"}')
+    assert added.returncode == 0, added.stderr
+    for agent in agents:  # each one tried, and was refused at the handshake
+        wait_until(lambda: "handshake with broker" in agent.log(), 20,
+                   message=f"a refused handshake in {agent.proc.args}")
+    assert agent_ids(secure) == []
+    with secure.client() as qc:
+        assert qc.get("p1")["state"] == "pending"
+    assert "refused this agent's key" in agents[0].log()
+    assert "refused this agent's key" in agents[1].log()
+    assert "needs CURVE keys" in agents[2].log()
+    # The same job runs at once on an agent with an allowed key.
+    start_agent(procs, secure, "hostb", issued(secure, "hostb"))
+    with secure.client() as qc:
+        assert qc.wait("p1", timeout=20)["state"] == "completed"
+
+
+def test_a_revoked_key_is_refused_without_restarting_the_broker(secure, procs, tmp_path):
+    assert keys_cli(secure.home, "add-agent", "spare").returncode == 0
+    hostb = keep_copy(secure, "hostb", tmp_path)
+    doomed = start_agent(procs, secure, "hostb", hostb)
+    wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the first agent")
+    with secure.client() as qc:
+        qc.enqueue({"id": "long", "command": "sleep 60", "max_retries": 3})
+        wait_until(lambda: qc.get("long")["state"] == "processing", 15)
+    broker_pid = secure.proc.pid
+
+    assert keys_cli(secure.home, "revoke", "hostb").returncode == 0
+    assert doomed.proc.wait(20) == 1  # the agent hears it and stops, killing its job
+    assert "was revoked" in doomed.log()
+    assert agent_ids(secure) == []
+    assert secure.proc.pid == broker_pid and secure.proc.poll() is None
+    with secure.client() as qc:
+        job = qc.get("long")
+        assert job["state"] in ("failed", "pending") and job["attempts"] == 1
+        assert job["last_error"] and "agent lost" in job["last_error"]
+        # Started again with the revoked key, the agent cannot get back in...
+        again = start_agent(procs, secure, "again", hostb)
+        wait_until(lambda: "refused this agent's key" in again.log(), 20,
+                   message="the revoked key to be refused")
+        assert agent_ids(secure) == []
+        # ...and the job runs again on an agent whose key is still allowed.
+        start_agent(procs, secure, "spare", issued(secure, "spare"))
+        wait_until(lambda: qc.get("long")["state"] == "processing", 20,
+                   message="the job on the spare agent")
+        assert qc.get("long")["attempts"] == 1
+
+
+class Relay:
+    """A TCP relay on a loopback port that keeps every byte it forwards."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.port = free_port()
+        self.captured = bytearray()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            for key, _ in self.selector.select(0.1):
+                if key.data is None:
+                    client, _ = self.listener.accept()
+                    upstream = socket.create_connection(self.target)
+                    self.selector.register(client, selectors.EVENT_READ, upstream)
+                    self.selector.register(upstream, selectors.EVENT_READ, client)
+                    continue
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    for sock in (key.fileobj, key.data):
+                        try:
+                            self.selector.unregister(sock)
+                        except (KeyError, ValueError):
+                            pass
+                        sock.close()
+                    continue
+                self.captured += data
+                key.data.sendall(data)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+
+
+@pytest.mark.parametrize("curve", [True, False], ids=["curve", "plaintext-control"])
+def test_nothing_crosses_the_wire_in_plaintext(curve, procs, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    if curve:
+        assert keys_cli(home, "init").returncode == 0
+        assert keys_cli(home, "add-agent", "hostb").returncode == 0
+    broker = Broker(procs, home).start()
+    relay = Relay(broker.port)
+    try:
+        via_relay = Broker(procs, home, port=relay.port)  # the same broker, through the relay
+        env = issued(broker, "hostb") if curve else {}
+        Agent(procs, via_relay, 1, {}, None, "agent", env=env)
+        marker = "secret-marker-" + os.urandom(6).hex()
+        with via_relay.client() as qc:
+            wait_until(lambda: qc.status()["slots"]["total"] == 1, 15, message="the agent")
+            job = qc.enqueue({"command": f"echo {marker}", "env": {"TOKEN": marker}})
+            assert qc.wait(job["id"], timeout=20)["state"] == "completed"
+            assert b"".join(c.data for c in qc.logs(job["id"])).strip() == marker.encode()
+        wait_until(lambda: len(relay.captured) > 0, 5)
+        # Command, environment and output crossed the relay: in plaintext only
+        # without CURVE (the control shows the relay sees the traffic).
+        assert (marker.encode() in relay.captured) is not curve
+    finally:
+        relay.close()
