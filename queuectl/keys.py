@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-import zmq.auth
 
 ROLES = ("admin", "agent", "reader")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -52,6 +51,7 @@ def keys_dir(base: Path | None = None) -> Path:
 
 def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     """(public, secret) z85 keys of a certificate file; raises KeyFileError."""
+    import zmq.auth  # loads asyncio: only when there are keys to read
     try:
         public, secret_key = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
@@ -65,6 +65,8 @@ def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
 
 def _make_pair(directory: Path, name: str) -> tuple[Path, Path]:
     """A new pair as ``NAME.key`` and ``NAME.key_secret`` in ``directory``, 0600."""
+    import zmq.auth
+
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     old = os.umask(0o077)
     try:

@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, TypeVar
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import messages as m
@@ -167,6 +166,9 @@ class Connection:
         """Why the handshake with the broker failed, if the monitor saw it fail.
         A failure with no detail (a reset mid-handshake, say a broker restarting)
         counts only once the request has timed out (``final``)."""
+        # Imported here: it loads asyncio (25 ms), and the CLI starts fast.
+        from zmq.utils.monitor import recv_monitor_message
+
         while True:
             try:
                 self._failures.add(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"])
