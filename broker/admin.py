@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from queuectl import __version__
 from queuectl.proto import VERSION
 from queuectl.proto import config as config_keys
+from queuectl.proto import jobspec
 from queuectl.proto import messages as m
 from queuectl.proto.jobspec import SpecError
 from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
@@ -20,6 +21,7 @@ from queuectl.proto.timefmt import to_iso
 
 from .agent_handlers import welcome
 from .jobs import JobError
+from .queues import waiting_reason
 from .views import attempt_view, dlq_view, job_view
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ PARKED = object()
 MAX_HOLD = 30.0  # a parked request is answered within this many seconds
 MAX_LIMIT = 1_000_000
 MAX_SEARCH = 1000  # characters of a list search
+MAX_QUEUE_LIMIT = 1_000_000
 
 
 class Call:
@@ -87,9 +90,11 @@ def op_enqueue(call: Call) -> Any:
 
 
 def op_get(call: Call) -> Any:
-    job = call.broker.jobs.get(call.arg("id", str))
+    broker = call.broker
+    job = broker.jobs.get(call.arg("id", str))
     view = job_view(job)
-    view["attempts_log"] = [attempt_view(a) for a in call.broker.store.attempts(job.seq)]
+    view["waiting"] = waiting_reason(job, broker.now, broker.queues, broker.agents, broker.store)
+    view["attempts_log"] = [attempt_view(a) for a in broker.store.attempts(job.seq)]
     return view
 
 
@@ -303,10 +308,47 @@ def op_wait_agents(call: Call) -> Any:
     return call.park("agents", check, lambda: {"remaining": remaining()})
 
 
+def op_queue_list(call: Call) -> Any:
+    return call.broker.queues.overview()
+
+
+def _queue_changed(call: Call, name: str) -> Any:
+    call.broker.dirty = True  # a queue may have opened: dispatch now
+    for row in call.broker.queues.overview():
+        if row["name"] == name:
+            return row
+    return {"name": name, "paused": False, "limit": None, "pending": 0, "processing": 0}
+
+
+def _queue_name(call: Call) -> str:
+    return jobspec.queue_name(call.arg("name", str), field="name")
+
+
+def op_queue_pause(call: Call) -> Any:
+    name = _queue_name(call)
+    call.broker.queues.pause(name, True)
+    return _queue_changed(call, name)
+
+
+def op_queue_resume(call: Call) -> Any:
+    name = _queue_name(call)
+    call.broker.queues.pause(name, False)
+    return _queue_changed(call, name)
+
+
+def op_queue_limit(call: Call) -> Any:
+    name = _queue_name(call)
+    limit = call.arg("limit", int, nullable=True)
+    if limit is not None and not 1 <= limit <= MAX_QUEUE_LIMIT:
+        raise SpecError("limit", f"must be from 1 to {MAX_QUEUE_LIMIT}, or none to remove it")
+    call.broker.queues.limit(name, limit)
+    return _queue_changed(call, name)
+
+
 # Operations that never write nor park: after a failed batch they are answered
 # again on their own, so a full or read-only store still serves reads.
 READ_ONLY = frozenset({"ping", "get", "list", "status", "metrics", "dlq_list", "config_show",
-                       "config_get", "agents"})
+                       "config_get", "agents", "queue_list"})
 
 OPS: dict[str, Callable[[Call], Any]] = {
     "ping": op_ping, "enqueue": op_enqueue, "get": op_get, "list": op_list,
@@ -314,6 +356,8 @@ OPS: dict[str, Callable[[Call], Any]] = {
     "dlq_list": op_dlq_list, "dlq_retry": op_dlq_retry, "config_show": op_config_show,
     "config_get": op_config_get, "config_set": op_config_set, "agents": op_agents,
     "stop_agents": op_stop_agents, "wait_agents": op_wait_agents,
+    "queue_list": op_queue_list, "queue_pause": op_queue_pause, "queue_resume": op_queue_resume,
+    "queue_limit": op_queue_limit,
 }
 
 

@@ -34,6 +34,7 @@ from .auth import Guard, forbidden
 from .jobs import JobError, JobService
 from .metrics import Metrics
 from .parking import Parked, ParkingLot
+from .queues import Gate, Queues
 from .store import UNAVAILABLE_ERRORS, Job, StaleState, Store
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Broker:
         self.config: dict[str, Any] = {**config_keys.defaults(), **store.config()}
         self.jobs = JobService(store, self.config, self._job_changed)
         self.agents = Registry()
+        self.queues = Queues(store)
         self.parking = ParkingLot()
         self.outbox: list[tuple[bytes, Any]] = []
         self.acks: dict[bytes, list[int]] = defaultdict(list)
@@ -457,12 +459,13 @@ class Broker:
         across all agents, then to agents that hold jobs ahead (see agents.py)."""
         self.dirty = False
         nothing_for: set[bytes] = set()  # agents that found no job they could run
+        gate = self.queues.gate()
         for prefetch in (False, True):
             agents = [a for a in self.agents.with_credit(prefetch) if a.ident not in nothing_for]
             while agents:
                 next_round = []
                 for agent in agents:
-                    if not self._dispatch_one(agent):
+                    if not self._dispatch_one(agent, gate):
                         nothing_for.add(agent.ident)
                         if not prefetch:
                             self._revoke_for(agent)
@@ -470,11 +473,12 @@ class Broker:
                         next_round.append(agent)
                 agents = next_round
 
-    def _dispatch_one(self, agent: AgentConn) -> bool:
-        claimed = self.store.claim(self.now, agent.agent_id, agent.labels_json)
+    def _dispatch_one(self, agent: AgentConn, gate: Gate) -> bool:
+        claimed = self.store.claim(self.now, agent.agent_id, agent.labels_json, gate.closed)
         if claimed is None:
             return False
         job, token = claimed
+        gate.took(job.queue)
         agent.inflight.add(token)
         agent.unstarted.add(token)
         self.send(agent.ident, m.Dispatch(
@@ -587,6 +591,7 @@ class Broker:
             for token in tokens:
                 self.orphans.setdefault(token, self.mono + self.config["lease_sec"])
         self.next_due = self.store.next_due()
+        self.queues.load()  # a rule changed in a batch that failed is gone
         self.dirty = True
 
     def _job_changed(self, job: Job) -> None:

@@ -194,6 +194,18 @@ MIGRATIONS = [
     """
     DROP TRIGGER jobs_count_insert;
     """,
+    # version 6: queues can be paused or limited (queuectl queue ...). The claim
+    # index leads with the queue, so a claim looks at the head of each queue
+    # it may take from: a paused queue's backlog is never scanned.
+    """
+    DROP INDEX jobs_claim;
+    CREATE INDEX jobs_claim ON jobs(queue, priority, run_at, seq) WHERE due = 1 AND requires IS NULL;
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0,
+        max_running INTEGER
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -315,10 +327,10 @@ class Store:
         # survives a power loss, at about a tenth of the commit rate.
         self.conn.pragma("synchronous", synchronous)
         self.conn.create_scalar_function("qc_labels_match", _labels_match, 2, deterministic=True)
-        # Claim cache: label sets that matched no due placed job, and the
-        # generation of placed jobs they were checked against.
+        # Claim cache: label sets (with the queues closed to them) that matched
+        # no due placed job, and the generation of placed jobs they were checked against.
         self._placed_generation = 0
-        self._no_placed_match: dict[str, int] = {}
+        self._no_placed_match: dict[tuple[str, frozenset[str]], int] = {}
         self._migrate()
 
     def close(self) -> None:
@@ -416,29 +428,54 @@ class Store:
         sql = f"SELECT {_JOB_SELECT} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
         return [Job.from_row(row) for row in self.conn.execute(sql, params)]
 
-    def _next_due(self, labels_json: str | None) -> tuple | None:
+    def _next_free(self, closed: frozenset[str]) -> tuple | None:
+        """The best due job that needs no labels, from a queue not in ``closed``:
+        the head of each queue in turn (one index seek each, in queue order),
+        and the best of those heads. (priority, run_at, seq, state, attempts)"""
+        best, queue = None, None
+        while True:
+            row = self._one(
+                "SELECT queue, priority, run_at, seq, state, attempts FROM jobs"
+                " WHERE due = 1 AND requires IS NULL AND queue > ?"
+                " ORDER BY queue, priority, run_at, seq LIMIT 1",
+                ("" if queue is None else queue,))
+            if row is None:
+                return best
+            queue = row[0]
+            if queue not in closed and (best is None or row[1:4] < best[:3]):
+                best = row[1:]
+
+    def _next_due(self, labels_json: str | None, closed: frozenset[str]) -> tuple | None:
         """The best due job for an agent with these labels: (seq, state, attempts) or None."""
-        order = "ORDER BY priority, run_at, seq LIMIT 1"
-        free = self._one(f"SELECT priority, run_at, seq, state, attempts FROM jobs"
-                         f" WHERE due = 1 AND requires IS NULL {order}")
+        free = self._next_free(closed)
         placed = None
+        cache_key = (labels_json or "", closed)
         if labels_json is not None and \
-                self._no_placed_match.get(labels_json) != self._placed_generation:
+                self._no_placed_match.get(cache_key) != self._placed_generation:
+            skip = ""
+            if closed:
+                skip = f" AND queue NOT IN ({', '.join('?' * len(closed))})"
             placed = self._one(f"SELECT priority, run_at, seq, state, attempts FROM jobs"
                                f" WHERE due = 1 AND requires IS NOT NULL"
-                               f" AND qc_labels_match(requires, ?) {order}", (labels_json,))
+                               f" AND qc_labels_match(requires, ?){skip}"
+                               f" ORDER BY priority, run_at, seq LIMIT 1",
+                               (labels_json, *sorted(closed)))
             if placed is None:
-                self._no_placed_match[labels_json] = self._placed_generation
+                if len(self._no_placed_match) > 10_000:  # label sets x closed sets: bounded
+                    self._no_placed_match.clear()
+                self._no_placed_match[cache_key] = self._placed_generation
         best = min((row for row in (free, placed) if row is not None), default=None)
         return best[2:] if best else None
 
-    def claim(self, now: float, agent_id: str, labels_json: str | None) -> tuple[Job, int] | None:
-        """Lease the next due job this agent may run; returns (job, token) or None.
+    def claim(self, now: float, agent_id: str, labels_json: str | None,
+              closed: frozenset[str] = frozenset()) -> tuple[Job, int] | None:
+        """Lease the next due job this agent may run, from a queue not in
+        ``closed`` (paused, or at its limit); returns (job, token) or None.
 
         The broker is the only writer and runs one thread, so select, insert
         and update inside one transaction cannot interleave with another claim.
         """
-        row = self._next_due(labels_json)
+        row = self._next_due(labels_json, closed)
         if row is None:
             return None
         seq, state, attempts = row
@@ -506,6 +543,44 @@ class Store:
         if promoted:
             self._placed_generation += 1  # some of them may require labels
         return promoted
+
+    # --- queues ---------------------------------------------------------------
+
+    def queue_rules(self) -> dict[str, tuple[bool, int | None]]:
+        """name -> (paused, max_running) for every queue with a rule."""
+        return {name: (bool(paused), limit) for name, paused, limit in
+                self.conn.execute("SELECT name, paused, max_running FROM queues")}
+
+    def set_queue_rule(self, name: str, paused: bool, max_running: int | None) -> None:
+        if not paused and max_running is None:
+            self.conn.execute("DELETE FROM queues WHERE name = ?", (name,))
+        else:
+            self.conn.execute(
+                "INSERT INTO queues (name, paused, max_running) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,"
+                " max_running = excluded.max_running", (name, int(paused), max_running))
+
+    def running_by_queue(self) -> dict[str, int]:
+        """Leased jobs per queue (at most the fleet's slots and prefetch: cheap)."""
+        return dict(self.conn.execute(
+            "SELECT queue, count(*) FROM jobs WHERE state = 'processing' GROUP BY queue"))
+
+    def active_by_queue(self) -> dict[str, dict[str, int]]:
+        """Jobs not yet finished, per queue and state."""
+        result: dict[str, dict[str, int]] = {}
+        for queue, state, n in self.conn.execute(
+                "SELECT queue, state, count(*) FROM jobs"
+                " WHERE state IN ('pending', 'failed', 'processing') GROUP BY queue, state"):
+            result.setdefault(queue, {})[state] = n
+        return result
+
+    def ahead_of(self, job: Job) -> int:
+        """Due jobs of the same queue that a free slot would take first (up to 1,000)."""
+        row = self._one(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE due = 1 AND requires IS NULL"
+            " AND queue = ? AND (priority, run_at, seq) < (?, ?, ?) LIMIT 1000)",
+            (job.queue, job.priority, job.run_at, job.seq))
+        return row[0] if row else 0
 
     def next_due(self) -> float | None:
         row = self._one("SELECT min(run_at) FROM jobs WHERE due = 0 AND state IN ('pending', 'failed')")

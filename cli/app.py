@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import config, dlq, jobs, keys, workers
+from . import config, dlq, jobs, keys, queues, workers
 from .dashboard import dashboard
 from .up import up
 
@@ -39,6 +39,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(config.app, name="config")
 app.add_typer(workers.app, name="worker")
 app.add_typer(keys.app, name="keys")
+app.add_typer(queues.app, name="queue")
 app.command()(workers.agents)
 app.command()(up)
 app.command()(dashboard)

@@ -87,3 +87,10 @@ def agents(items: list[dict[str, Any]]) -> None:
           [(a["id"], a["host"], ",".join(f"{k}={v}" for k, v in a["labels"].items()),
             f"{a['slots']['busy']}/{a['slots']['total']}", _short(a["last_heartbeat"]),
             a["state"], " ".join(a["running"])) for a in items])
+
+
+def queues(items: list[dict[str, Any]]) -> None:
+    table("Queues", ("Queue", "State", "Limit", "Pending", "Processing"),
+          [(q["name"], "paused" if q["paused"] else "open",
+            "" if q["limit"] is None else q["limit"], q["pending"], q["processing"])
+           for q in items])

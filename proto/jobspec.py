@@ -67,16 +67,16 @@ def _check_text(field: str, value: str) -> None:
         raise SpecError(field, "must not contain a NUL byte")
 
 
-def _queue_name(value: Any) -> str:
+def queue_name(value: Any, field: str = "queue") -> str:
     """A queue is any name people choose (the contract says "string"), but one
     that prints on one line: 1-128 characters, no control characters."""
     if not isinstance(value, str):
-        raise SpecError("queue", f"expected a string, got {_type_name(value)}")
+        raise SpecError(field, f"expected a string, got {_type_name(value)}")
     if not value or len(value) > MAX_QUEUE_CHARS:
-        raise SpecError("queue", f"must be 1-{MAX_QUEUE_CHARS} characters long")
-    _check_text("queue", value)
+        raise SpecError(field, f"must be 1-{MAX_QUEUE_CHARS} characters long")
+    _check_text(field, value)
     if any(unicodedata.category(char) == "Cc" for char in value):
-        raise SpecError("queue", "must not contain control characters (newline, tab, ...)")
+        raise SpecError(field, "must not contain control characters (newline, tab, ...)")
     return value
 
 
@@ -174,7 +174,7 @@ def validate(raw: Any) -> dict[str, Any]:
         spec["max_retries"] = value
 
     if "queue" in raw:
-        spec["queue"] = _queue_name(raw["queue"])
+        spec["queue"] = queue_name(raw["queue"])
 
     if "env" in raw:
         spec["env"] = _string_map("env", raw["env"], env=True)

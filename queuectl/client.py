@@ -225,5 +225,23 @@ class Client:
                 break
         return ids
 
+    # --- queues -------------------------------------------------------------------
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Queues with a rule or unfinished jobs: name, paused, limit, pending, processing."""
+        return self.call("queue_list")
+
+    def queue_pause(self, name: str) -> dict[str, Any]:
+        """No job of ``name`` starts until ``queue_resume``; running ones go on."""
+        return self.call("queue_pause", name=name)
+
+    def queue_resume(self, name: str) -> dict[str, Any]:
+        return self.call("queue_resume", name=name)
+
+    def queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
+        """At most ``limit`` jobs of ``name`` leased at once across all agents;
+        None removes the limit."""
+        return self.call("queue_limit", name=name, limit=limit)
+
     def ping(self) -> dict[str, Any]:
         return self.call("ping")

@@ -23,8 +23,8 @@ P, R, C, F, D, X = (JobState.PENDING, JobState.PROCESSING, JobState.COMPLETED,
 
 
 def new_job(job_id: str, *, priority: int = 100, run_at: float = NOW, requires=None,
-            command: str = "true", max_retries: int = 3) -> NewJob:
-    return NewJob(id=job_id, command=command, queue="default", priority=priority, run_at=run_at,
+            command: str = "true", max_retries: int = 3, queue: str = "default") -> NewJob:
+    return NewJob(id=job_id, command=command, queue=queue, priority=priority, run_at=run_at,
                   timeout_sec=60.0, max_retries=max_retries, env=None, cwd=None, requires=requires)
 
 
@@ -637,3 +637,57 @@ def test_an_unplaceable_backlog_does_not_hide_a_job_that_becomes_placeable(store
     # Jobs without requirements were never hidden behind the backlog.
     store.insert_jobs([new_job("free", priority=500)], NOW)
     assert claim_id(store, NOW + 62, labels=gpu) == "free"
+
+
+# --- queues ----------------------------------------------------------------------------------
+
+def test_claims_take_the_best_job_across_queues_and_skip_closed_ones(store):
+    store.insert_jobs([new_job("a-late", queue="a", priority=5),
+                       new_job("b-first", queue="b", priority=1),
+                       new_job("c-mid", queue="c", priority=3),
+                       new_job("b-placed", queue="b", priority=0, requires={"gpu": "x"})], NOW)
+    closed = frozenset({"b"})
+    job, _ = store.claim(NOW, AGENT, json.dumps({"gpu": "x"}), closed)
+    assert job.id == "c-mid"  # b's jobs (placed or not) are closed; c's head beats a's
+    job, _ = store.claim(NOW, AGENT, json.dumps({"gpu": "x"}))
+    assert job.id == "b-placed"  # open again: the cached "no placed match" did not stick
+    assert [store.claim(NOW, AGENT, None)[0].id for _ in range(2)] == ["b-first", "a-late"]
+    assert store.claim(NOW, AGENT, None) is None
+
+
+def test_queue_rules_persist_and_running_counts_follow_leases(tmp_path):
+    path = str(tmp_path / "queue.db")
+    store = Store(path)
+    store.insert_jobs([new_job("x1", queue="x"), new_job("x2", queue="x")], NOW)
+    store.set_queue_rule("x", True, 2)
+    store.set_queue_rule("y", False, None)  # no rule at all: not stored
+    store.claim(NOW, AGENT, None)
+    assert store.running_by_queue() == {"x": 1}
+    assert store.active_by_queue() == {"x": {"pending": 1, "processing": 1}}
+    store.close()
+    store = Store(path)
+    try:
+        assert store.queue_rules() == {"x": (True, 2)}
+        store.set_queue_rule("x", False, None)
+        assert store.queue_rules() == {}
+    finally:
+        store.close()
+
+
+def test_a_version_5_store_keeps_its_due_jobs_claimable(tmp_path):
+    path = str(tmp_path / "queue.db")
+    old = apsw.Connection(path)
+    with old:
+        for number in range(5):
+            old.execute(MIGRATIONS[number])
+        old.pragma("user_version", 5)
+        old.execute("INSERT INTO jobs (id, command, queue, priority, state, run_at, due,"
+                    " timeout_sec, max_retries, created_at, updated_at) VALUES ('due', 'true',"
+                    " 'default', 0, 'pending', 1, 1, 60, 3, 1, 1)")
+    old.close()
+    store = Store(path)
+    try:
+        assert store.conn.pragma("user_version") == len(MIGRATIONS)
+        assert store.claim(NOW, AGENT, None)[0].id == "due"
+    finally:
+        store.close()
