@@ -20,7 +20,6 @@ import threading
 from typing import Any
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from queuectl.proto import messages as m
 from queuectl.keys import KeyStore, Principal, load
@@ -42,7 +41,7 @@ class Guard:
         self._stamp: tuple | None = None
         self.allowed: dict[bytes, Principal] = {}
         self.refresh()
-        self._auth: ThreadAuthenticator | None = None
+        self._auth: Any = None  # zmq.auth.thread.ThreadAuthenticator, with CURVE
 
     def refresh(self) -> bool:
         """Re-read the allow-list if it changed; True if it did."""
@@ -61,6 +60,8 @@ class Guard:
 
     def secure(self, ctx: zmq.Context, sock: zmq.Socket) -> None:
         """Before ``bind``: make ``sock`` a CURVE server behind the ZAP handler."""
+        from zmq.auth.thread import ThreadAuthenticator  # loads asyncio: only with CURVE
+
         public, secret = load(self.keys.broker_secret, secret=True)
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("queuectl.broker.zap"))
         self._auth.start()
