@@ -24,112 +24,20 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import netns
 import pytest
-from harness import free_port, pid_alive, program, wait_until
+from cluster import BROKER_PORT, NsAgent, NsBroker
+from harness import pid_alive, wait_until
 from ledger import Ledger, audit, report
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-BROKER_PORT = 5555  # inside namespace B, which is new and empty, so it is free
 HEARTBEAT = 0.5
 LONG_RUN = 5.0      # seconds a job that is running on A1 during the cut takes
 
 
 # --- the partitioned cluster ------------------------------------------------------------
-
-class NsBroker:
-    """A real broker inside namespace ``ns``, bound to every address there.
-
-    Duck-types ``harness.Broker`` where the test needs it (``client``,
-    ``env``, ``endpoint``, ``log``), so ``ledger.audit`` and ``harness.run_cli``
-    work through the bridge.
-    """
-
-    def __init__(self, procs, ns: netns.Namespace, home: Path):
-        self.procs, self.ns, self.home = procs, ns, home
-        self.inside = f"tcp://127.0.0.1:{BROKER_PORT}"  # as seen from inside B
-        self.bridge_port = free_port()
-        self.endpoint = f"tcp://127.0.0.1:{self.bridge_port}"  # from the root namespace
-        self.proc = None
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "QUEUECTL_HOME": str(self.home), "QUEUECTL_BROKER": self.endpoint}
-
-    def start(self) -> NsBroker:
-        argv = program("queuectl-broker") + ["--bind", f"tcp://*:{BROKER_PORT}", "--insecure",
-                                             "--db", str(self.home / "queue.db")]
-        self.proc = self.procs.start(self.ns.exec_argv(argv), "broker.log", env=self.env())
-        self.procs.start(netns.bridge_argv(self.ns, self.bridge_port, "127.0.0.1", BROKER_PORT),
-                         "bridge.log")
-        wait_until(self.answers, 20, message=f"the broker in {self.ns.name}")
-        return self
-
-    def answers(self) -> bool:
-        from queuectl.client import BrokerUnreachable
-
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"broker exited with {self.proc.returncode}: {self.log()}")
-        try:
-            with self.client(timeout=0.5) as qc:
-                qc.ping()
-            return True
-        except BrokerUnreachable:
-            return False
-
-    def client(self, timeout: float = 5.0):
-        from queuectl.client import Client
-
-        return Client(self.endpoint, timeout=timeout)
-
-    def cli_inside(self, *args: str) -> str:
-        """``queuectl ARGS`` run inside B against the broker's own loopback address."""
-        result = self.ns.run(program("queuectl") + ["--broker", self.inside, *args], timeout=60)
-        assert result.returncode == 0, f"queuectl {' '.join(args)} in B failed: {result.stderr}"
-        return result.stdout
-
-    def log(self) -> str:
-        return Path(self.proc.log_path).read_text(errors="replace")[-4000:]
-
-
-class NsAgent:
-    """A real ``queuectl-agent`` inside namespace ``ns``, reaching the broker over ``link``."""
-
-    def __init__(self, procs, broker: NsBroker, ns: netns.Namespace, link: netns.Link,
-                 count: int, name: str):
-        argv = program("queuectl-agent") + ["--count", str(count),
-                                            "--broker", f"tcp://{link.left_addr}:{BROKER_PORT}"]
-        self.proc = procs.start(ns.exec_argv(argv), f"{name}.log", env=broker.env())
-        self.pid = self.proc.pid  # `ip netns exec` execs the agent: same PID
-        self.name = name
-        self.id = wait_until(lambda: self._registered(broker), 20,
-                             message=f"{name} (pid {self.pid}) to connect")
-
-    def _registered(self, broker: NsBroker) -> str | None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log()}")
-        with broker.client() as qc:
-            return next((a["id"] for a in qc.agents() if a["pid"] == self.pid), None)
-
-    def log(self) -> str:
-        return Path(self.proc.log_path).read_text(errors="replace")[-4000:]
-
-
-@pytest.fixture
-def topology(procs):
-    reason = netns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    topo = netns.Topology()
-    try:
-        yield topo
-    finally:
-        procs.cleanup()  # first: no process may keep a namespace alive
-        errors = topo.cleanup()
-        assert errors == [] and topo.leftovers() == [], (errors, topo.leftovers())
-
 
 @pytest.fixture
 def cluster(topology, procs, tmp_path):

@@ -78,7 +78,7 @@ def test_key_files_are_private_and_roles_are_listed(tmp_path):
 
 
 def test_each_role_does_only_its_part(secure, procs):
-    agent = start_agent(procs, secure, "hostb", issued(secure, "hostb"))
+    start_agent(procs, secure, "hostb", issued(secure, "hostb"))
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the agent to connect")
     # The local admin key (the default of this home) enqueues; the agent runs it.
     added = run_cli(secure, "enqueue", '{"id": "a1", "command": "echo ran"}')
