@@ -13,7 +13,8 @@ ratios on a noisy machine (each prints as rows of the table):
   enqueue-to-completion latency, single / batch (CLI ``--file``) / CLI enqueue;
 * scale (scale.py): a broker on a store of 1,000,000 jobs against one on an
   empty store: drain, enqueue, ``status``, ``/api/stats``, RSS;
-* fleet (fleet.py): 20 agents x 10 slots busy with ``sleep 0.2`` jobs.
+* fleet (fleet.py): 20 agents x 10 slots busy with ``sleep 0.2`` jobs;
+* curve (curve.py): the same drain with CURVE keys on and off.
 Each row is marked "meets" or "misses" against its target. Speed is never
 asserted: the command exits 0 whatever the figures (and non-zero only when a
 benchmark could not run, e.g. a CLI command failed).
@@ -32,20 +33,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ceilings  # noqa: E402
+import curve  # noqa: E402
 import fleet  # noqa: E402
 import scale  # noqa: E402
 import throughput  # noqa: E402
 
-SECTIONS = ("ceilings", "throughput", "scale", "fleet")
+SECTIONS = ("ceilings", "throughput", "scale", "fleet", "curve")
 SIZES = {
     "full": dict(ceiling_jobs=2000, round_trips=10_000, drain=2000, latency=200, batch=100_000, single=10_000,
                  cli_runs=20, scale_rows=1_000_000, scale_pending=100_000, scale_drain=2000,
                  scale_single=10_000, scale_batch=100_000, scale_samples=200,
-                 fleet_agents=20, fleet_slots=10, fleet_jobs=5000, fleet_duration=0.2),
+                 fleet_agents=20, fleet_slots=10, fleet_jobs=5000, fleet_duration=0.2,
+                 curve_jobs=2000, curve_rounds=2),
     "quick": dict(ceiling_jobs=200, round_trips=500, drain=200, latency=20, batch=2000, single=500,
                   cli_runs=3, scale_rows=20_000, scale_pending=2000, scale_drain=200,
                   scale_single=500, scale_batch=2000, scale_samples=50,
-                  fleet_agents=4, fleet_slots=5, fleet_jobs=100, fleet_duration=0.05),
+                  fleet_agents=4, fleet_slots=5, fleet_jobs=100, fleet_duration=0.05,
+                  curve_jobs=200, curve_rounds=1),
 }
 PEERS = (  # /work/shared/FACTS.md "Peers": 2,000 `sh -c true` jobs, 2 workers
     ("beanstalkd + greenstalk", "1,520", "61,000", "1.5 ms"),
@@ -71,6 +75,8 @@ def run_sections(only: list[str], s: dict) -> dict:
         elif name == "fleet":
             results[name] = fleet.measure(s["fleet_agents"], s["fleet_slots"], s["fleet_jobs"],
                                           s["fleet_duration"])
+        elif name == "curve":
+            results[name] = curve.measure(s["curve_jobs"], s["curve_rounds"])
         results[name]["section_sec"] = time.perf_counter() - start
     return results
 
@@ -180,6 +186,11 @@ def rows(r: dict, s: dict) -> list[tuple[str, str, str, str]]:
                     f"{f['broker_cores']:.2f} core ({f['agents_cores']:.2f}; "
                     f"{f['job_processes_cores']:.2f})", "< 1 core",
                     verdict(f["broker_cores"] < 1)))
+    if "curve" in r:
+        c = r["curve"]
+        out.append((f"drain with CURVE on, best of {c['rounds']} ({c['jobs']:,} true jobs)",
+                    f"{c['curve_per_sec']:,.0f} jobs/s (off: {c['plain_per_sec']:,.0f})",
+                    "measured (issue 6)", f"{c['curve_per_sec'] / c['plain_per_sec']:.2f}x off"))
     return out
 
 
