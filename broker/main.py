@@ -48,7 +48,8 @@ def is_loopback(endpoint: str) -> bool:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="queuectl-broker",
-        description="The QueueCTL broker: owns the job store and dispatches jobs to agents.")
+        description="The QueueCTL broker: owns the job store and dispatches jobs to agents. "
+                    "`queuectl-broker backup PATH` copies the store while it runs.")
     parser.add_argument("--bind", default=DEFAULT_BIND,
                         help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND})")
     parser.add_argument("--db", default=None,
@@ -82,6 +83,11 @@ def lock_store(db_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["backup"]:
+        from . import backup
+
+        return backup.main(argv[1:], os.path.join(default_home(), "queue.db"))
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
