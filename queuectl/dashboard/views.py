@@ -28,6 +28,7 @@ from queuectl.client import (
     InvalidInput,
     NotFound,
     QueueError,
+    Refused,
     Unavailable,
 )
 
@@ -175,7 +176,8 @@ def healthz() -> Any:
 
 # --- actions ----------------------------------------------------------------------
 
-ERROR_STATUS = ((NotFound, 404), (Conflict, 409), (InvalidInput, 400))
+# Refused: the page runs with a read-only CURVE key (deploy/README.md).
+ERROR_STATUS = ((NotFound, 404), (Conflict, 409), (InvalidInput, 400), (Refused, 403))
 
 
 def act(do: Callable[[], str], back: str) -> Any:

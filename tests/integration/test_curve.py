@@ -247,3 +247,26 @@ def test_nothing_crosses_the_wire_in_plaintext(curve, procs, tmp_path):
         assert (marker.encode() in relay.captured) is not curve
     finally:
         relay.close()
+
+
+def test_the_stats_page_with_a_reader_key_shows_but_changes_nothing(secure, monkeypatch):
+    import re
+
+    from queuectl.dashboard.app import create_app
+
+    with secure.client() as qc:
+        qc.enqueue({"id": "stays", "command": "true"})
+    for name, value in issued(secure, "viewer").items():
+        monkeypatch.setenv(name, value)
+    client = create_app(secure.endpoint, timeout=2.0).test_client()
+    stats = client.get("/api/stats")
+    assert stats.status_code == 200 and stats.get_json()["counts"]["pending"] == 1
+    assert b"queuectl_queue_depth 1.0" in client.get("/metrics").data
+    token = re.search(r'name="csrf-token" content="([^"]+)"',
+                      client.get("/").get_data(as_text=True)).group(1)
+    refused = client.post("/jobs/stays/cancel",
+                          headers={"X-CSRFToken": token, "Accept": "application/json"})
+    assert refused.status_code == 403
+    assert "(reader) may not make 'cancel' requests" in refused.get_json()["message"]
+    with secure.client() as qc:
+        assert qc.get("stays")["state"] == "pending"
