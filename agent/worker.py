@@ -52,6 +52,10 @@ class Agent:
     def __init__(self, endpoint: str, slots: int, labels: dict[str, str] | None = None,
                  grace: float = 30.0, keys: ClientKeys | None = None):
         self.agent_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        # The socket identity: the id, shown to everyone, plus a secret part. The
+        # broker's ROUTER gives an identity to the newest connection that claims
+        # it, so a guessable one would let any peer take this agent's jobs.
+        self.routing_id = f"{self.agent_id}/{secrets.token_hex(16)}"
         self.slots = slots
         self.labels = dict(labels or {})
         self.grace = grace
@@ -60,7 +64,7 @@ class Agent:
         self.lease = float(defaults["lease_sec"])
         self.kill_grace = float(defaults["kill_grace_sec"])
         self.output_limit = int(defaults["output_limit"])
-        self.link = Link(endpoint, self.agent_id, self._hello, keys)
+        self.link = Link(endpoint, self.routing_id, self._hello, keys)
         self.jobs: dict[int, RunningJob] = {}
         # Dispatches held until a slot frees (the broker's prefetch, see
         # broker/agents.py), oldest first; never started while the session
@@ -222,7 +226,8 @@ class Agent:
         self.ready.clear()  # not named below: the broker releases them
         return m.Hello(agent_id=self.agent_id, host=socket.gethostname(), pid=os.getpid(),
                        slots=self.slots, labels=self.labels,
-                       tokens=sorted(set(self.jobs) | set(self.held)), seq=seq)
+                       tokens=sorted(set(self.jobs) | set(self.held)), seq=seq,
+                       routing=self.routing_id)
 
     def _open_link(self) -> None:
         """(Re)open the broker socket with ZMTP heartbeats matching ``self.heartbeat``."""

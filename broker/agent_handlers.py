@@ -44,6 +44,8 @@ def welcome(broker: "Broker", agent: AgentConn, cancel: list[int],
 def _bad_hello(msg: m.Hello) -> str | None:
     if not msg.agent_id or len(msg.agent_id) > 256:
         return "agent_id must be 1-256 characters"
+    if len(msg.routing) > 255:
+        return "routing must be at most 255 characters"
     if not 1 <= msg.slots <= MAX_SLOTS:
         return f"slots must be from 1 to {MAX_SLOTS}"
     if not 0 <= msg.pid < 2**31:
@@ -60,10 +62,11 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
     if problem:
         broker.send(ident, m.Error(code="invalid", message=f"hello refused: {problem}"))
         return
-    if ident != msg.agent_id.encode():
-        # Agents use their id as socket identity. libzmq gives a reconnecting
-        # agent's identity to the new connection and renames the old one, so
-        # a Hello still queued on the old connection arrives under another name.
+    if ident != (msg.routing or msg.agent_id).encode():
+        # Agents use their routing id as socket identity. libzmq gives a
+        # reconnecting agent's identity to the new connection and renames the
+        # old one, so a Hello still queued on the old connection arrives under
+        # another name.
         log.debug("ignored a stale hello from agent %s", msg.agent_id)
         return
     tokens = set(msg.tokens)

@@ -8,6 +8,12 @@ connection made before a revocation stays open in libzmq, so the broker also
 checks the key behind every frame (the ZAP User-Id, which libzmq attaches to
 each message) against the allow-list, refreshed once per maintenance tick.
 
+The ROUTER hands an identity over to the newest connection that claims it
+(``ROUTER_HANDOVER``, so a reconnecting agent gets its own back), and ZAP does
+not see the identity a peer claims. So an agent's routing identity carries a
+secret part (``agent/worker.py``): one that ``queuectl agents`` shows no one,
+so no other key can claim it and receive that agent's jobs.
+
 Roles: ``admin`` may do everything (it could enqueue any command anyway);
 ``agent`` may only speak the agent protocol (run jobs); ``reader`` may only
 make requests that change nothing (the stats page's role).
@@ -29,7 +35,7 @@ log = logging.getLogger(__name__)
 ZAP_DOMAIN = "queuectl"
 # Requests a reader may make: those that change nothing.
 READER_OPS = frozenset({"ping", "get", "list", "status", "metrics", "dlq_list", "config_show",
-                        "config_get", "agents", "wait", "logs"})
+                        "config_get", "agents", "wait", "logs", "queue_list"})
 
 
 class Guard:
@@ -49,8 +55,11 @@ class Guard:
             stamp = self.keys.stamp()
             if stamp == self._stamp:
                 return False
-            self.allowed, self._stamp = self.keys.allowed(), stamp
-            return True
+            problems: list[str] = []
+            self.allowed, self._stamp = self.keys.allowed(problems), stamp
+        for problem in problems:
+            log.warning("allow-list: %s; it allows no one", problem)
+        return True
 
     def keys_ok(self) -> None:
         """Raises KeyFileError if the broker's own key cannot be read."""

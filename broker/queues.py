@@ -55,6 +55,7 @@ class Queues:
     def load(self) -> None:
         self.rules = {name: Rule(paused, limit)
                       for name, (paused, limit) in self.store.queue_rules().items()}
+        self.store.use_queue_index(bool(self.rules))
 
     def gate(self) -> Gate:
         limited = any(rule.limit is not None for rule in self.rules.values())
@@ -73,6 +74,7 @@ class Queues:
             self.rules[name] = rule
         else:
             self.rules.pop(name, None)
+        self.store.use_queue_index(bool(self.rules))
         return rule
 
     def overview(self) -> list[dict]:

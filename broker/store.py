@@ -194,12 +194,9 @@ MIGRATIONS = [
     """
     DROP TRIGGER jobs_count_insert;
     """,
-    # version 6: queues can be paused or limited (queuectl queue ...). The claim
-    # index leads with the queue, so a claim looks at the head of each queue
-    # it may take from: a paused queue's backlog is never scanned.
+    # version 6: queues can be paused or limited (queuectl queue ...). While
+    # any queue has a rule, a second claim index exists (Store.use_queue_index).
     """
-    DROP INDEX jobs_claim;
-    CREATE INDEX jobs_claim ON jobs(queue, priority, run_at, seq) WHERE due = 1 AND requires IS NULL;
     CREATE TABLE queues (
         name TEXT PRIMARY KEY,
         paused INTEGER NOT NULL DEFAULT 0,
@@ -208,6 +205,9 @@ MIGRATIONS = [
     """,
 ]
 
+
+# Rows of closed queues a claim walks past before it takes each open queue's head.
+CLOSED_SKIP = 64
 
 # Errors that mean the store cannot write right now (disk full, read-only,
 # locked by another process, I/O failure), as opposed to bugs in our SQL.
@@ -429,9 +429,32 @@ class Store:
         return [Job.from_row(row) for row in self.conn.execute(sql, params)]
 
     def _next_free(self, closed: frozenset[str]) -> tuple | None:
-        """The best due job that needs no labels, from a queue not in ``closed``:
-        the head of each queue in turn (one index seek each, in queue order),
-        and the best of those heads. (priority, run_at, seq, state, attempts)"""
+        """The best due job that needs no labels, from a queue not in ``closed``
+        (paused, or at its limit): (priority, run_at, seq, state, attempts).
+
+        With every queue open, one probe of ``jobs_claim``, however many queues
+        there are. With some closed, the same order is walked past the closed
+        queues' jobs for up to CLOSED_SKIP rows; a longer closed backlog ahead
+        switches to ``jobs_claim_queue``: the head of each queue in turn, one
+        seek each, skipping the closed ones whatever their backlog."""
+        if not closed:
+            return self._one("SELECT priority, run_at, seq, state, attempts FROM jobs"
+                             " WHERE due = 1 AND requires IS NULL"
+                             " ORDER BY priority, run_at, seq LIMIT 1")
+        limit = CLOSED_SKIP if self._has_queue_index() else None
+        rows = self.conn.execute(
+            "SELECT queue, priority, run_at, seq, state, attempts FROM jobs"
+            " WHERE due = 1 AND requires IS NULL ORDER BY priority, run_at, seq")
+        try:
+            for skipped, row in enumerate(rows):
+                if row[0] not in closed:
+                    return row[1:]
+                if limit is not None and skipped >= limit:
+                    break
+            else:
+                return None
+        finally:
+            rows.close()
         best, queue = None, None
         while True:
             row = self._one(
@@ -545,6 +568,20 @@ class Store:
         return promoted
 
     # --- queues ---------------------------------------------------------------
+
+    def _has_queue_index(self) -> bool:
+        return self._one("SELECT 1 FROM sqlite_master WHERE type = 'index'"
+                         " AND name = 'jobs_claim_queue'") is not None
+
+    def use_queue_index(self, wanted: bool) -> None:
+        """The per-queue claim index exists while some queue has a rule (it lets
+        a claim step over a closed queue's backlog), and not otherwise: it would
+        cost every enqueue a b-tree more. Building it reads the due jobs once."""
+        if wanted and not self._has_queue_index():
+            self.conn.execute("CREATE INDEX jobs_claim_queue ON jobs(queue, priority, run_at, seq)"
+                              " WHERE due = 1 AND requires IS NULL")
+        elif not wanted and self._has_queue_index():
+            self.conn.execute("DROP INDEX jobs_claim_queue")
 
     def queue_rules(self) -> dict[str, tuple[bool, int | None]]:
         """name -> (paused, max_running) for every queue with a rule."""

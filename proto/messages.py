@@ -32,6 +32,10 @@ class Hello:
     # Counts this agent's Hellos; the Welcome echoes it, so an answer to an
     # older Hello (several can be in flight) is recognised and ignored.
     seq: int = 0
+    # The agent's socket identity: its id plus a secret part, which no one
+    # else learns, so no other peer can claim the identity and take its jobs.
+    # Empty: the identity is the agent id (agents before protocol v3.1).
+    routing: str = ""
 
 
 @message("started")

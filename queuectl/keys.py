@@ -50,16 +50,27 @@ def keys_dir(base: Path | None = None) -> Path:
 
 
 def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
-    """(public, secret) z85 keys of a certificate file; raises KeyFileError."""
+    """(public, secret) z85 keys of a certificate file; raises KeyFileError for a
+    file that is missing, unreadable, or does not hold valid CURVE keys."""
     import zmq.auth  # loads asyncio: only when there are keys to read
+    from zmq.utils import z85
+
     try:
         public, secret_key = zmq.auth.load_certificate(str(path))
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot read the key file {path}: {exc}") from None
-    if public is None or len(public) != 40 or (secret and (secret_key is None
-                                                           or len(secret_key) != 40)):
-        what = "a secret key (.key_secret)" if secret else "a public key"
-        raise KeyFileError(f"the key file {path} does not hold {what}")
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
+    except Exception:  # pyzmq's parser raises IndexError, ValueError... on a damaged file
+        raise KeyFileError(f"the key file {path} is damaged: it is not a CURVE "
+                           "certificate (make a new one with queuectl keys)") from None
+    keys = [public] + ([secret_key] if secret else [])
+    for key in keys:
+        try:
+            valid = key is not None and len(key) == 40 and len(z85.decode(key)) == 32
+        except Exception:  # a character outside z85
+            valid = False
+        if not valid:
+            what = "a secret key (.key_secret)" if secret else "a public key"
+            raise KeyFileError(f"the key file {path} does not hold {what}")
     return public, secret_key
 
 
@@ -149,9 +160,9 @@ class KeyStore:
         (self.dir / "issued" / f"{name}.key_secret").unlink(missing_ok=True)
         return found
 
-    def allowed(self) -> dict[bytes, Principal]:
-        """z85 public key -> who it is, from the allow-list as it is now.
-        An unreadable file is skipped: it allows no one."""
+    def allowed(self, problems: list[str] | None = None) -> dict[bytes, Principal]:
+        """z85 public key -> who it is, from the allow-list as it is now. An
+        unreadable or damaged file allows no one; why goes to ``problems``."""
         result: dict[bytes, Principal] = {}
         for role in ROLES:
             folder = self.dir / "allowed" / role
@@ -164,18 +175,24 @@ class KeyStore:
                     continue
                 try:
                     public, _ = load(path, secret=False)
-                except KeyFileError:
+                except KeyFileError as exc:
+                    if problems is not None:
+                        problems.append(str(exc))
                     continue
                 result.setdefault(public, Principal(path.stem, role))
         return result
 
     def stamp(self) -> tuple:
-        """Changes whenever the allow-list may have changed (directory mtimes)."""
+        """Changes whenever the allow-list may have changed: a file added, removed,
+        or written over in place (each file's inode, size and mtime)."""
         stamps = []
         for role in ROLES:
+            folder = self.dir / "allowed" / role
             try:
-                stat = (self.dir / "allowed" / role).stat()
-                stamps.append((stat.st_mtime_ns, stat.st_ino))
+                with os.scandir(folder) as entries:
+                    files = sorted((entry.name, entry.inode(), entry.stat().st_size,
+                                    entry.stat().st_mtime_ns) for entry in entries)
+                stamps.append((folder.stat().st_ino, tuple(files)))
             except FileNotFoundError:
                 stamps.append(None)
         return tuple(stamps)

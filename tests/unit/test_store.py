@@ -691,3 +691,55 @@ def test_a_version_5_store_keeps_its_due_jobs_claimable(tmp_path):
         assert store.claim(NOW, AGENT, None)[0].id == "due"
     finally:
         store.close()
+
+
+def test_a_long_closed_backlog_ahead_switches_to_the_head_of_each_queue(store):
+    from queuectl.broker.store import CLOSED_SKIP
+
+    store.use_queue_index(True)  # as while any queue has a rule
+    backlog = [new_job(f"paused-{n}", queue="paused", priority=1) for n in range(CLOSED_SKIP * 2)]
+    store.insert_jobs(backlog + [new_job("z-open", queue="z", priority=7),
+                                 new_job("a-open", queue="a", priority=9)], NOW)
+    closed = frozenset({"paused"})
+    assert [store.claim(NOW, AGENT, None, closed)[0].id for _ in range(2)] == ["z-open", "a-open"]
+    assert store.claim(NOW, AGENT, None, closed) is None
+    assert store.claim(NOW, AGENT, None)[0].id == "paused-0"  # open again: its backlog first
+    store.use_queue_index(False)  # without the index, the same answers (by walking)
+    assert store.claim(NOW, AGENT, None, frozenset({"paused"})) is None
+    assert store.claim(NOW, AGENT, None)[0].id == "paused-1"
+
+
+def test_the_queue_index_exists_only_while_a_queue_has_a_rule(tmp_path):
+    from queuectl.broker.queues import Queues
+
+    store = Store(str(tmp_path / "queue.db"))
+    try:
+        queues = Queues(store)
+        assert not store._has_queue_index()
+        queues.limit("batch", 2)
+        queues.pause("nightly", True)
+        assert store._has_queue_index()
+        queues.limit("batch", None)
+        assert store._has_queue_index()
+        queues.pause("nightly", False)
+        assert not store._has_queue_index() and queues.rules == {}
+    finally:
+        store.close()
+
+
+def test_a_claim_among_thousands_of_open_queues_runs_a_constant_number_of_statements(store):
+    store.use_queue_index(True)
+    store.insert_jobs([new_job(f"t-{n}", queue=f"tenant-{n}", priority=100) for n in range(2000)]
+                      + [new_job("hot", queue="hot", priority=1)], NOW)
+    statements: list[str] = []
+
+    def trace(cursor, sql, bindings):
+        statements.append(sql)
+        return True
+
+    store.conn.exec_trace = trace
+    try:
+        assert store.claim(NOW, AGENT, None)[0].id == "hot"
+    finally:
+        store.conn.exec_trace = None
+    assert len(statements) <= 6, statements  # not one seek per queue
