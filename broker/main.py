@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
               "can reach it may run commands", file=sys.stderr)
         return 2
     elif not is_loopback(args.bind):
-        log.warning("INSECURE: %s accepts unauthenticated agents and clients, and traffic is "
-                    "plaintext: anyone who can reach it can run commands on the agents. Run "
-                    "`queuectl keys init` to turn on CURVE.", args.bind)
+        # Printed whatever the log level: this must not go unseen.
+        print(f"queuectl-broker: WARNING: INSECURE: {args.bind} accepts unauthenticated agents "
+              "and clients, and traffic is plaintext: anyone who can reach it can run commands "
+              "on the agents. Run `queuectl keys init` to turn on CURVE.", file=sys.stderr)
     db_path = args.db or os.path.join(default_home(), "queue.db")
     try:
         os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)

@@ -50,6 +50,7 @@ def cluster(topology, procs, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     broker = NsBroker(procs, b, home).start()
+    assert "WARNING: INSECURE" in broker.log()  # every address, no keys: said out loud
     # Each agent namespace reaches the broker over its own link, and only there.
     assert a1.can_connect(link1.left_addr, BROKER_PORT)
     assert a2.can_connect(link2.left_addr, BROKER_PORT)
