@@ -27,8 +27,8 @@ from typing import Any
 
 import zmq
 
-from queuectl.proto import messages as m
 from queuectl.keys import KeyStore, Principal, load
+from queuectl.proto import messages as m
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,31 @@ class Guard:
         self.keys = store
         self._lock = threading.Lock()  # the ZAP thread and the loop both refresh
         self._stamp: tuple | None = None
+        self._unseen_change = False  # a change the loop has not acted on (``changed``)
         self.allowed: dict[bytes, Principal] = {}
         self.refresh()
+        self._unseen_change = False
         self._auth: Any = None  # zmq.auth.thread.ThreadAuthenticator, with CURVE
 
-    def refresh(self) -> bool:
-        """Re-read the allow-list if it changed; True if it did."""
+    def refresh(self) -> None:
+        """Re-read the allow-list if it changed on disk."""
         with self._lock:
             stamp = self.keys.stamp()
             if stamp == self._stamp:
-                return False
+                return
             problems: list[str] = []
             self.allowed, self._stamp = self.keys.allowed(problems), stamp
+            self._unseen_change = True
         for problem in problems:
             log.warning("allow-list: %s; it allows no one", problem)
-        return True
+
+    def changed(self) -> bool:
+        """For the broker's loop: refresh, and say whether the allow-list changed
+        since the loop last asked (the ZAP thread may have re-read it first)."""
+        self.refresh()
+        with self._lock:
+            changed, self._unseen_change = self._unseen_change, False
+        return changed
 
     def keys_ok(self) -> None:
         """Raises KeyFileError if the broker's own key cannot be read."""

@@ -20,11 +20,11 @@ from typing import Any
 
 import zmq
 
+from queuectl.keys import Principal
 from queuectl.proto import (MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch, batches,
                             decode_batch, encode, encode_batch)
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
-from queuectl.keys import Principal
 from queuectl.proto.jobspec import SpecError
 from queuectl.proto.states import Outcome
 
@@ -421,7 +421,7 @@ class Broker:
 
     def _maintain(self, judge_leases: bool) -> None:
         heartbeat, lease = self.config["heartbeat_sec"], self.config["lease_sec"]
-        if self.guard is not None and self.guard.refresh():
+        if self.guard is not None and self.guard.changed():
             self._drop_revoked()
         for agent in self.agents:
             if agent.departing_since is not None:

@@ -160,7 +160,11 @@ def test_a_revoked_key_is_refused_without_restarting_the_broker(secure, procs, t
     broker_pid = secure.proc.pid
 
     assert keys_cli(secure.home, "revoke", "hostb").returncode == 0
+    with secure.client() as qc:  # a new connection: the ZAP thread sees the change first
+        qc.ping()
     assert doomed.proc.wait(20) == 1  # the agent hears it and stops, killing its job
+    wait_until(lambda: "its key 'hostb' was revoked" in secure.log(), 10,
+               message="the broker to drop the agent for its revoked key")
     assert "was revoked" in doomed.log()
     assert agent_ids(secure) == []
     assert secure.proc.pid == broker_pid and secure.proc.poll() is None
