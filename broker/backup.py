@@ -21,6 +21,7 @@ def backup(db_path: Path, target: Path) -> int:
     """Copy ``db_path`` to ``target``; returns how many jobs the copy holds."""
     partial = target.with_name(f".{target.name}.partial")
     partial.unlink(missing_ok=True)
+    os.umask(0o077)  # the copy holds every job's command and environment, as the store does
     source = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READWRITE)  # reads only
     try:
         source.set_busy_timeout(5000)

@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
               "and clients, and traffic is plaintext: anyone who can reach it can run commands "
               "on the agents. Run `queuectl keys init` to turn on CURVE.", file=sys.stderr)
     db_path = args.db or os.path.join(default_home(), "queue.db")
+    # The store holds every job's command and environment (often secrets): a new
+    # store, its WAL and its directory are for this user only.
+    os.umask(0o077)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
         lock_fd = lock_store(db_path)

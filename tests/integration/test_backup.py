@@ -3,7 +3,9 @@ and a broker started on that copy (the restore) serves the same jobs."""
 
 from __future__ import annotations
 
+import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,9 @@ def test_a_backup_of_a_running_broker_restores_its_jobs(broker, start_agent, pro
         result = backup(broker, str(copy))  # --db defaults to $QUEUECTL_HOME/queue.db
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"Backed up {broker.db} to {copy} (")
+        # Jobs' commands and environments are for the broker's user only.
+        for path in (broker.db, Path(f"{broker.db}-wal"), copy):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert broker.proc.poll() is None
         snapshot_jobs = int(result.stdout.rsplit("(", 1)[1].split()[0])
         assert snapshot_jobs == 521  # everything enqueued before it started
