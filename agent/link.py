@@ -47,6 +47,9 @@ REFUSED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | REFUSED
 REFUSED_LOG_EVERY = 60.0  # seconds between two log lines about a refused handshake
+# Handshakes cut in a row (NO_DETAIL) before we say the broker key may be wrong:
+# a wrong key cuts every one, a broker restarting one at most.
+CUT_HANDSHAKES = 3
 
 
 class Link:
@@ -55,6 +58,7 @@ class Link:
         self.endpoint = endpoint
         self.keys = keys
         self.refused_logged_at = -REFUSED_LOG_EVERY
+        self.cut_handshakes = 0
         self.identity = identity.encode()
         self.hello = hello
         self.ctx = zmq.Context.instance()
@@ -106,6 +110,7 @@ class Link:
             except zmq.Again:
                 return
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.cut_handshakes = 0
                 log.info("connected to broker %s", self.endpoint)
                 self.transport_up, self.up = True, False
                 self.last_heard = now
@@ -113,14 +118,25 @@ class Link:
             elif event == zmq.EVENT_DISCONNECTED and self.transport_up:
                 log.warning("lost the connection to broker %s; reconnecting", self.endpoint)
                 self.transport_up = self.up = False
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and \
+                    self.cut_handshakes + 1 < CUT_HANDSHAKES:
+                self.cut_handshakes += 1
             elif event & REFUSED and now - self.refused_logged_at >= REFUSED_LOG_EVERY:
                 # libzmq keeps retrying: the key may be allowed later.
                 self.refused_logged_at = now
-                log.error("the handshake with broker %s failed: %s; retrying", self.endpoint,
-                          "it refused this agent's key (not on its allow-list, or revoked)"
-                          if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else
-                          "it needs CURVE keys (--key, --broker-key)" if self.keys is None else
-                          "check that --broker-key is this broker's broker.key")
+                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    why = "it refused this agent's key (not on its allow-list, or revoked)"
+                elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self.keys is None:
+                    why = "it needs CURVE keys (--key, --broker-key)"
+                elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                    why = "it does not speak CURVE (it has no keys)"
+                elif self.keys is None:  # libzmq reports a keyless peer either way
+                    why = "the connection is cut during every handshake: it needs CURVE keys " \
+                          "(--key, --broker-key)"
+                else:
+                    why = ("the connection is cut during every handshake: check that "
+                           "--broker-key is this broker's broker.key")
+                log.error("the handshake with broker %s failed: %s; retrying", self.endpoint, why)
 
     def say_hello(self, now: float) -> None:
         self.hello_at = now

@@ -71,8 +71,12 @@ class Unavailable(BrokerError):
 ERRORS = {"invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
           "version": ProtocolMismatch, "unavailable": Unavailable, "forbidden": Refused}
 # Handshake failures the socket monitor reports: the peers' keys do not match.
+# AUTH (the broker refused our key) and PROTOCOL (we speak no CURVE, it does)
+# are certain. NO_DETAIL is a connection cut during the handshake: what a wrong
+# broker key looks like, again at every retry, but also a broker restarting.
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+CUT_HANDSHAKES = 3  # cut handshakes, with keys and no answer, that mean a wrong broker key
 
 
 # A signal that lands just before a blocking poll starts does not interrupt it
@@ -115,6 +119,8 @@ class Connection:
         self._ctx = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
+        self._poller: zmq.Poller | None = None
+        self._failures: list[int] = []  # handshake failures on this socket
         self._key_files = (key, broker_key)
         self._keys: ClientKeys | None | bool = False  # False: not read yet
         self._ids = itertools.count(1)
@@ -159,32 +165,34 @@ class Connection:
             self._poller = zmq.Poller()
             self._poller.register(sock, zmq.POLLIN)
             self._poller.register(monitor, zmq.POLLIN)
-            self._failures: set[int] = set()
+            self._failures = []
         return self._socket
 
     def _refusal(self, final: bool) -> str | None:
-        """Why the handshake with the broker failed, if the monitor saw it fail.
-        A failure with no detail (a reset mid-handshake, say a broker restarting)
-        counts only once the request has timed out (``final``)."""
+        """Why the handshake with the broker failed, if the monitor saw it fail for
+        certain. Cut handshakes count only once the request has timed out
+        (``final``), and several of them: a broker restarting cuts one, and its
+        clients must go on waiting (``survive_restarts``)."""
         # Imported here: it loads asyncio (25 ms), and the CLI starts fast.
         from zmq.utils.monitor import recv_monitor_message
 
         while True:
             try:
-                self._failures.add(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"])
+                self._failures.append(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"])
             except zmq.Again:
                 break
-        events = self._failures if final else self._failures - {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}
-        if not events:
-            return None
-        if self._curve() is None:
+        cut = self._failures.count(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) >= CUT_HANDSHAKES
+        if self._curve() is None and (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL in self._failures
+                                      or (final and cut)):  # libzmq reports it either way
             return (f"the broker at {self.endpoint} requires CURVE keys: set QUEUECTL_KEY "
                     "(this client's .key_secret) and QUEUECTL_BROKER_KEY (the broker's broker.key)")
-        if zmq.EVENT_HANDSHAKE_FAILED_AUTH in events:
+        if zmq.EVENT_HANDSHAKE_FAILED_AUTH in self._failures:
             return (f"the broker at {self.endpoint} refused this client's key (not on its "
                     "allow-list, or revoked): ask its admin for one (queuectl keys add-client)")
-        return (f"the CURVE handshake with {self.endpoint} failed: check that "
-                "QUEUECTL_BROKER_KEY is this broker's broker.key, and that it uses CURVE")
+        if zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL in self._failures or (final and cut):
+            return (f"the CURVE handshake with {self.endpoint} failed: check that "
+                    "QUEUECTL_BROKER_KEY is this broker's broker.key, and that it uses CURVE")
+        return None
 
     def call(self, op: str, hold: float = 0.0, extra: float = 0.0, **args: Any) -> Any:
         """One admin request; returns its result or raises its error.

@@ -124,14 +124,18 @@ def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
     assert keys_cli(other, "add-agent", "stranger").returncode == 0
     wrong_key = {"QUEUECTL_KEY": str(other / "keys" / "issued" / "stranger.key_secret"),
                  "QUEUECTL_BROKER_KEY": str(secure.home / "keys" / "broker.key")}
-    # ...one revoked before it was used, and no key at all.
+    # ...one revoked before it was used, no key at all, and an allowed key with
+    # another broker's public key.
     assert keys_cli(secure.home, "add-agent", "gone").returncode == 0
     revoked = keep_copy(secure, "gone", tmp_path)
     assert keys_cli(secure.home, "revoke", "gone").returncode == 0
     (tmp_path / "empty").mkdir()
+    other_broker = {**issued(secure, "hostb"),
+                    "QUEUECTL_BROKER_KEY": str(other / "keys" / "broker.key")}
     agents = [start_agent(procs, secure, "wrong", wrong_key),
               start_agent(procs, secure, "revoked", revoked),
-              start_agent(procs, secure, "nokey", {"QUEUECTL_HOME": str(tmp_path / "empty")})]
+              start_agent(procs, secure, "nokey", {"QUEUECTL_HOME": str(tmp_path / "empty")}),
+              start_agent(procs, secure, "otherbroker", other_broker)]
     added = run_cli(secure, "enqueue", '{"id": "p1", "command": "true"}')
     assert added.returncode == 0, added.stderr
     for agent in agents:  # each one tried, and was refused at the handshake
@@ -143,6 +147,14 @@ def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
     assert "refused this agent's key" in agents[0].log()
     assert "refused this agent's key" in agents[1].log()
     assert "needs CURVE keys" in agents[2].log()
+    assert "check that --broker-key is this broker's broker.key" in agents[3].log()
+    # The CLI says the same, at once or within its timeout, with exit code 1.
+    for env, says in ((wrong_key, "refused this client's key"),
+                      ({"QUEUECTL_HOME": str(tmp_path / "empty")}, "requires CURVE keys"),
+                      (other_broker, "QUEUECTL_BROKER_KEY is this broker's broker.key")):
+        result = run_cli(secure, "status", env={**secure.env(), **env, "QUEUECTL_TIMEOUT": "3"})
+        assert result.returncode == 1 and says in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
     # The same job runs at once on an agent with an allowed key.
     start_agent(procs, secure, "hostb", issued(secure, "hostb"))
     with secure.client() as qc:
