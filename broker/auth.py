@@ -42,7 +42,9 @@ class Guard:
     """The allow-list as the broker sees it, and the check of each message."""
 
     def __init__(self, store: KeyStore):
+        """Raises KeyFileError if the broker's own key cannot be read."""
         self.keys = store
+        self.public, self.secret = load(store.broker_secret, secret=True)
         self._lock = threading.Lock()  # the ZAP thread and the loop both refresh
         self._stamp: tuple | None = None
         self._unseen_change = False  # a change the loop has not acted on (``changed``)
@@ -71,22 +73,17 @@ class Guard:
             changed, self._unseen_change = self._unseen_change, False
         return changed
 
-    def keys_ok(self) -> None:
-        """Raises KeyFileError if the broker's own key cannot be read."""
-        load(self.keys.broker_secret, secret=True)
-
     # --- the socket ------------------------------------------------------------
 
     def secure(self, ctx: zmq.Context, sock: zmq.Socket) -> None:
         """Before ``bind``: make ``sock`` a CURVE server behind the ZAP handler."""
         from zmq.auth.thread import ThreadAuthenticator  # loads asyncio: only with CURVE
 
-        public, secret = load(self.keys.broker_secret, secret=True)
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("queuectl.broker.zap"))
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
-        sock.curve_secretkey = secret
-        sock.curve_publickey = public
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
         sock.curve_server = True
         sock.zap_domain = ZAP_DOMAIN.encode()
 

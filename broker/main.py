@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     if keys.initialised():
         try:
             guard = Guard(keys)
-            guard.keys_ok()
         except KeyFileError as exc:
             print(f"queuectl-broker: {exc}", file=sys.stderr)
             return 2

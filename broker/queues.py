@@ -80,14 +80,13 @@ class Queues:
     def overview(self) -> list[dict]:
         """Every queue with a rule or unfinished jobs, by name."""
         active = self.store.active_by_queue()
-        running = self.store.running_by_queue()
         rows = []
         for name in sorted(set(active) | set(self.rules)):
             rule = self.rules.get(name, Rule())
             counts = active.get(name, {})
             rows.append({"name": name, "paused": rule.paused, "limit": rule.limit,
                          "pending": counts.get("pending", 0) + counts.get("failed", 0),
-                         "processing": running.get(name, 0)})
+                         "processing": counts.get("processing", 0)})
         return rows
 
 
