@@ -16,27 +16,15 @@ from pathlib import Path
 
 import apsw
 
+from .store import copy_store
+
 
 def backup(db_path: Path, target: Path) -> int:
     """Copy ``db_path`` to ``target``; returns how many jobs the copy holds."""
     partial = target.with_name(f".{target.name}.partial")
     partial.unlink(missing_ok=True)
     os.umask(0o077)  # the copy holds every job's command and environment, as the store does
-    source = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READWRITE)  # reads only
-    try:
-        source.set_busy_timeout(5000)
-        copy = apsw.Connection(str(partial))
-        try:
-            with copy.backup("main", source, "main") as step:
-                step.step(-1)  # every page, in one read transaction: one consistent instant
-            problems = [row[0] for row in copy.execute("PRAGMA quick_check")]
-            if problems != ["ok"]:
-                raise RuntimeError(f"the copy failed its check: {problems[:3]}")
-            jobs = copy.execute("SELECT count(*) FROM jobs").fetchall()[0][0]
-        finally:
-            copy.close()
-    finally:
-        source.close()
+    jobs = copy_store(str(db_path), str(partial))
     with open(partial, "rb") as written:
         os.fsync(written.fileno())
     os.replace(partial, target)

@@ -781,3 +781,24 @@ class Store:
         self.conn.execute("INSERT INTO config (key, value) VALUES (?, ?)"
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                           (key, json.dumps(value)))
+
+
+def copy_store(source_path: str, target_path: str) -> int:
+    """Copy the store at ``source_path`` to a new file, with SQLite's online backup,
+    while its broker may keep writing; returns how many jobs the copy holds.
+    Raises RuntimeError if the copy fails its check."""
+    source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READWRITE)  # reads only
+    try:
+        source.set_busy_timeout(5000)
+        copy = apsw.Connection(target_path)
+        try:
+            with copy.backup("main", source, "main") as step:
+                step.step(-1)  # every page, in one read transaction: one consistent instant
+            problems = [row[0] for row in copy.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise RuntimeError(f"the copy failed its check: {problems[:3]}")
+            return copy.execute("SELECT count(*) FROM jobs").fetchall()[0][0]
+        finally:
+            copy.close()
+    finally:
+        source.close()
