@@ -7,6 +7,7 @@ parks the request and returns ``PARKED``; the broker answers later.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -123,7 +124,8 @@ def op_status(call: Call) -> Any:
     return {
         "counts": counts,
         "dlq": counts[JobState.DEAD.value],
-        "avg_duration_sec": round(seconds / completed, 6) if completed else 0.0,
+        "avg_duration_sec": round(seconds / completed, 6)
+        if completed and math.isfinite(seconds) else 0.0,
         "agents": len(broker.agents),
         "slots": {"busy": busy, "total": total},
     }

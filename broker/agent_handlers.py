@@ -13,9 +13,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from queuectl.proto import messages as m
-from queuectl.proto.states import Outcome
+from queuectl.proto.states import ErrorCode, Outcome
 
 from .agents import AgentConn
+from .intake import Lease, hello_problem, output_problem, owner_of, peer_name
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HELLO_FIRST = "hello_first"
-MAX_SLOTS = 10_000
+MAX_AGENTS = 10_000  # connected agents at once: what a flood of Hellos can make us hold
 
 
 def welcome(broker: "Broker", agent: AgentConn, cancel: list[int],
@@ -41,40 +42,40 @@ def welcome(broker: "Broker", agent: AgentConn, cancel: list[int],
         offsets=offsets, hello_seq=agent.hello_seq))
 
 
-def _bad_hello(msg: m.Hello) -> str | None:
-    if not msg.agent_id or len(msg.agent_id) > 256:
-        return "agent_id must be 1-256 characters"
-    if len(msg.routing) > 255:
-        return "routing must be at most 255 characters"
-    if not 1 <= msg.slots <= MAX_SLOTS:
-        return f"slots must be from 1 to {MAX_SLOTS}"
-    if not 0 <= msg.pid < 2**31:
-        return "pid is out of range"
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in msg.labels.items()):
-        return "labels must map strings to strings"
-    if not all(type(t) is int and 0 < t < 2**63 for t in msg.tokens):
-        return "tokens must be attempt ids (positive 64-bit integers)"
-    return None
+
+def refuse(broker: "Broker", ident: bytes, code: ErrorCode, why: str) -> None:
+    broker.send(ident, m.Error(code=code.value, message=f"hello refused: {why}"))
 
 
-def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
-    problem = _bad_hello(msg)
+def on_hello(broker: "Broker", ident: bytes, msg: m.Hello, key_name: str | None) -> None:
+    problem = hello_problem(msg)
     if problem:
-        broker.send(ident, m.Error(code="invalid", message=f"hello refused: {problem}"))
+        refuse(broker, ident, ErrorCode.INVALID, problem)
         return
-    if ident != (msg.routing or msg.agent_id).encode():
+    if ident != msg.routing.encode():
         # Agents use their routing id as socket identity. libzmq gives a
         # reconnecting agent's identity to the new connection and renames the
         # old one, so a Hello still queued on the old connection arrives under
         # another name.
         log.debug("ignored a stale hello from agent %s", msg.agent_id)
         return
-    tokens = set(msg.tokens)
+    owner = owner_of(ident, key_name)
     agent = broker.agents.get(ident)
+    if agent is not None and agent.agent_id != msg.agent_id:
+        refuse(broker, ident, ErrorCode.CONFLICT, f"this connection is agent {agent.agent_id}; "
+                                                  "an agent cannot change its id")
+        return
+    tokens = set(msg.tokens)
     if agent is None:
-        agent = AgentConn(agent_id=msg.agent_id, ident=ident, host=msg.host[:256], pid=msg.pid,
+        why = _taken(broker, msg.agent_id, owner)
+        if why:
+            log.warning("refused a hello from peer %s: %s", peer_name(ident), why)
+            refuse(broker, ident, ErrorCode.CONFLICT, why)
+            return
+        agent = AgentConn(agent_id=msg.agent_id, ident=ident, host=msg.host, pid=msg.pid,
                           slots=msg.slots, labels=dict(msg.labels), connected_at=broker.now,
-                          last_seen=broker.mono, last_seen_wall=broker.now)
+                          last_seen=broker.mono, last_seen_wall=broker.now, key_name=key_name,
+                          owner=owner)
         log.info("agent %s connected from %s with %d slots", agent.agent_id, agent.host, agent.slots)
     else:
         # The same agent said Hello again (it reconnected). An attempt it no
@@ -87,20 +88,17 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
     agent.hello_seq = msg.seq
     cancel = []
     for token in sorted(tokens - agent.inflight):
-        job = broker.store.job_by_lease(token)
-        if token in broker.orphans and job is not None and job.agent == agent.agent_id:
-            del broker.orphans[token]
+        if broker.orphans.adopt(token, owner):
             agent.inflight.add(token)  # adopted after a broker restart
         else:
             cancel.append(token)
     if cancel:
         log.info("agent %s: attempts %s are no longer leased to it; canceling", agent.agent_id, cancel)
-    # Leases a restarted broker found for this agent that its Hello does not name:
-    # jobs it held but never started (it drops those at every Hello). End them
-    # now, not when the orphan timer runs out.
-    for token in sorted(t for t in broker.orphans if t not in tokens):
-        job = broker.store.job_by_lease(token)
-        if job is not None and job.agent == agent.agent_id:
+    # Leases a restarted broker found for this connection that its Hello does not
+    # name: jobs it held but never started (it drops those at every Hello). End
+    # them now, not when the orphan timer runs out.
+    for token in broker.orphans.of(owner):
+        if token not in tokens:
             broker.end_lease(token, Outcome.LEASE_LOST, may_release=True)
     broker.agents.add(agent)
     welcome(broker, agent, cancel, sorted(tokens - set(cancel)))
@@ -112,20 +110,39 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello) -> None:
     broker.notify("agents")
 
 
+def _taken(broker: "Broker", agent_id: str, owner: bytes) -> str | None:
+    """Why a new connection may not be agent ``agent_id``, or None."""
+    if broker.agents.named(agent_id) is not None:
+        return f"agent id {agent_id} is in use by another connection"
+    if broker.orphans.held_for_another(agent_id, owner):
+        return (f"agent id {agent_id} has jobs that wait for the connection that used it "
+                "(until its lease ends)")
+    if len(broker.agents) >= MAX_AGENTS:
+        return f"the broker already serves {MAX_AGENTS} agents"
+    return None
+
+
 def on_started(broker: "Broker", agent: AgentConn, msg: m.Started) -> None:
-    if msg.token in agent.inflight:
-        agent.unstarted.discard(msg.token)
-        agent.revoked.discard(msg.token)
-        broker.store.start_attempt(msg.token, msg.pid, msg.started_at)
+    if msg.token not in agent.inflight:
+        return
+    lease = broker.store.lease(msg.token)
+    if lease is None:
+        return
+    msg = broker.intake.started(msg, lease, broker.now, agent.agent_id)
+    agent.unstarted.discard(msg.token)
+    agent.revoked.discard(msg.token)
+    broker.store.start_attempt(msg.token, msg.pid or None, msg.started_at)
 
 
 def on_output(broker: "Broker", agent: AgentConn, msg: m.Output) -> None:
     broker.ack_output(agent.ident, len(msg.data))
-    if msg.stream not in (m.STDOUT, m.STDERR) or msg.offset < 0:
-        log.warning("agent %s sent output with a bad stream or offset; dropped", agent.agent_id)
+    problem = output_problem(msg)
+    if problem:
+        broker.intake.warn(agent.agent_id, "agent %s sent output with %s; dropped",
+                           agent.agent_id, problem)
         return
-    attempt = broker.store.attempt(msg.token)
-    if attempt is None or attempt.agent != agent.agent_id:
+    lease = broker.store.lease(msg.token)
+    if not _owns(broker, agent, msg, lease):
         return
     refused_at = broker.store.append_output(msg.token, msg.stream, msg.offset, msg.data,
                                             broker.config["output_limit"], gap_ok=msg.gap)
@@ -135,15 +152,25 @@ def on_output(broker: "Broker", agent: AgentConn, msg: m.Output) -> None:
     broker.notify(f"out:{msg.token}")
 
 
-def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result,
-                    stored: tuple[int, int]) -> bool:
+def _owns(broker: "Broker", agent: AgentConn, msg: Any, lease: Lease | None) -> bool:
+    """Was attempt ``msg.token`` leased to this connection? (Its own late output
+    and results, after its lease ended, still count: they are kept.)"""
+    if lease is not None and lease.owner == agent.owner:
+        return True
+    if lease is not None:
+        broker.intake.warn(agent.agent_id, "agent %s sent %s for attempt %d, which was not "
+                           "leased to it; ignored", agent.agent_id, msg.TYPE, msg.token)
+    return False
+
+
+def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result, lease: Lease) -> bool:
     """Ask for a resend of output the broker lost (a failed batch) before applying
     the result of the job's current attempt, so its logs end where the job did."""
     if msg.token not in agent.inflight:
         return False
     missing = False
-    for stream, end, final in ((m.STDOUT, stored[0], msg.stdout_end),
-                               (m.STDERR, stored[1], msg.stderr_end)):
+    for stream, end, final in ((m.STDOUT, lease.stdout_end, msg.stdout_end),
+                               (m.STDERR, lease.stderr_end, msg.stderr_end)):
         if end < final:
             broker.rewind_output(agent.ident, msg.token, stream, end)
             missing = True
@@ -151,22 +178,22 @@ def _output_missing(broker: "Broker", agent: AgentConn, msg: m.Result,
 
 
 def on_result(broker: "Broker", agent: AgentConn, msg: m.Result) -> None:
-    holder = broker.store.lease_holder(msg.token)
-    if holder is not None and holder[0] == agent.agent_id:
-        if _output_missing(broker, agent, msg, holder[1:]):
+    lease = broker.store.lease(msg.token)
+    if _owns(broker, agent, msg, lease):
+        msg = broker.intake.result(msg, lease, broker.now, agent.agent_id)
+        if _output_missing(broker, agent, msg, lease):
             return  # not acknowledged: the agent resends the output, then the result
         try:
             outcome = Outcome(msg.outcome)
         except ValueError:
-            outcome, detail = Outcome.EXIT, f"unknown outcome {msg.outcome[:40]!r}"
+            outcome, detail = Outcome.EXIT, f"unknown outcome {msg.outcome!r}"
         else:
             detail = msg.detail
         if msg.started_at is not None:
             agent.ran(msg.finished_at - msg.started_at)
         agent.forget(msg.token)
-        pid = msg.pid if msg.pid is not None and 0 < msg.pid < 2**31 else None
-        broker.finish_attempt(msg.token, outcome, exit_code=msg.exit_code, detail=detail[:1000],
-                              started_at=msg.started_at, finished_at=msg.finished_at, pid=pid)
+        broker.finish_attempt(msg.token, outcome, exit_code=msg.exit_code, detail=detail,
+                              started_at=msg.started_at, finished_at=msg.finished_at, pid=msg.pid)
     broker.ack(agent.ident, msg.token)
 
 
@@ -198,7 +225,7 @@ def on_bye(broker: "Broker", agent: AgentConn, msg: m.Bye) -> None:
 def _known(handler: Callable[["Broker", AgentConn, Any], None]):
     """Wrap a handler so it runs only for agents that said Hello."""
 
-    def run(broker: "Broker", ident: bytes, msg: Any) -> None:
+    def run(broker: "Broker", ident: bytes, msg: Any, key_name: str | None) -> None:
         agent = broker.agents.get(ident)
         if agent is None:
             broker.send(ident, m.Error(code=HELLO_FIRST, message="unknown agent: say hello first"))
@@ -208,7 +235,7 @@ def _known(handler: Callable[["Broker", AgentConn, Any], None]):
     return run
 
 
-HANDLERS: dict[type, Callable[["Broker", bytes, Any], None]] = {
+HANDLERS: dict[type, Callable[["Broker", bytes, Any, str | None], None]] = {
     m.Hello: on_hello,
     m.Started: _known(on_started),
     m.Output: _known(on_output),

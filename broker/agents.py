@@ -44,6 +44,9 @@ class AgentConn:
     departing_since: float | None = None  # said Bye; gone once its connection closes
     hello_seq: int = 0         # of its latest Hello, echoed in every Welcome
     key_name: str | None = None  # the CURVE key it connected with (None without CURVE)
+    # Digest of its socket identity and key (broker/intake.py): the attempts
+    # leased to it record it, and only it may report them.
+    owner: bytes = b""
 
     @property
     def labels_json(self) -> str | None:
@@ -89,8 +92,12 @@ class AgentConn:
 
 
 class Registry:
+    """The connected agents, by socket identity and by agent id: one live
+    connection per agent id (broker/agent_handlers.py refuses a second)."""
+
     def __init__(self) -> None:
         self._by_ident: dict[bytes, AgentConn] = {}
+        self._by_id: dict[str, AgentConn] = {}
 
     def __len__(self) -> int:
         return len(self._by_ident)
@@ -101,11 +108,18 @@ class Registry:
     def get(self, ident: bytes) -> AgentConn | None:
         return self._by_ident.get(ident)
 
+    def named(self, agent_id: str) -> AgentConn | None:
+        return self._by_id.get(agent_id)
+
     def add(self, agent: AgentConn) -> None:
         self._by_ident[agent.ident] = agent
+        self._by_id[agent.agent_id] = agent
 
     def remove(self, agent: AgentConn) -> None:
-        self._by_ident.pop(agent.ident, None)
+        if self._by_ident.get(agent.ident) is agent:
+            del self._by_ident[agent.ident]
+        if self._by_id.get(agent.agent_id) is agent:
+            del self._by_id[agent.agent_id]
 
     def owner(self, token: int) -> AgentConn | None:
         for agent in self._by_ident.values():

@@ -31,8 +31,11 @@ from queuectl.proto.states import Outcome
 from . import admin, agent_handlers, lifecycle
 from .agents import AgentConn, Registry
 from .auth import Guard, forbidden
+from .intake import Intake, peer_name
 from .jobs import JobError, JobService
+from .memory import Trimmer
 from .metrics import Metrics
+from .orphans import Orphans
 from .parking import Parked, ParkingLot
 from .queues import Gate, Queues
 from .store import UNAVAILABLE_ERRORS, Job, StaleState, Store
@@ -65,7 +68,9 @@ class Broker:
         self.acks: dict[bytes, list[int]] = defaultdict(list)
         self.output_received: dict[bytes, int] = defaultdict(int)
         self.rewinds: dict[bytes, dict[tuple[int, int], int]] = defaultdict(dict)
-        self.orphans: dict[int, float] = {}  # token -> monotonic deadline
+        self.orphans = Orphans()
+        self.intake = Intake()
+        self.trimmer = Trimmer()
         self.undelivered: list[int] = []
         self.next_due: float | None = None
         self.dirty = True
@@ -256,8 +261,7 @@ class Broker:
             log.info("a loop iteration took %.1fs; lease clocks extended by that much", duration)
             for agent in self.agents:
                 agent.last_seen += duration
-            for token in self.orphans:
-                self.orphans[token] += duration
+            self.orphans.extend(duration)
 
     def _store_recovered(self) -> None:
         log.warning("the store accepts writes again after %.1fs of failures",
@@ -303,11 +307,11 @@ class Broker:
             self.send(ident, m.Error(code=ErrorCode.VERSION.value, message=f"broker: {exc}"))
             return
         except ProtocolError as exc:
-            log.warning("dropped a malformed frame from peer %s: %s", ident.hex()[:16], exc)
+            log.warning("dropped a malformed frame from peer %s: %s", peer_name(ident), exc)
             self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value, message=f"malformed frame: {exc}"))
             return
         except Exception:  # a decoder bug must not end the broker: drop the frame
-            log.exception("bug while decoding a frame from peer %s; dropped", ident.hex()[:16])
+            log.exception("bug while decoding a frame from peer %s; dropped", peer_name(ident))
             return
         agent = self.agents.get(ident)
         if self.guard is not None and not self._permitted(ident, agent, principal, msgs):
@@ -340,7 +344,7 @@ class Broker:
             else:
                 agent_refusal = agent_refusal or why or first
         if agent_refusal:
-            log.warning("refused agent messages from peer %s: %s", ident.hex()[:16], agent_refusal)
+            log.warning("refused agent messages from peer %s: %s", peer_name(ident), agent_refusal)
             self.send(ident, m.Error(code=ErrorCode.FORBIDDEN.value, message=agent_refusal))
         return False
 
@@ -358,15 +362,11 @@ class Broker:
         mark = len(self.outbox)
         try:
             with self.store.transaction(), self.metrics.transaction():
-                handler(self, ident, msg)
-                if principal is not None and isinstance(msg, m.Hello):
-                    agent = self.agents.get(ident)
-                    if agent is not None:  # bound to this key from now on
-                        agent.key_name = principal.name
+                handler(self, ident, msg, principal.name if principal is not None else None)
         except UNAVAILABLE_ERRORS:
             raise  # the store itself fails: abandon the batch
         except Exception:
-            log.exception("bug while handling %s from %s", msg.TYPE, ident.hex()[:16])
+            log.exception("bug while handling %s from %s", msg.TYPE, peer_name(ident))
             del self.outbox[mark:]
             self.needs_resync = True
 
@@ -436,12 +436,11 @@ class Broker:
                 self.drop_agent(agent, Outcome.LEASE_LOST)
             elif self.mono - agent.last_sent >= heartbeat:
                 self.send(agent.ident, m.Heartbeat())
-        for token, deadline in list(self.orphans.items()):
-            if self.mono >= deadline:
-                del self.orphans[token]
-                log.warning("attempt %d: no agent reclaimed it after the broker restarted", token)
-                # Its agent never came back: it may have started it (counted).
-                self.end_lease(token, Outcome.LEASE_LOST, may_release=False)
+        for token in self.orphans.expired(self.mono):
+            log.warning("attempt %d: no agent reclaimed it after the broker restarted", token)
+            # Its agent never came back: it may have started it (counted).
+            self.end_lease(token, Outcome.LEASE_LOST, may_release=False)
+        self.trimmer.tick(self.mono)
 
     def _drop_revoked(self) -> None:
         """The allow-list changed: agents whose key is gone are lost at once (their
@@ -456,25 +455,37 @@ class Broker:
 
     def dispatch(self) -> None:
         """Lease due jobs to agents, one per agent per round: first to free slots
-        across all agents, then to agents that hold jobs ahead (see agents.py)."""
+        across all agents, then to agents that hold jobs ahead (see agents.py).
+
+        Once an agent with some labels finds nothing to claim, no other agent
+        with the same labels looks again this time: no job becomes claimable
+        meanwhile. So a thousand idle agents cost one claim, not a thousand."""
         self.dirty = False
-        nothing_for: set[bytes] = set()  # agents that found no job they could run
+        dry: set[str | None] = set()  # label sets that found nothing to claim
         gate = self.queues.gate()
+        holders: list[AgentConn] | None = None  # agents holding jobs ahead, found once
+        asked = 0  # Revokes sent and not yet answered
         for prefetch in (False, True):
-            agents = [a for a in self.agents.with_credit(prefetch) if a.ident not in nothing_for]
+            agents = self.agents.with_credit(prefetch)
             while agents:
                 next_round = []
                 for agent in agents:
-                    if not self._dispatch_one(agent, gate):
-                        nothing_for.add(agent.ident)
-                        if not prefetch:
-                            self._revoke_for(agent)
-                    elif agent.free(prefetch) > 0:
-                        next_round.append(agent)
+                    if agent.labels_json not in dry and self._dispatch_one(agent, gate):
+                        if agent.free(prefetch) > 0:
+                            next_round.append(agent)
+                        continue
+                    dry.add(agent.labels_json)
+                    if not prefetch:
+                        if holders is None:
+                            holders = [a for a in self.agents if a.held_back() > 0]
+                            asked = sum(len(a.revoked) for a in self.agents)
+                        if holders:
+                            asked = self._revoke_for(agent, holders, asked)
                 agents = next_round
 
     def _dispatch_one(self, agent: AgentConn, gate: Gate) -> bool:
-        claimed = self.store.claim(self.now, agent.agent_id, agent.labels_json, gate.closed)
+        claimed = self.store.claim(self.now, agent.agent_id, agent.owner, agent.labels_json,
+                                   gate.closed)
         if claimed is None:
             return False
         job, token = claimed
@@ -487,13 +498,14 @@ class Broker:
         self._job_changed(job)
         return True
 
-    def _revoke_for(self, idle: AgentConn) -> None:
-        """``idle`` has free slots and nothing to claim: ask agents holding jobs
-        ahead to give back those it could run, so no job waits while it idles."""
-        wanted = idle.free(prefetch=False) - sum(len(a.revoked) for a in self.agents)
-        for holder in self.agents:
+    def _revoke_for(self, idle: AgentConn, holders: list[AgentConn], asked: int) -> int:
+        """``idle`` has free slots and nothing to claim: ask ``holders`` to give back
+        jobs they hold ahead that it could run, so no job waits while it idles.
+        ``asked`` counts Revokes not answered yet; returns it updated."""
+        wanted = idle.free(prefetch=False) - asked
+        for holder in holders:
             if wanted <= 0:
-                return
+                break
             if holder is idle or holder.held_back() <= len(holder.revoked):
                 continue
             for token in sorted(holder.unstarted - holder.revoked, reverse=True):
@@ -505,6 +517,8 @@ class Broker:
                 holder.revoked.add(token)
                 self.send(holder.ident, m.Revoke(token=token))
                 wanted -= 1
+                asked += 1
+        return asked
 
     # --- shared helpers for handlers ------------------------------------------
 
@@ -540,6 +554,7 @@ class Broker:
 
     def forget_agent(self, agent: AgentConn) -> None:
         self.agents.remove(agent)
+        self.trimmer.departed()
         self.notify("agents")
 
     def depart(self, agent: AgentConn) -> None:
@@ -554,7 +569,7 @@ class Broker:
         attempt = self.store.attempt(token)
         if (may_release and attempt is not None and attempt.started_at is None
                 and attempt.finished_at is None):
-            self.orphans.pop(token, None)
+            self.orphans.discard(token)
             self.jobs.release(token, self.now)
             self.dirty = True
         else:
@@ -564,7 +579,7 @@ class Broker:
                        detail: str = "", started_at: float | None = None,
                        finished_at: float | None = None, pid: int | None = None) -> None:
         """End attempt ``token`` (from a result, or because its agent is gone)."""
-        self.orphans.pop(token, None)
+        self.orphans.discard(token)
         self.jobs.finish(token, outcome, exit_code=exit_code, detail=detail, started_at=started_at,
                          finished_at=self.now if finished_at is None else finished_at, now=self.now,
                          pid=pid)
@@ -574,22 +589,25 @@ class Broker:
     def resync(self) -> None:
         """Rebuild lease bookkeeping from the store (at start and after a failed batch)."""
         self.needs_resync = False
-        by_agent: dict[str, set[int]] = defaultdict(set)
-        leased = self.store.leased_jobs()
-        for job in leased:
-            by_agent[job.agent or ""].add(job.lease)
-        unstarted = self.store.unstarted_leases()
+        by_owner: dict[bytes | None, set[int]] = defaultdict(set)
+        unstarted: set[int] = set()
+        agent_ids: dict[int, str | None] = {}
+        for token, agent_id, owner, started in self.store.leases():
+            by_owner[owner].add(token)
+            agent_ids[token] = agent_id
+            if not started:
+                unstarted.add(token)
         for agent in self.agents:
-            agent.inflight = by_agent.pop(agent.agent_id, set())
+            agent.inflight = by_owner.pop(agent.owner, set())
             # From the store: a Reject or a Started of the failed batch is gone, and
             # its Revoke was never sent; a held job is asked for again when needed.
             agent.unstarted = agent.inflight & unstarted
             agent.revoked.clear()
-        live = {job.lease for job in leased}
-        self.orphans = {t: d for t, d in self.orphans.items() if t in live}
-        for tokens in by_agent.values():
+        self.orphans.keep_only(set(agent_ids))
+        deadline = self.mono + self.config["lease_sec"]
+        for owner, tokens in by_owner.items():
             for token in tokens:
-                self.orphans.setdefault(token, self.mono + self.config["lease_sec"])
+                self.orphans.add(token, agent_ids[token], owner, deadline)
         self.next_due = self.store.next_due()
         self.queues.load()  # a rule changed in a batch that failed is gone
         self.dirty = True

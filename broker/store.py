@@ -27,6 +27,7 @@ import apsw.bestpractice
 from queuectl.proto.states import ALL_STATES, JobState
 
 from . import lifecycle
+from .intake import Lease
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,16 @@ _SETTABLE = frozenset({
     "run_at", "attempts", "started_at", "finished_at", "exit_code", "last_error",
     "lease", "agent", "cancel_requested",
 })
+
+# Epoch seconds the views can show (year 1970 to 9999); MAX_PID as intake's.
+LATEST_TIME = 253402300799
+MAX_PID = 2**31 - 1
+
+
+def _sane(column: str) -> str:
+    """SQL: ``column`` is unset or a time the views can show."""
+    return f"coalesce({column} BETWEEN 0 AND {LATEST_TIME}, 1)"
+
 
 MIGRATIONS = [
     # version 1
@@ -202,6 +213,35 @@ MIGRATIONS = [
         paused INTEGER NOT NULL DEFAULT 0,
         max_running INTEGER
     ) WITHOUT ROWID;
+    """,
+    # version 7: an attempt records the connection it was leased to (its owner
+    # digest, broker/intake.py), so only that agent may report it or adopt it
+    # after a restart. Times and numbers that agents could once report without
+    # a check (1e300, inf, a pid of 2**40) are repaired: they made every read
+    # of their job fail. A time that is no time becomes the broker's own
+    # nearest one; a number out of range becomes unknown.
+    f"""
+    ALTER TABLE attempts ADD COLUMN owner BLOB;
+    UPDATE attempts SET
+        started_at = CASE WHEN {_sane("started_at")} THEN started_at END,
+        finished_at = CASE WHEN {_sane("finished_at")} THEN finished_at
+                           ELSE coalesce(CASE WHEN {_sane("started_at")} THEN started_at END,
+                                         dispatched_at) END,
+        pid = CASE WHEN pid BETWEEN 1 AND {MAX_PID} THEN pid END,
+        exit_code = CASE WHEN exit_code BETWEEN -255 AND 255 THEN exit_code END
+    WHERE NOT ({_sane("started_at")} AND {_sane("finished_at")})
+       OR NOT coalesce(pid BETWEEN 1 AND {MAX_PID}, 1)
+       OR NOT coalesce(exit_code BETWEEN -255 AND 255, 1);
+    UPDATE jobs SET
+        started_at = CASE WHEN {_sane("started_at")} THEN started_at END,
+        finished_at = CASE WHEN {_sane("finished_at")} THEN finished_at ELSE updated_at END,
+        exit_code = CASE WHEN exit_code BETWEEN -255 AND 255 THEN exit_code END
+    WHERE NOT ({_sane("started_at")} AND {_sane("finished_at")})
+       OR NOT coalesce(exit_code BETWEEN -255 AND 255, 1);
+    UPDATE totals SET value = (SELECT total(max(0, finished_at - started_at)) FROM jobs
+                               WHERE state = 'completed' AND started_at IS NOT NULL
+                               AND finished_at IS NOT NULL)
+        WHERE name = 'completed_seconds' AND NOT (value BETWEEN 0 AND 1e15);
     """,
 ]
 
@@ -490,10 +530,12 @@ class Store:
         best = min((row for row in (free, placed) if row is not None), default=None)
         return best[2:] if best else None
 
-    def claim(self, now: float, agent_id: str, labels_json: str | None,
+    def claim(self, now: float, agent_id: str, owner: bytes, labels_json: str | None,
               closed: frozenset[str] = frozenset()) -> tuple[Job, int] | None:
         """Lease the next due job this agent may run, from a queue not in
         ``closed`` (paused, or at its limit); returns (job, token) or None.
+        ``owner`` is the connection's digest (broker/intake.py): only it may
+        report the attempt.
 
         The broker is the only writer and runs one thread, so select, insert
         and update inside one transaction cannot interleave with another claim.
@@ -505,8 +547,8 @@ class Store:
         lifecycle.check(JobState(state), JobState.PROCESSING)
         with self.conn:
             self.conn.execute(
-                "INSERT INTO attempts (job_seq, number, agent, dispatched_at) VALUES (?, ?, ?, ?)",
-                (seq, attempts + 1, agent_id, now))
+                "INSERT INTO attempts (job_seq, number, agent, owner, dispatched_at)"
+                " VALUES (?, ?, ?, ?, ?)", (seq, attempts + 1, agent_id, owner, now))
             token = self.conn.last_insert_rowid()
             job_row = self._one(
                 f"UPDATE jobs SET state = 'processing', due = 0, lease = ?, agent = ?,"
@@ -627,11 +669,13 @@ class Store:
         return [Job.from_row(r) for r in self.conn.execute(
             f"SELECT {_JOB_SELECT} FROM jobs WHERE lease IS NOT NULL")]
 
-    def unstarted_leases(self) -> set[int]:
-        """Leases whose attempt has not been reported started."""
-        return {token for (token,) in self.conn.execute(
-            "SELECT a.id FROM jobs j JOIN attempts a ON a.id = j.lease"
-            " WHERE j.lease IS NOT NULL AND a.started_at IS NULL")}
+    def leases(self) -> list[tuple[int, str | None, bytes | None, bool]]:
+        """(token, agent id, owner, started?) of every job being processed."""
+        return [(token, agent, owner, bool(started)) for token, agent, owner, started in
+                self.conn.execute(
+                    "SELECT j.lease, j.agent, a.owner, a.started_at IS NOT NULL"
+                    " FROM jobs j LEFT JOIN attempts a ON a.id = j.lease"
+                    " WHERE j.lease IS NOT NULL")]
 
     def dead_jobs(self, limit: int | None = None) -> list[Job]:
         return [Job.from_row(r) for r in self.conn.execute(
@@ -683,11 +727,12 @@ class Store:
         self.conn.execute("UPDATE attempts SET late_result = ? WHERE id = ?"
                           " AND finished_at IS NOT NULL AND late_result IS NULL", (text, token))
 
-    def lease_holder(self, token: int) -> tuple[str, int, int] | None:
-        """(agent, stdout_end, stderr_end) of attempt ``token``: who may report its
-        result, and how far its output is stored."""
-        return self._one("SELECT agent, stdout_end, stderr_end FROM attempts WHERE id = ?",
-                         (token,))
+    def lease(self, token: int) -> Lease | None:
+        """What an agent's message about attempt ``token`` is checked against: who
+        may report it, when it was dispatched and started, how far its output is stored."""
+        row = self._one("SELECT owner, dispatched_at, started_at, stdout_end, stderr_end"
+                        " FROM attempts WHERE id = ?", (token,))
+        return Lease(*row) if row else None
 
     def output_ends(self, token: int) -> tuple[int, int] | None:
         """Stream offsets after the last stored byte of stdout and stderr."""

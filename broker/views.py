@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from queuectl.proto.timefmt import to_iso
@@ -12,7 +13,8 @@ from .store import Attempt, Job
 def _duration(started: float | None, finished: float | None) -> float | None:
     if started is None or finished is None:
         return None
-    return round(max(0.0, finished - started), 6)
+    seconds = finished - started
+    return round(max(0.0, seconds), 6) if math.isfinite(seconds) else None
 
 
 def job_view(job: Job) -> dict[str, Any]:

@@ -148,9 +148,12 @@ def validate(raw: Any) -> dict[str, Any]:
         if not isinstance(raw["run_at"], str):
             raise SpecError("run_at", f"expected an ISO-8601 string, got {_type_name(raw['run_at'])}")
         try:
-            spec["run_at"] = to_iso(parse_iso(raw["run_at"]))
+            run_at = to_iso(parse_iso(raw["run_at"]))
         except (ValueError, OverflowError, OSError) as exc:
             raise SpecError("run_at", str(exc)) from None
+        if run_at is None:
+            raise SpecError("run_at", f"{raw['run_at'][:40]!r} is past the year 9999 in UTC")
+        spec["run_at"] = run_at
     if "delay" in raw:
         try:
             spec["delay"] = parse_duration(raw["delay"])

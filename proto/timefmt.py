@@ -11,10 +11,15 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 
 
 def to_iso(epoch: float | None) -> str | None:
-    """Epoch seconds -> ``2026-01-02T03:04:05.678Z`` (None stays None)."""
+    """Epoch seconds -> ``2026-01-02T03:04:05.678Z`` (None stays None). A value
+    that is no time a reader can show (inf, NaN, beyond year 9999) is None too:
+    a read must never fail on what the store holds."""
     if epoch is None:
         return None
-    moment = _dt.datetime.fromtimestamp(epoch, _UTC)
+    try:
+        moment = _dt.datetime.fromtimestamp(epoch, _UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
     # isoformat, not strftime("%Y"): glibc does not zero-pad years before 1000
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 

@@ -35,7 +35,7 @@ def rate(jobs: int, with_index: bool) -> float:
             for _ in range(0, jobs, 100):
                 with store.transaction():
                     for _ in range(100):
-                        job, token = store.claim(now, "agent", None)
+                        job, token = store.claim(now, "agent", b"owner", None)
                         store.end_attempt(token, started_at=now, finished_at=time.time(),
                                           exit_code=0, reason=None)
                         store.transition(job, JobState.COMPLETED, now, attempts=1, lease=None,

@@ -485,3 +485,34 @@ def test_a_revoked_admin_clients_open_connection_is_refused(secure, procs, tmp_p
         assert qc.config_get("max_retries") == 3
         assert not any(q["paused"] for q in qc.queues())
         assert qc.status()["counts"]["pending"] == 1 + len(accepted)
+
+
+def test_another_agent_key_cannot_speak_for_a_connected_agent(secure, procs):
+    """The intruder holds a valid agent key of its own and knows hostb's agent id
+    and its attempt token (anyone may read them): it can neither take hostb's id
+    nor report hostb's job."""
+    from fakeagent import FakeAgent
+    from queuectl.keys import load
+    from queuectl.proto import messages as m
+
+    start_agent(procs, secure, "hostb", issued(secure, "hostb"))
+    with secure.client() as qc:
+        job_id = qc.enqueue({"command": "sleep 1.5; echo real"})["id"]
+        job = wait_until(lambda: qc.get(job_id)["started_at"] and qc.get(job_id), 20,
+                         message="the job to start on hostb")
+    victim, token = job["agent"], job["attempts_log"][-1]["token"]
+    keys = secure.home / "keys"
+    public, secret = load(keys / "issued" / "intruder.key_secret", secret=True)
+    server, _ = load(keys / "broker.key", secret=False)
+    intruder = FakeAgent(secure.endpoint, victim, curve=(public, secret, server))
+    try:
+        intruder.hello(tokens=[token])
+        assert "in use by another connection" in intruder.refused().message
+        intruder.send(m.Result(token=token, outcome="ok", exit_code=0, detail="",
+                               started_at=None, finished_at=time.time()))
+        with secure.client() as qc:
+            done = qc.wait(job_id, timeout=20)
+            assert done["state"] == "completed"
+            assert "".join(c.data.decode() for c in qc.logs(job_id)) == "real\n"
+    finally:
+        intruder.close()

@@ -317,7 +317,8 @@ class Attacker:
         self.broker = broker  # a harness.Broker: fail at once, with its log, if it died
         self.ctx = zmq.Context.instance()
         self.agent_id = f"fz-agent-{uuid.uuid4().hex[:8]}"
-        self.sockets = {"anon": self._dealer(None), "agent": self._dealer(self.agent_id.encode())}
+        self.routing = f"{self.agent_id}/{uuid.uuid4().hex}"  # the secret identity agents use
+        self.sockets = {"anon": self._dealer(None), "agent": self._dealer(self.routing.encode())}
         self.req_ids = itertools.count(2**62)
         self.frames_sent = 0
         self.replies: dict[str, int] = {}
@@ -336,7 +337,8 @@ class Attacker:
     def greet(self) -> None:
         """Hello then Drain: a known agent with no free slot."""
         sock = self.sockets["agent"]
-        sock.send(encode(m.Hello(agent_id=self.agent_id, host="fuzz", pid=1, slots=1, labels={})))
+        sock.send(encode(m.Hello(agent_id=self.agent_id, host="fuzz", pid=1, slots=1, labels={},
+                                 routing=self.routing)))
         sock.send(encode(m.Drain()))
         self.frames_sent += 2
 

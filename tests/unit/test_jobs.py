@@ -30,7 +30,7 @@ class Service:
         return self.jobs.enqueue([spec], now)[0]
 
     def claim(self, now=NOW, expect=None):
-        claimed = self.store.claim(now, AGENT, None)
+        claimed = self.store.claim(now, AGENT, b"owner", None)
         assert claimed is not None, "nothing was claimable"
         job, token = claimed
         if expect is not None:
@@ -85,7 +85,7 @@ def test_a_failure_with_retries_left_schedules_a_retry_after_the_backoff(svc):
     assert job.run_at == NOW + 10 + 2  # base_backoff 2 ** 1
     assert (job.exit_code, job.last_error, job.lease) == (2, "exit code 2", None)
     assert svc.store.next_due() == NOW + 12
-    assert svc.store.claim(NOW + 11, AGENT, None) is None
+    assert svc.store.claim(NOW + 11, AGENT, b"owner", None) is None
     svc.store.promote_due(NOW + 12)
     svc.claim(NOW + 12, expect="a")
 
@@ -111,7 +111,7 @@ def test_a_job_that_always_fails_runs_max_retries_times_then_is_dead(svc):
     assert all(a.reason == "exit code 1" and a.finished_at is not None for a in attempts)
     assert [j.id for j in svc.store.dead_jobs()] == ["a"]
     assert svc.store.next_due() is None
-    assert svc.store.claim(now + 3600, AGENT, None) is None
+    assert svc.store.claim(now + 3600, AGENT, b"owner", None) is None
 
 
 @pytest.mark.parametrize("max_retries, base, cap, delays", [
@@ -248,7 +248,7 @@ def test_cancel_pending(svc):
     assert job.state is X and job.last_error == "canceled"
     assert svc.store.job("a") == job
     assert svc.changed[-1] == job
-    assert svc.store.claim(NOW + 1, AGENT, None) is None
+    assert svc.store.claim(NOW + 1, AGENT, b"owner", None) is None
 
 
 def test_cancel_a_scheduled_job_stops_it_from_ever_running(svc):
@@ -256,7 +256,7 @@ def test_cancel_a_scheduled_job_stops_it_from_ever_running(svc):
     svc.jobs.cancel("a", NOW + 1)
     assert svc.store.next_due() is None
     svc.store.promote_due(NOW + 3600)
-    assert svc.store.claim(NOW + 3600, AGENT, None) is None
+    assert svc.store.claim(NOW + 3600, AGENT, b"owner", None) is None
 
 
 def test_cancel_failed_waiting_for_retry(svc):
@@ -265,7 +265,7 @@ def test_cancel_failed_waiting_for_retry(svc):
     job = svc.jobs.cancel("a", NOW + 2)
     assert job.state is X and job.attempts == 1
     svc.store.promote_due(NOW + 3600)
-    assert svc.store.claim(NOW + 3600, AGENT, None) is None
+    assert svc.store.claim(NOW + 3600, AGENT, b"owner", None) is None
 
 
 def test_cancel_processing_marks_it_and_its_end_cancels_it(svc):
@@ -387,7 +387,7 @@ def test_release_of_a_job_whose_cancel_was_requested_cancels_it(svc):
     svc.jobs.cancel("a", NOW + 1)
     job = svc.jobs.release(token, NOW + 2)
     assert job.state is X and job.last_error == "canceled"
-    assert svc.store.claim(NOW + 2, AGENT, None) is None
+    assert svc.store.claim(NOW + 2, AGENT, b"owner", None) is None
 
 
 def test_release_of_an_unknown_or_finished_lease_changes_nothing(svc):
@@ -434,7 +434,7 @@ def test_enqueue_generates_unique_ids(svc):
 def test_delay_is_counted_from_the_brokers_now(svc):
     svc.enqueue(id="a", delay="5m", now=NOW)
     assert svc.store.job("a").run_at == NOW + 300
-    assert svc.store.claim(NOW, AGENT, None) is None
+    assert svc.store.claim(NOW, AGENT, b"owner", None) is None
     svc.store.promote_due(NOW + 300)
     svc.claim(NOW + 300, expect="a")
 

@@ -30,7 +30,7 @@ def new_job(job_id: str, *, priority: int = 100, run_at: float = NOW, requires=N
 
 def claim_id(store: Store, now: float = NOW, labels: dict | None = None) -> str | None:
     labels_json = json.dumps(labels, sort_keys=True) if labels else None
-    claimed = store.claim(now, AGENT, labels_json)
+    claimed = store.claim(now, AGENT, b"owner", labels_json)
     return claimed[0].id if claimed else None
 
 
@@ -42,7 +42,7 @@ def make_job_in(store: Store, state: JobState, job_id: str = "j1"):
         return job
     if state is X:
         return store.transition(job, X, NOW + 1, last_error="canceled")
-    job, token = store.claim(NOW + 1, AGENT, None)
+    job, token = store.claim(NOW + 1, AGENT, b"owner", None)
     assert job.id == job_id and job.state is R and job.lease == token
     if state is R:
         return job
@@ -133,7 +133,7 @@ def test_transition_from_a_state_the_job_has_left_raises_stale_state(store):
 
 def test_cancel_racing_a_claim_does_not_cancel_the_running_job(store):
     read = make_job_in(store, P)
-    claimed, token = store.claim(NOW + 1, AGENT, None)
+    claimed, token = store.claim(NOW + 1, AGENT, b"owner", None)
     with pytest.raises(StaleState):
         store.transition(read, X, NOW + 2)
     after = store.job("j1")
@@ -143,7 +143,7 @@ def test_cancel_racing_a_claim_does_not_cancel_the_running_job(store):
 
 def test_set_fields_on_a_stale_read_raises_and_changes_nothing(store):
     read = make_job_in(store, P)
-    claimed, _ = store.claim(NOW + 1, AGENT, None)
+    claimed, _ = store.claim(NOW + 1, AGENT, b"owner", None)
     with pytest.raises(StaleState):
         store.set_fields(read, NOW + 2, cancel_requested=1)
     assert store.job("j1") == claimed
@@ -172,7 +172,7 @@ def test_equal_priority_and_run_at_is_fifo(store):
 
 def test_claim_records_an_attempt_and_a_lease(store):
     store.insert_jobs([new_job("a")], NOW)
-    job, token = store.claim(NOW + 1, AGENT, None)
+    job, token = store.claim(NOW + 1, AGENT, b"owner", None)
     assert job.state is R and job.lease == token and job.agent == AGENT
     attempt = store.attempt(token)
     assert attempt.job_seq == job.seq and attempt.number == 1 and attempt.agent == AGENT
@@ -185,7 +185,7 @@ def test_a_failed_job_is_claimed_again_with_the_next_attempt_number(store):
     failed = make_job_in(store, F)  # run_at NOW + 4
     assert claim_id(store, NOW + 3) is None
     store.promote_due(NOW + 4)
-    job, token = store.claim(NOW + 4, AGENT, None)
+    job, token = store.claim(NOW + 4, AGENT, b"owner", None)
     assert job.id == "j1" and store.attempt(token).number == failed.attempts + 1 == 2
 
 
@@ -263,7 +263,7 @@ def test_counts_stay_exact_through_every_kind_of_change(store):
     store.insert_jobs([new_job(f"j{n}", run_at=NOW + (100 if n >= 8 else 0)) for n in range(10)], NOW)
     check()
     assert store.counts()["pending"] == 10
-    running = [store.claim(NOW, AGENT, None)[0] for _ in range(5)]
+    running = [store.claim(NOW, AGENT, b"owner", None)[0] for _ in range(5)]
     check()
     done = store.transition(running[0], C, NOW + 1, started_at=NOW, finished_at=NOW + 1, lease=None)
     store.transition(running[1], F, NOW + 1, run_at=NOW + 3, attempts=1, lease=None)
@@ -276,7 +276,7 @@ def test_counts_stay_exact_through_every_kind_of_change(store):
     store.transition(store.job("j2"), P, NOW + 2, attempts=0, run_at=NOW + 2)  # dlq retry
     check()
     store.promote_due(NOW + 100)
-    while store.claim(NOW + 100, AGENT, None):
+    while store.claim(NOW + 100, AGENT, b"owner", None):
         check()
     with pytest.raises(InvalidTransition):
         store.transition(done, P, NOW + 3)
@@ -300,7 +300,7 @@ def test_set_fields_does_not_move_counts(store):
 def test_completed_duration_sums_completed_jobs_only(store):
     assert store.completed_duration() == (0, 0.0)
     store.insert_jobs([new_job(f"j{n}") for n in range(4)], NOW)
-    jobs = [store.claim(NOW, AGENT, None)[0] for _ in range(4)]
+    jobs = [store.claim(NOW, AGENT, b"owner", None)[0] for _ in range(4)]
     store.transition(jobs[0], C, NOW + 10, started_at=NOW, finished_at=NOW + 10, lease=None)
     store.transition(jobs[1], C, NOW + 3, started_at=NOW + 0.5, finished_at=NOW + 3, lease=None)
     store.transition(jobs[2], F, NOW + 3, started_at=NOW, finished_at=NOW + 100, lease=None,
@@ -314,7 +314,7 @@ def test_completed_duration_sums_completed_jobs_only(store):
 def test_a_job_completing_after_a_dlq_retry_adds_its_new_duration(store):
     dead = make_job_in(store, D)
     revived = store.transition(dead, P, NOW + 10, attempts=0, run_at=NOW + 10)
-    job, _ = store.claim(NOW + 10, AGENT, None)
+    job, _ = store.claim(NOW + 10, AGENT, b"owner", None)
     assert job.id == revived.id
     store.transition(job, C, NOW + 14, started_at=NOW + 11, finished_at=NOW + 14, lease=None)
     assert store.completed_duration() == (1, pytest.approx(3.0))
@@ -384,7 +384,7 @@ def test_list_jobs_filters_by_state_and_queue_newest_first(store):
 
 def claimed_token(store: Store, job_id: str) -> int:
     store.insert_jobs([new_job(job_id)], NOW)
-    job, token = store.claim(NOW, AGENT, None)
+    job, token = store.claim(NOW, AGENT, b"owner", None)
     assert job.id == job_id
     return token
 
@@ -526,9 +526,9 @@ def test_a_version_1_store_is_migrated_in_place_keeping_its_jobs_and_attempts(tm
 
 def test_an_attempt_token_is_never_issued_twice_even_after_a_release(store):
     store.insert_jobs([new_job("a"), new_job("b")], NOW)
-    _, first = store.claim(NOW, AGENT, None)
+    _, first = store.claim(NOW, AGENT, b"owner", None)
     store.delete_attempt(first)  # the dispatch was rejected: its row goes away
-    _, second = store.claim(NOW, AGENT, None)
+    _, second = store.claim(NOW, AGENT, b"owner", None)
     assert second > first
 
 
@@ -553,7 +553,7 @@ def test_a_version_2_store_keeps_its_attempts_and_output_through_the_token_migra
         assert (attempt.id, attempt.late_result) == (7, "exit code 0")
         assert b"".join(c.data for c in store.output(7)) == b"hi"
         store.insert_jobs([new_job("next")], NOW)
-        _, token = store.claim(NOW, AGENT, None)
+        _, token = store.claim(NOW, AGENT, b"owner", None)
         assert token > 9, "a token past every one the old store issued, leases included"
     finally:
         store.close()
@@ -563,7 +563,7 @@ def test_a_reopened_store_keeps_its_data_and_schema_version(tmp_path):
     path = str(tmp_path / "queue.db")
     first = Store(path)
     first.insert_jobs([new_job("kept"), new_job("also-kept", run_at=NOW + 50)], NOW)
-    make_job = first.claim(NOW, AGENT, None)
+    make_job = first.claim(NOW, AGENT, b"owner", None)
     first.append_output(make_job[1], 1, 0, b"output survives", 1024)
     first.set_config("max_retries", 5)
     counts = first.counts()
@@ -647,12 +647,12 @@ def test_claims_take_the_best_job_across_queues_and_skip_closed_ones(store):
                        new_job("c-mid", queue="c", priority=3),
                        new_job("b-placed", queue="b", priority=0, requires={"gpu": "x"})], NOW)
     closed = frozenset({"b"})
-    job, _ = store.claim(NOW, AGENT, json.dumps({"gpu": "x"}), closed)
+    job, _ = store.claim(NOW, AGENT, b"owner", json.dumps({"gpu": "x"}), closed)
     assert job.id == "c-mid"  # b's jobs (placed or not) are closed; c's head beats a's
-    job, _ = store.claim(NOW, AGENT, json.dumps({"gpu": "x"}))
+    job, _ = store.claim(NOW, AGENT, b"owner", json.dumps({"gpu": "x"}))
     assert job.id == "b-placed"  # open again: the cached "no placed match" did not stick
-    assert [store.claim(NOW, AGENT, None)[0].id for _ in range(2)] == ["b-first", "a-late"]
-    assert store.claim(NOW, AGENT, None) is None
+    assert [store.claim(NOW, AGENT, b"owner", None)[0].id for _ in range(2)] == ["b-first", "a-late"]
+    assert store.claim(NOW, AGENT, b"owner", None) is None
 
 
 def test_queue_rules_persist_and_running_counts_follow_leases(tmp_path):
@@ -661,7 +661,7 @@ def test_queue_rules_persist_and_running_counts_follow_leases(tmp_path):
     store.insert_jobs([new_job("x1", queue="x"), new_job("x2", queue="x")], NOW)
     store.set_queue_rule("x", True, 2)
     store.set_queue_rule("y", False, None)  # no rule at all: not stored
-    store.claim(NOW, AGENT, None)
+    store.claim(NOW, AGENT, b"owner", None)
     assert store.running_by_queue() == {"x": 1}
     assert store.active_by_queue() == {"x": {"pending": 1, "processing": 1}}
     store.close()
@@ -688,7 +688,7 @@ def test_a_version_5_store_keeps_its_due_jobs_claimable(tmp_path):
     store = Store(path)
     try:
         assert store.conn.pragma("user_version") == len(MIGRATIONS)
-        assert store.claim(NOW, AGENT, None)[0].id == "due"
+        assert store.claim(NOW, AGENT, b"owner", None)[0].id == "due"
     finally:
         store.close()
 
@@ -701,12 +701,12 @@ def test_a_long_closed_backlog_ahead_switches_to_the_head_of_each_queue(store):
     store.insert_jobs(backlog + [new_job("z-open", queue="z", priority=7),
                                  new_job("a-open", queue="a", priority=9)], NOW)
     closed = frozenset({"paused"})
-    assert [store.claim(NOW, AGENT, None, closed)[0].id for _ in range(2)] == ["z-open", "a-open"]
-    assert store.claim(NOW, AGENT, None, closed) is None
-    assert store.claim(NOW, AGENT, None)[0].id == "paused-0"  # open again: its backlog first
+    assert [store.claim(NOW, AGENT, b"owner", None, closed)[0].id for _ in range(2)] == ["z-open", "a-open"]
+    assert store.claim(NOW, AGENT, b"owner", None, closed) is None
+    assert store.claim(NOW, AGENT, b"owner", None)[0].id == "paused-0"  # open again: its backlog first
     store.use_queue_index(False)  # without the index, the same answers (by walking)
-    assert store.claim(NOW, AGENT, None, frozenset({"paused"})) is None
-    assert store.claim(NOW, AGENT, None)[0].id == "paused-1"
+    assert store.claim(NOW, AGENT, b"owner", None, frozenset({"paused"})) is None
+    assert store.claim(NOW, AGENT, b"owner", None)[0].id == "paused-1"
 
 
 def test_the_queue_index_exists_only_while_a_queue_has_a_rule(tmp_path):
@@ -739,7 +739,7 @@ def test_a_claim_among_thousands_of_open_queues_runs_a_constant_number_of_statem
 
     store.conn.exec_trace = trace
     try:
-        assert store.claim(NOW, AGENT, None)[0].id == "hot"
+        assert store.claim(NOW, AGENT, b"owner", None)[0].id == "hot"
     finally:
         store.conn.exec_trace = None
     assert len(statements) <= 6, statements  # not one seek per queue

@@ -56,7 +56,7 @@ def test_search_combines_with_state_queue_and_limit(store):
 def run_attempt(store: Store, job_id: str, *, finished_at: float, reason: str | None,
                 stale: bool = False) -> None:
     add(store, job_id, "true")
-    job, token = store.claim(NOW, "agent", None)
+    job, token = store.claim(NOW, "agent", b"owner", None)
     assert job.id == job_id
     store.end_attempt(token, started_at=finished_at - 1, finished_at=finished_at,
                       exit_code=0 if reason is None else 1, reason=reason, stale=stale)
@@ -70,7 +70,7 @@ def test_finished_since_lists_recent_ended_attempts_without_cancels_or_stale_one
     run_attempt(store, "stopped", finished_at=NOW - 5, reason="canceled")
     run_attempt(store, "late", finished_at=NOW - 5, reason=None, stale=True)
     add(store, "running", "sleep 9")
-    store.claim(NOW, "agent", None)  # an attempt that has not ended
+    store.claim(NOW, "agent", b"owner", None)  # an attempt that has not ended
     assert sorted(store.finished_since(NOW - 3600)) == [
         (NOW - 30, True), (NOW - 20, False), (NOW - 10, False)]
 
