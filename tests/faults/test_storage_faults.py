@@ -29,6 +29,9 @@ How the faults are made real without touching the host's mounts:
   store.
 * **Locked**: the test opens the store with APSW and holds ``BEGIN EXCLUSIVE``
   for several seconds while an enqueue arrives and jobs run and finish.
+* **A batch larger than the room left** (issue 13): 50,000 jobs, or one job
+  with 12 MB of env, sent to a broker whose store is on an 8 MiB tmpfs. SQLite
+  then rolls the whole transaction back on its own, which used to end the broker.
 
 Every failing enqueue is timed, and each scenario prints ``STORAGE-FAULT``
 lines and one ``FAULT-REPORT {json}`` line (``pytest -s``).
@@ -82,12 +85,12 @@ INTEGRITY = ("import apsw, sys\n"
 class MountNamespace:
     """A private mount namespace (held by a sleeping process) with a tmpfs on ``root``."""
 
-    def __init__(self, procs: Processes, root: Path):
+    def __init__(self, procs: Processes, root: Path, size: str = TMPFS_SIZE):
         self.root = root
         root.mkdir()
         self.holder = procs.start(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             (f"mount -t tmpfs -o size={TMPFS_SIZE} tmpfs {shlex.quote(str(root))}"
+             (f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(root))}"
               " && exec sleep 3600")], "mount-namespace.log")
 
         def mounted() -> bool:
@@ -609,3 +612,65 @@ def test_locked_store_enqueue_fails_clearly_or_waits_and_agents_are_not_lost(
     if locked.returncode != 0:  # (when it succeeded, it ran once: checked above)
         assert_absent(broker, ["while-locked"])
         assert_one_clear_line(locked, r"lock", "enqueue while another process locks the store")
+
+
+# --- 4. a batch larger than the room left on the disk --------------------------------------
+
+SMALL_TMPFS = "8m"
+TOO_BIG = {  # each needs well over 8 MiB in the store (these 50,000 jobs take about 27 MB)
+    "50,000 jobs": lambda prefix: [{"id": f"{prefix}-{n}", "command": f"echo {n} {'x' * 100}"}
+                                   for n in range(50_000)],
+    # values of 100 KiB: under any per-value limit, 12 MB in all
+    "one job with 12 MB of env": lambda prefix: [{
+        "id": f"{prefix}-0", "command": "env",
+        "env": {f"VALUE_{n}": "v" * 100 * 1024 for n in range(120)}}],
+}
+
+
+@need_root
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("shape", list(TOO_BIG))
+def test_a_batch_too_big_for_the_disk_fails_with_one_line_and_the_broker_goes_on(
+        procs, tmp_path, shape):
+    """SQLite rolls the whole transaction back on its own when a large statement
+    fills the disk; the broker used to exit on the errors that follow."""
+    from queuectl.client import Unavailable
+
+    ns = MountNamespace(procs, tmp_path / "store", size=SMALL_TMPFS)
+    broker = NamespacedBroker(procs, ns).start()
+    with broker.client() as qc:
+        qc.enqueue({"id": "kept", "command": "true"})
+    before = snapshot(broker, ["kept"])
+    # After a restart the store file holds every page (as it does on a broker
+    # that has run a while), so the room a failed batch took can be given back.
+    assert broker.stop() == 0, broker.log()
+    broker.start()
+    free = ns.available_bytes()
+
+    client_batch, cli_batch = TOO_BIG[shape]("client"), TOO_BIG[shape]("cli")
+    start = time.monotonic()
+    with broker.client(timeout=30) as qc, pytest.raises(Unavailable) as refused:
+        qc.call("enqueue", jobs=client_batch)
+    client_sec = time.monotonic() - start
+    cli, cli_sec = timed_enqueue(broker, jobs=cli_batch)
+    print(f"STORAGE-FAULT {shape} on a {SMALL_TMPFS} tmpfs: client {client_sec:.2f}s "
+          f"{str(refused.value)!r}; CLI exit {cli.returncode} in {cli_sec:.2f}s; free bytes "
+          f"{free} before, {ns.available_bytes()} after")
+    assert re.search(r"could not write its store: .*full", str(refused.value)), refused.value
+    assert_one_clear_line(cli, r"could not write its store: .*full", f"enqueue of {shape}")
+    assert broker.proc.poll() is None, f"the broker died: {broker.log()}"
+    assert ns.available_bytes() > free - 1024 * 1024, "the failed batch left the disk full"
+
+    status = run_cli(broker, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["counts"]["pending"] == 1
+    small, _ = timed_enqueue(broker, {"id": "small", "command": "true"})
+    assert small.returncode == 0, small.stderr
+    failed_ids = [job["id"] for batch in (client_batch, cli_batch) for job in (batch[0], batch[-1])]
+    assert_absent(broker, failed_ids)
+
+    assert broker.stop() == 0, broker.log()
+    assert ns.integrity(broker.db) == "ok"
+    broker.start()
+    assert_unchanged(broker, before)
+    assert_absent(broker, failed_ids)
+    assert_counts_agree(broker)
