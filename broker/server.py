@@ -36,6 +36,7 @@ from .metrics import Metrics
 from .parking import Parked, ParkingLot
 from .queues import Gate, Queues
 from .store import Job, StaleState, Store, StoreUnavailable
+from .storefile import CHECK_EVERY, StoreFiles
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Broker:
         self.store_retry_at = 0.0
         self._store_backoff = 0.0
         self._store_logged_at = 0.0
+        self.files = StoreFiles(store)
+        self._files_checked_at = 0.0
         self._batch_error: StoreUnavailable | None = None  # the store failed in this batch
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -216,6 +219,11 @@ class Broker:
     def step(self, frames: list[Frame]) -> None:
         """Handle ``frames`` and the timed work in one transaction, then send."""
         self.now, self.mono = time.time(), time.monotonic()
+        if self.mono - self._files_checked_at >= CHECK_EVERY:
+            # Before the batch: nothing of it may be acknowledged into a file
+            # that the store's path no longer names.
+            self._files_checked_at = self.mono
+            self.files.check()
         requests: list[tuple[bytes, m.Request]] = []  # answered again if the batch fails
         timed = self.mono >= self.store_retry_at
         writes = self.store.total_changes()

@@ -784,6 +784,8 @@ class Store:
 
     # --- when the store itself fails -------------------------------------------
 
+    refused: str | None = None  # why writes are refused (refuse_writes), else None
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """The transaction of one loop iteration (``store.transaction()`` nests in it).
@@ -814,7 +816,7 @@ class Store:
             if isinstance(err, StoreUnavailable):
                 return err
             if isinstance(err, UNAVAILABLE_ERRORS):
-                return StoreUnavailable(str(err), err)
+                return StoreUnavailable(self.refused or str(err), err)
         if not self.conn.in_transaction:
             return StoreUnavailable(f"SQLite rolled the transaction back ({exc})")
         return None
@@ -827,6 +829,20 @@ class Store:
         if isinstance(failed.cause, apsw.FullError):
             with contextlib.suppress(apsw.Error):
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def refuse_writes(self, why: str | None) -> None:
+        """While ``why`` is set, every write fails (SQLite's query_only: reads still
+        work) and the failure reports ``why``; None accepts writes again."""
+        self.refused = why
+        self.conn.pragma("query_only", why is not None)
+
+    def renew_wal(self) -> None:
+        """Copy every commit into the store file and start a new WAL file (leaving WAL
+        mode checkpoints and closes the old one). Outside a transaction; raises
+        apsw.BusyError while another connection has the store open."""
+        self.conn.pragma("journal_mode", "delete")
+        self.conn.pragma("journal_mode", "wal")
+        self.conn.pragma("user_version")  # the first read creates the new WAL file
 
 
 def copy_store(source_path: str, target_path: str) -> int:

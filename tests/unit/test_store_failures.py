@@ -4,13 +4,16 @@
 a statement too large for the room left makes it roll the whole transaction
 back on its own. The loop is driven one step at a time with a socket that
 records what the broker sends, so these run in milliseconds; the same cases
-on a real full disk are in tests/faults/test_storage_faults.py.
+on a real full disk are in tests/faults/test_storage_faults.py. So are the
+store's files deleted, renamed or replaced under a running broker, which the
+last tests here drive through the loop's look at them (``StoreFiles.check``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import apsw
 import pytest
 
 from queuectl.broker.server import Broker
@@ -80,3 +83,41 @@ def test_a_batch_too_big_for_the_store_fails_whole_with_one_clear_error_and_the_
     after = answer(broker, request(5, "enqueue", job={"id": "after", "command": "true"}))
     assert after[5].ok, after[5].error  # the room left takes a small job: no restart needed
     assert {job.id for job in store.list_jobs(limit=-1)} == {"kept", "after"}
+
+
+# --- the store's files are deleted, renamed or replaced under the broker ------------------
+
+def test_a_renamed_store_file_refuses_writes_with_one_clear_error_until_it_is_back(
+        broker, store, tmp_path):
+    db = tmp_path / "queue.db"
+    assert answer(broker, request(1, "enqueue", job={"id": "before", "command": "true"}))[1].ok
+    db.rename(tmp_path / "queue.db.away")
+    broker.files.check()  # the loop's look (every 0.25 s)
+
+    replies = answer(broker, request(2, "enqueue", job={"id": "refused", "command": "true"}),
+                     request(3, "status"))
+    assert (replies[2].ok, replies[2].error_code) == (False, "unavailable")
+    assert replies[2].error == (f"the broker could not write its store: the store file {db} was "
+                                "deleted, renamed or replaced while the broker ran; writes are "
+                                "refused; restart the broker")
+    assert replies[3].ok and replies[3].result["counts"]["pending"] == 1
+
+    (tmp_path / "queue.db.away").rename(db)
+    broker.files.check()
+    assert answer(broker, request(4, "enqueue", job={"id": "after", "command": "true"}))[4].ok
+    assert {job.id for job in store.list_jobs(limit=-1)} == {"before", "after"}
+
+
+def test_a_deleted_wal_file_is_renewed_with_every_commit_in_the_store_file(
+        broker, store, tmp_path):
+    wal = tmp_path / "queue.db-wal"
+    answer(broker, request(1, "enqueue", jobs=[{"id": f"j{n}", "command": "true"}
+                                               for n in range(20)]))
+    wal.unlink()
+    broker.files.check()
+
+    assert wal.exists()  # a new one: what the old one held is in the store file
+    other = apsw.Connection(str(tmp_path / "queue.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    assert other.execute("SELECT count(*) FROM jobs").fetchall() == [(20,)]
+    other.close()
+    assert answer(broker, request(2, "enqueue", job={"id": "after", "command": "true"}))[2].ok
