@@ -38,7 +38,8 @@ from .metrics import Metrics
 from .orphans import Orphans
 from .parking import Parked, ParkingLot
 from .queues import Gate, Queues
-from .store import UNAVAILABLE_ERRORS, Job, StaleState, Store
+from .store import Job, StaleState, Store, StoreUnavailable
+from .storefile import CHECK_EVERY, StoreFiles
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class Broker:
         self.store_retry_at = 0.0
         self._store_backoff = 0.0
         self._store_logged_at = 0.0
+        self.files = StoreFiles(store)
+        self._files_checked_at = 0.0
+        self._batch_error: StoreUnavailable | None = None  # the store failed in this batch
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.socket: zmq.Socket | None = None
@@ -220,13 +224,21 @@ class Broker:
     def step(self, frames: list[Frame]) -> None:
         """Handle ``frames`` and the timed work in one transaction, then send."""
         self.now, self.mono = time.time(), time.monotonic()
+        if self.mono - self._files_checked_at >= CHECK_EVERY:
+            # Before the batch: nothing of it may be acknowledged into a file
+            # that the store's path no longer names.
+            self._files_checked_at = self.mono
+            self.files.check()
         requests: list[tuple[bytes, m.Request]] = []  # answered again if the batch fails
         timed = self.mono >= self.store_retry_at
         writes = self.store.total_changes()
+        self._batch_error = None
         try:
-            with self.store.transaction():
+            with self.store.batch():
                 for frame in frames:
                     self._handle_frame(frame, requests)
+                if self._batch_error is not None:  # every request of the batch was collected
+                    raise self._batch_error
                 if len(frames) < BATCH:
                     self._drained_at = self.mono
                 if timed:
@@ -239,16 +251,16 @@ class Broker:
                               or self.mono - self._drained_at > self.config["lease_sec"])
                 else:
                     self._expire_parked()
-        except UNAVAILABLE_ERRORS as exc:
+        except StoreUnavailable as exc:
             self._batch_failed(requests, exc, len(frames))
         else:
             if self.store_failing_since is not None and self.store.total_changes() > writes:
                 self._store_recovered()
         if self.needs_resync:
             try:
-                with self.store.transaction():
+                with self.store.batch():
                     self.resync()
-            except UNAVAILABLE_ERRORS as exc:
+            except StoreUnavailable as exc:
                 self.needs_resync = True
                 log.error("could not read the store to resync (%s); retrying", exc)
         self._flush()
@@ -268,7 +280,7 @@ class Broker:
                     self.mono - self.store_failing_since)
         self.store_failing_since, self._store_backoff = None, 0.0
 
-    def _batch_failed(self, requests: list[tuple[bytes, m.Request]], exc: Exception,
+    def _batch_failed(self, requests: list[tuple[bytes, m.Request]], exc: StoreUnavailable,
                       frames: int) -> None:
         """Nothing of the batch was stored: take back every message it would send, and
         hold timed writes back (exponential backoff) so a full or locked store is
@@ -287,13 +299,14 @@ class Broker:
         self.outbox.clear()
         self.acks.clear()
         self.metrics.discard()
+        self.store.reclaim_space(exc)
         for ident, req in requests:
             if req.op in admin.READ_ONLY:
                 try:
-                    with self.store.transaction():
+                    with self.store.batch():
                         self._handle_request(ident, req)
                     continue
-                except UNAVAILABLE_ERRORS as again:
+                except StoreUnavailable as again:
                     exc = again
             self._send_reply(ident, req.req_id, None, ErrorCode.UNAVAILABLE,
                              f"the broker could not write its store: {exc}")
@@ -352,8 +365,14 @@ class Broker:
                         principal: Principal | None = None) -> None:
         if isinstance(msg, m.Request):
             requests.append((ident, msg))  # first: the store may fail while handling it
-            self._handle_request(ident, msg)
+            if self._batch_error is None:  # else _batch_failed answers it
+                try:
+                    self._handle_request(ident, msg)
+                except StoreUnavailable as exc:
+                    self._batch_error = exc
             return
+        if self._batch_error is not None:
+            return  # the batch is lost: agents send their messages again
         handler = agent_handlers.HANDLERS.get(type(msg))
         if handler is None:
             self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value,
@@ -363,9 +382,10 @@ class Broker:
         try:
             with self.store.transaction(), self.metrics.transaction():
                 handler(self, ident, msg, principal.name if principal is not None else None)
-        except UNAVAILABLE_ERRORS:
-            raise  # the store itself fails: abandon the batch
-        except Exception:
+        except Exception as exc:
+            self._batch_error = self.store.failure(exc)
+            if self._batch_error is not None:  # the store itself fails: the batch is lost
+                return
             log.exception("bug while handling %s from %s", msg.TYPE, peer_name(ident))
             del self.outbox[mark:]
             self.needs_resync = True
@@ -381,9 +401,10 @@ class Broker:
             self._send_reply(ident, req.req_id, None, ErrorCode(exc.code), str(exc))
         except StaleState as exc:  # the job changed between two steps of the request
             self._send_reply(ident, req.req_id, None, ErrorCode.CONFLICT, str(exc))
-        except UNAVAILABLE_ERRORS:
-            raise
-        except Exception:
+        except Exception as exc:
+            failed = self.store.failure(exc)
+            if failed is not None:  # the store itself fails: abandon the batch
+                raise failed from exc
             log.exception("bug while handling request %s", req.op)
             del self.outbox[mark:]
             self.needs_resync = True

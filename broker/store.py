@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import apsw
 import apsw.bestpractice
@@ -827,6 +827,68 @@ class Store:
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                           (key, json.dumps(value)))
 
+    # --- when the store itself fails -------------------------------------------
+
+    refused: str | None = None  # why writes are refused (refuse_writes), else None
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The transaction of one loop iteration (``store.transaction()`` nests in it).
+        A failure of the store anywhere in it comes out as StoreUnavailable (see
+        ``failure``), with nothing of it stored and no transaction left open; any
+        other exception (a bug) rolls it back and propagates."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except Exception as exc:
+            failed = self.failure(exc)
+            if self.conn.in_transaction:  # SQLite may have rolled it back already
+                with contextlib.suppress(apsw.Error):
+                    self.conn.execute("ROLLBACK")
+            if failed is None or failed is exc:
+                raise
+            raise failed from exc
+
+    def failure(self, exc: BaseException) -> StoreUnavailable | None:
+        """The store failure behind ``exc``, raised inside a transaction; None for a bug.
+        On SQLITE_FULL or an I/O error in a large statement SQLite rolls the whole
+        transaction back itself: APSW then reports "no such savepoint" (or "cannot
+        commit - no transaction is active") over the error that caused it, so the
+        cause is looked for in the chain, and any error once the transaction is
+        gone is a store failure too."""
+        for err in _chain(exc):
+            if isinstance(err, StoreUnavailable):
+                return err
+            if isinstance(err, UNAVAILABLE_ERRORS):
+                return StoreUnavailable(self.refused or str(err), err)
+        if not self.conn.in_transaction:
+            return StoreUnavailable(f"SQLite rolled the transaction back ({exc})")
+        return None
+
+    def reclaim_space(self, failed: StoreUnavailable) -> None:
+        """After a batch failed on a full disk: its pages stay in the WAL file, which
+        SQLite reuses but never shrinks while the store is open, so the disk would
+        stay full. Copy the committed pages into the store file and truncate the
+        WAL. Best effort: the store file may need room to grow first."""
+        if isinstance(failed.cause, apsw.FullError):
+            with contextlib.suppress(apsw.Error):
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def refuse_writes(self, why: str | None) -> None:
+        """While ``why`` is set, every write fails (SQLite's query_only: reads still
+        work) and the failure reports ``why``; None accepts writes again."""
+        self.refused = why
+        self.conn.pragma("query_only", why is not None)
+
+    def renew_wal(self) -> None:
+        """Copy every commit into the store file and start a new WAL file (leaving WAL
+        mode checkpoints and closes the old one). Outside a transaction; raises
+        apsw.BusyError while another connection has the store open."""
+        self.conn.pragma("journal_mode", "delete")
+        self.conn.pragma("journal_mode", "wal")
+        self.conn.pragma("user_version")  # the first read creates the new WAL file
+
 
 def copy_store(source_path: str, target_path: str) -> int:
     """Copy the store at ``source_path`` to a new file, with SQLite's online backup,
@@ -847,3 +909,21 @@ def copy_store(source_path: str, target_path: str) -> int:
             copy.close()
     finally:
         source.close()
+
+
+class StoreUnavailable(Exception):
+    """The store could not write: the batch it happened in is rolled back whole.
+    ``cause`` is the SQLite error behind it (None: SQLite had rolled back on its own)."""
+
+    def __init__(self, why: str, cause: BaseException | None = None):
+        super().__init__(why)
+        self.cause = cause
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, newest first."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain

@@ -29,6 +29,13 @@ How the faults are made real without touching the host's mounts:
   store.
 * **Locked**: the test opens the store with APSW and holds ``BEGIN EXCLUSIVE``
   for several seconds while an enqueue arrives and jobs run and finish.
+* **A batch larger than the room left** (issue 13): 50,000 jobs, or one job
+  with 12 MB of env, sent to a broker whose store is on an 8 MiB tmpfs. SQLite
+  then rolls the whole transaction back on its own, which used to end the broker.
+* **The store's files under a running broker** (issue 13): the store file is
+  deleted, renamed, or replaced by another file (writes must be refused within
+  a second, with one clear line); the WAL file is deleted while enqueues go on,
+  then the broker is SIGKILLed (no acknowledged job may be lost).
 
 Every failing enqueue is timed, and each scenario prints ``STORAGE-FAULT``
 lines and one ``FAULT-REPORT {json}`` line (``pytest -s``).
@@ -82,12 +89,12 @@ INTEGRITY = ("import apsw, sys\n"
 class MountNamespace:
     """A private mount namespace (held by a sleeping process) with a tmpfs on ``root``."""
 
-    def __init__(self, procs: Processes, root: Path):
+    def __init__(self, procs: Processes, root: Path, size: str = TMPFS_SIZE):
         self.root = root
         root.mkdir()
         self.holder = procs.start(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             (f"mount -t tmpfs -o size={TMPFS_SIZE} tmpfs {shlex.quote(str(root))}"
+             (f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(root))}"
               " && exec sleep 3600")], "mount-namespace.log")
 
         def mounted() -> bool:
@@ -609,3 +616,158 @@ def test_locked_store_enqueue_fails_clearly_or_waits_and_agents_are_not_lost(
     if locked.returncode != 0:  # (when it succeeded, it ran once: checked above)
         assert_absent(broker, ["while-locked"])
         assert_one_clear_line(locked, r"lock", "enqueue while another process locks the store")
+
+
+# --- 4. a batch larger than the room left on the disk --------------------------------------
+
+SMALL_TMPFS = "8m"
+TOO_BIG = {  # each needs well over 8 MiB in the store (these 50,000 jobs take about 27 MB)
+    "50,000 jobs": lambda prefix: [{"id": f"{prefix}-{n}", "command": f"echo {n} {'x' * 100}"}
+                                   for n in range(50_000)],
+    # values of 100 KiB: under any per-value limit, 12 MB in all
+    "one job with 12 MB of env": lambda prefix: [{
+        "id": f"{prefix}-0", "command": "env",
+        "env": {f"VALUE_{n}": "v" * 100 * 1024 for n in range(120)}}],
+}
+
+
+@need_root
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("shape", list(TOO_BIG))
+def test_a_batch_too_big_for_the_disk_fails_with_one_line_and_the_broker_goes_on(
+        procs, tmp_path, shape):
+    """SQLite rolls the whole transaction back on its own when a large statement
+    fills the disk; the broker used to exit on the errors that follow."""
+    from queuectl.client import Unavailable
+
+    ns = MountNamespace(procs, tmp_path / "store", size=SMALL_TMPFS)
+    broker = NamespacedBroker(procs, ns).start()
+    with broker.client() as qc:
+        qc.enqueue({"id": "kept", "command": "true"})
+    before = snapshot(broker, ["kept"])
+    # After a restart the store file holds every page (as it does on a broker
+    # that has run a while), so the room a failed batch took can be given back.
+    assert broker.stop() == 0, broker.log()
+    broker.start()
+    free = ns.available_bytes()
+
+    client_batch, cli_batch = TOO_BIG[shape]("client"), TOO_BIG[shape]("cli")
+    start = time.monotonic()
+    with broker.client(timeout=30) as qc, pytest.raises(Unavailable) as refused:
+        qc.call("enqueue", jobs=client_batch)
+    client_sec = time.monotonic() - start
+    cli, cli_sec = timed_enqueue(broker, jobs=cli_batch)
+    print(f"STORAGE-FAULT {shape} on a {SMALL_TMPFS} tmpfs: client {client_sec:.2f}s "
+          f"{str(refused.value)!r}; CLI exit {cli.returncode} in {cli_sec:.2f}s; free bytes "
+          f"{free} before, {ns.available_bytes()} after")
+    assert re.search(r"could not write its store: .*full", str(refused.value)), refused.value
+    assert_one_clear_line(cli, r"could not write its store: .*full", f"enqueue of {shape}")
+    assert broker.proc.poll() is None, f"the broker died: {broker.log()}"
+    assert ns.available_bytes() > free - 1024 * 1024, "the failed batch left the disk full"
+
+    status = run_cli(broker, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["counts"]["pending"] == 1
+    small, _ = timed_enqueue(broker, {"id": "small", "command": "true"})
+    assert small.returncode == 0, small.stderr
+    failed_ids = [job["id"] for batch in (client_batch, cli_batch) for job in (batch[0], batch[-1])]
+    assert_absent(broker, failed_ids)
+
+    assert broker.stop() == 0, broker.log()
+    assert ns.integrity(broker.db) == "ok"
+    broker.start()
+    assert_unchanged(broker, before)
+    assert_absent(broker, failed_ids)
+    assert_counts_agree(broker)
+
+
+# --- 5. the store's files deleted, renamed or replaced under a running broker --------------
+
+NOTICE_DEADLINE = 1.0  # seconds from the change to the first refused write
+
+
+def refuse_the_path(db: Path, how: str) -> None:
+    if how == "deleted":
+        db.unlink()
+    elif how == "renamed":
+        db.rename(db.with_name("queue.db.away"))
+    else:  # another SQLite file moved over it, as a restore might do
+        other = apsw.Connection(str(db.with_name("other.db")))
+        other.execute("CREATE TABLE t (x)")
+        other.close()
+        os.replace(db.with_name("other.db"), db)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["deleted", "renamed", "replaced"])
+def test_a_store_file_deleted_renamed_or_replaced_refuses_writes_within_a_second(broker, how):
+    from queuectl.client import Unavailable
+
+    with broker.client() as qc:
+        qc.enqueue({"id": "before", "command": "true"})
+        refuse_the_path(broker.db, how)
+        changed_at, probes, refused_ids = time.monotonic(), [], []
+
+        def refused() -> str | None:
+            probes.append(f"probe-{len(probes)}")
+            try:
+                qc.enqueue({"id": probes[-1], "command": "true"})
+            except Unavailable as exc:
+                refused_ids.append(probes[-1])
+                return str(exc)
+            return None
+
+        message = wait_until(refused, NOTICE_DEADLINE, interval=0.01,
+                             message=f"writes to be refused after the store file was {how}")
+        notice_sec = time.monotonic() - changed_at
+        for _ in range(3):  # nothing is acknowledged after the broker noticed
+            assert refused(), "an enqueue was acknowledged after the broker noticed"
+    cli, _ = timed_enqueue(broker, {"id": "by-cli", "command": "true"})
+    status = run_cli(broker, "status", "--json")
+    print(f"STORAGE-FAULT store file {how}: writes refused after {notice_sec:.2f}s "
+          f"({len(probes) - len(refused_ids)} enqueues acknowledged first); {message!r}")
+    assert re.search(rf"store file {re.escape(str(broker.db))} was deleted, renamed or replaced",
+                     message), message
+    assert_one_clear_line(cli, r"deleted, renamed or replaced .*; writes are refused; restart "
+                               r"the broker", f"enqueue after the store file was {how}")
+    assert status.returncode == 0, "reads must still be answered"
+    log = Path(broker.proc.log_path).read_text(errors="replace")
+    assert log.count("ERROR queuectl.broker.storefile") == 1, "the reason is logged once"
+    assert broker.proc.poll() is None
+
+    if how == "renamed":  # back under its name: writes go on, nothing refused was stored
+        broker.db.with_name("queue.db.away").rename(broker.db)
+        with broker.client() as qc:
+            wait_until(lambda: refused() is None, 2, message="writes to be accepted again")
+        assert broker.stop() == 0
+        broker.start()
+        assert_absent(broker, refused_ids + ["by-cli"])
+        with broker.client() as qc:
+            assert [qc.get(job_id)["id"] for job_id in ("before", probes[-1])] == \
+                ["before", probes[-1]]
+
+
+@pytest.mark.timeout(60)
+def test_a_deleted_wal_file_loses_no_acknowledged_job_when_the_broker_crashes(broker):
+    """The WAL holds every commit since the last checkpoint: deleted, it lives on
+    only in the broker's open file, and a crash used to lose every job in it."""
+    acknowledged = []
+    with broker.client() as qc:
+        acknowledged += qc.enqueue_many([{"id": f"j{n}", "command": "true"}
+                                         for n in range(20)])["ids"]
+        Path(f"{broker.db}-wal").unlink()
+        # Enqueues go on for longer than the broker may take to notice, about 50
+        # a second: the WAL stays under SQLite's 1,000-page automatic checkpoint,
+        # so no job is in the store file by chance.
+        until = time.monotonic() + NOTICE_DEADLINE + 0.5
+        while time.monotonic() < until:
+            acknowledged.append(qc.enqueue({"command": "true"})["id"])
+            time.sleep(0.02)  # paces the workload, as above
+    broker.kill()  # SIGKILL: nothing is copied at exit
+    broker.start()
+    with broker.client() as qc:
+        counts = qc.status()["counts"]
+        kept = [job["id"] for job in qc.list(limit=len(acknowledged) + 10)]
+    print(f"STORAGE-FAULT WAL file deleted, then SIGKILL: {len(set(acknowledged) & set(kept))} of "
+          f"{len(acknowledged)} acknowledged jobs kept")
+    assert counts["pending"] == len(acknowledged) and set(kept) == set(acknowledged), \
+        f"{len(set(acknowledged) - set(kept))} acknowledged jobs were lost"
