@@ -63,7 +63,8 @@ JOB_OUTPUT = ("printf 'red \\033[31mRED\\033[0m\\ttab\\n'; "
               "c1 \\302\\233 clear \\033[2J bad \\377\\n'; "
               "printf 'err \\033]0;ERR\\007\\n' >&2")
 PRINTED = (b"red \x1b[31mRED\x1b[0m\ttab\n"
-           b"clip \x1b]52;c;SGVsbG8=\x07 title \x1b]0;PWNED\x1b\\ c1 \xc2\x9b clear \x1b[2J bad \xff\n")
+           b"clip \x1b]52;c;SGVsbG8=\x07 title \x1b]0;PWNED\x1b\\ c1 \xc2\x9b clear \x1b[2J"
+           b" bad \xff\n")
 
 
 def test_logs_on_a_terminal_keep_colours_and_escape_other_sequences(broker, start_agent):
