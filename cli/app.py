@@ -14,6 +14,7 @@ import typer
 from . import config, dlq, jobs, keys, queues, workers
 from .dashboard import dashboard
 from .up import up
+from .visible import visible
 
 try:  # typer >= 0.17 vendors click
     from typer._click import exceptions as click_errors
@@ -56,7 +57,7 @@ def run(args: list[str]) -> int:
         return 0
     except click_errors.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        sys.stderr.write(f"queuectl: {exc.format_message()}{hint}\n")
+        sys.stderr.write(f"queuectl: {visible(exc.format_message())}{hint}\n")
         return 2
     except typer.Abort:  # not in typer._click.exceptions: typer owns Abort and Exit
         sys.stderr.write("queuectl: interrupted\n")

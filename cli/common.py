@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from .visible import visible
+
 if TYPE_CHECKING:
     from queuectl.client import Client
 
@@ -45,9 +47,10 @@ def present(document: Any, as_json: bool, table: str) -> None:
 
 
 def say(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    """One line for people, on stdout; control characters in it show escaped."""
+    sys.stdout.write(visible(text) + "\n")
 
 
 def note(text: str) -> None:
-    """Progress for people, on stderr so stdout stays clean for scripts."""
-    sys.stderr.write(text + "\n")
+    """One line of progress for people, on stderr so stdout stays clean for scripts."""
+    sys.stderr.write(visible(text) + "\n")

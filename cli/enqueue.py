@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Any
 
+from .visible import visible
+
 
 def _invalid(message: str) -> Exception:
     from queuectl.client import InvalidInput
@@ -91,7 +93,7 @@ def run(endpoint: str | None, job: str | None, file: str | None, as_json: bool) 
 
 
 def _print(result: Any, as_json: bool, text: str) -> None:
-    sys.stdout.write((json.dumps(result) if as_json else text) + "\n")
+    sys.stdout.write((json.dumps(result) if as_json else visible(text)) + "\n")
 
 
 def _plain_form(argv: list[str]) -> dict[str, Any] | None:

@@ -63,20 +63,31 @@ def show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")
 def logs(
     ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    raw: Annotated[bool, typer.Option(
+        "--raw", help="write the output byte for byte even to a terminal (by default a "
+                      "terminal gets colours, but other control sequences escaped)")] = False,
     broker: BrokerOpt = None,
 ) -> None:
     """The stdout and stderr of the job's latest attempt (to stdout and stderr)."""
+    from .visible import LogFilter
+
     streams = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
     names = {1: "stdout", 2: "stderr"}
+    # A pipe or a file gets the bytes as they are; a terminal gets them filtered.
+    filters = {n: LogFilter() for n, out in streams.items() if out.isatty() and not raw}
     with client(ctx, broker) as qc:
         for chunk in qc.logs(job_id, follow=follow):
-            out = streams[chunk.stream]
+            out, screen = streams[chunk.stream], filters.get(chunk.stream)
             if chunk.skipped:
+                if screen:
+                    out.write(screen.flush())
                 out.write(f"[queuectl: {chunk.skipped} bytes of {names[chunk.stream]} "
                           "were not kept]\n".encode())
-            out.write(chunk.data)
+            out.write(screen.feed(chunk.data) if screen else chunk.data)
             if follow:
                 out.flush()
+    for number, screen in filters.items():
+        streams[number].write(screen.flush())
     sys.stdout.flush()
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from .common import JsonOpt, emit_json, note, say
+from .visible import visible
 
 app = typer.Typer(help="CURVE keys: the broker's own, and who may connect (run on the broker's "
                        "host; edits $QUEUECTL_HOME/keys).", no_args_is_help=True)
@@ -25,7 +26,7 @@ def _store():
 
 
 def _fail(message: str, code: int = 1) -> None:
-    sys.stderr.write(f"queuectl: {message}\n")
+    sys.stderr.write(f"queuectl: {visible(message)}\n")
     raise typer.Exit(code)
 
 
@@ -62,11 +63,11 @@ def _issue(name: str, role: str) -> None:
     except FileExistsError as exc:
         _fail(f"{exc}; revoke it first (queuectl keys revoke {name})")
     say(f"Created {role} key {name}: {secret}")
-    note(f"Copy it and the broker's public key to the host that will use them:\n"
-         f"  {secret} -> $QUEUECTL_HOME/keys/client.key_secret (or point QUEUECTL_KEY at it)\n"
-         f"  {store.broker_public} -> $QUEUECTL_HOME/keys/broker.key "
-         f"(or point QUEUECTL_BROKER_KEY at it)\n"
-         f"Keep the secret file private (0600); anyone who has it is {name}.")
+    note("Copy it and the broker's public key to the host that will use them:")
+    note(f"  {secret} -> $QUEUECTL_HOME/keys/client.key_secret (or point QUEUECTL_KEY at it)")
+    note(f"  {store.broker_public} -> $QUEUECTL_HOME/keys/broker.key "
+         "(or point QUEUECTL_BROKER_KEY at it)")
+    note(f"Keep the secret file private (0600); anyone who has it is {name}.")
 
 
 @app.command("add-agent")

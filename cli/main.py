@@ -14,6 +14,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from queuectl.client import QueueError
 
+    from .visible import visible
+
     args = sys.argv[1:] if argv is None else argv
     try:
         from .enqueue import fast_main
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
             code = run(args)
     except QueueError as exc:
-        sys.stderr.write(f"queuectl: {exc}\n")
+        sys.stderr.write(f"queuectl: {visible(str(exc))}\n")  # it may quote a peer's text
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("queuectl: interrupted\n")

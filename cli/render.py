@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .visible import visible
+
 STATE_STYLES = {"pending": "cyan", "processing": "yellow", "completed": "green",
                 "failed": "magenta", "dead": "red", "canceled": "dim"}
 
@@ -21,8 +23,9 @@ def _console() -> Console:
 
 
 def _text(value: Any, style: str = "") -> Text:
-    # Text(), never markup: ids, commands and output are user data.
-    return Text("" if value is None else str(value), style=style)
+    # Text(), never markup, and control characters escaped: ids, commands and
+    # output are user data.
+    return Text("" if value is None else visible(str(value)), style=style)
 
 
 def _short(time: str | None) -> str:
@@ -34,7 +37,7 @@ def _seconds(value: float | None) -> str:
 
 
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    grid = Table(title=title)
+    grid = Table(title=None if title is None else _text(title, "table.title"))
     for number, column in enumerate(columns):
         # ids and timestamps must stay whole: people copy them into commands
         grid.add_column(column, no_wrap=number == 0, overflow="fold")

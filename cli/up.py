@@ -53,7 +53,7 @@ def _stop(proc: subprocess.Popen, name: str, patience: float) -> None:
 def _page_address(http: str | None, no_http: bool) -> tuple[str, int] | None:
     """Where the stats page listens (``--http HOST:PORT``), or None with ``--no-http``."""
     from queuectl.client import InvalidInput
-    from queuectl.dashboard.server import TOKEN_ENV, is_loopback
+    from queuectl.dashboard.server import TOKEN_ENV, check_token, is_loopback
 
     if no_http:
         if http is not None:
@@ -65,9 +65,12 @@ def _page_address(http: str | None, no_http: bool) -> tuple[str, int] | None:
         raise InvalidInput(f"--http must be HOST:PORT with a port from 1 to 65535 "
                            f"(e.g. 127.0.0.1:8080), got {text!r}")
     host = match.group(1).strip("[]")
-    if not is_loopback(host) and not os.environ.get(TOKEN_ENV):
-        raise InvalidInput(f"--http {text}: binding {host} exposes the queue; set {TOKEN_ENV} "
-                           "to a token the page will require")
+    if not is_loopback(host):
+        token = os.environ.get(TOKEN_ENV)
+        if not token:
+            raise InvalidInput(f"--http {text}: binding {host} exposes the queue; set {TOKEN_ENV} "
+                               "to a token the page will require")
+        check_token(token, host, TOKEN_ENV)
     return host, int(match.group(2))
 
 

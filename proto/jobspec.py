@@ -19,8 +19,13 @@ from .timefmt import parse_duration, parse_iso, to_iso
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")  # \Z: "$" would allow a trailing newline
 MAX_QUEUE_CHARS = 128
-# Linux refuses a single exec argument longer than MAX_ARG_STRLEN (128 KiB).
-MAX_COMMAND_BYTES = 131072 - 1
+# What the agent can exec (/bin/sh -c COMMAND, with the job's env): Linux refuses
+# one argument or KEY=VALUE string over MAX_ARG_STRLEN (128 KiB with its NUL),
+# and all of them together over a quarter of the stack limit (2 MiB with the usual
+# 8 MiB). A job may take half of that; the rest is the agent's own environment.
+MAX_ARG_BYTES = 131072
+MAX_COMMAND_BYTES = MAX_ARG_BYTES - 1
+MAX_EXEC_BYTES = 1 << 20
 INT64 = (-(2**63), 2**63 - 1)
 
 FIELDS = (
@@ -57,14 +62,19 @@ def _type_name(value: Any) -> str:
             type(None): "null", int: "integer", float: "number"}.get(type(value), type(value).__name__)
 
 
-def _check_text(field: str, value: str) -> None:
-    """Strings travel as UTF-8; a lone surrogate ("\\ud800") cannot."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SpecError(field, "is not valid Unicode text (it holds a lone surrogate)") from None
+def _check_text(field: str, value: str) -> int:
+    """Strings travel as UTF-8; a lone surrogate ("\\ud800") cannot. Returns the
+    length in bytes (ASCII, the usual case, needs no encoding to know it)."""
+    if value.isascii():
+        size = len(value)
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise SpecError(field, "is not valid Unicode text (it holds a lone surrogate)") from None
     if "\0" in value:
         raise SpecError(field, "must not contain a NUL byte")
+    return size
 
 
 def queue_name(value: Any, field: str = "queue") -> str:
@@ -80,7 +90,10 @@ def queue_name(value: Any, field: str = "queue") -> str:
     return value
 
 
-def _string_map(field: str, value: Any, *, env: bool = False) -> dict[str, str]:
+def _string_map(field: str, value: Any, *, exec_room: int | None = None) -> dict[str, str]:
+    """An object of strings. With ``exec_room`` (the bytes the command leaves of
+    MAX_EXEC_BYTES) it is an environment that exec must take: no '=' in a name,
+    no KEY=VALUE over MAX_ARG_BYTES, and no more than ``exec_room`` in all."""
     if not isinstance(value, dict):
         raise SpecError(field, f"expected an object of strings, got {_type_name(value)}")
     for key, item in value.items():
@@ -88,10 +101,17 @@ def _string_map(field: str, value: Any, *, env: bool = False) -> dict[str, str]:
             raise SpecError(field, "keys must be non-empty strings")
         if not isinstance(item, str):
             raise SpecError(field, f"value of {key!r} must be a string, got {_type_name(item)}")
-        _check_text(field, key)
-        _check_text(field, item)
-        if env and "=" in key:
-            raise SpecError(field, f"variable name {key!r} contains '='")
+        size = _check_text(field, key) + _check_text(field, item) + 2  # KEY=VALUE and its NUL
+        if exec_room is not None:
+            if "=" in key:
+                raise SpecError(field, f"variable name {key!r} contains '='")
+            if size > MAX_ARG_BYTES:
+                raise SpecError(field, f"{key[:40]!r} is {size - 1} bytes as KEY=VALUE; one "
+                                       f"variable may take at most {MAX_ARG_BYTES - 1} bytes")
+            exec_room -= size
+    if exec_room is not None and exec_room < 0:
+        raise SpecError(field, f"the command and its environment take {MAX_EXEC_BYTES - exec_room}"
+                               f" bytes; at most {MAX_EXEC_BYTES} (1 MiB) can be passed to a job")
     return dict(value)
 
 
@@ -132,7 +152,8 @@ def validate(raw: Any) -> dict[str, Any]:
     if b"\0" in encoded:
         raise SpecError("command", "must not contain a NUL byte")
     if len(encoded) > MAX_COMMAND_BYTES:
-        raise SpecError("command", f"is longer than {MAX_COMMAND_BYTES} bytes")
+        raise SpecError("command", f"is {len(encoded)} bytes; at most {MAX_COMMAND_BYTES} bytes "
+                                   "fit in one argument of a command")
     spec["command"] = command
 
     if "priority" in raw:
@@ -180,7 +201,8 @@ def validate(raw: Any) -> dict[str, Any]:
         spec["queue"] = queue_name(raw["queue"])
 
     if "env" in raw:
-        spec["env"] = _string_map("env", raw["env"], env=True)
+        # the command and every KEY=VALUE count with their NUL bytes, as the kernel counts
+        spec["env"] = _string_map("env", raw["env"], exec_room=MAX_EXEC_BYTES - len(encoded) - 1)
     if "cwd" in raw:
         value = raw["cwd"]
         if not isinstance(value, str) or not value:

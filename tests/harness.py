@@ -212,6 +212,51 @@ def run_cli(broker: Broker | None, *args: str, input: str | None = None,
                           text=True, timeout=timeout, env=full_env)
 
 
+def run_in_terminal(broker: Broker | None, *args: str, timeout: float = 60,
+                    columns: int = 250, env: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """Run ``queuectl ARGS`` with stdin, stdout and stderr on a pseudo-terminal, as in
+    an admin's shell; returns the exit code and every byte that reached the terminal
+    (the terminal turns each newline into CRLF)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    full_env = {**(env or (broker.env() if broker else os.environ)), "TERM": "xterm-256color",
+                "COLUMNS": str(columns)}
+    for name in ("NO_COLOR", "FORCE_COLOR"):
+        full_env.pop(name, None)
+    proc = subprocess.Popen(program("queuectl") + list(args), stdin=slave, stdout=slave,
+                            stderr=slave, env=full_env, start_new_session=True)
+    os.close(slave)
+    seen = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"queuectl {' '.join(args)} still writing after {timeout}s: "
+                                     f"{bytes(seen[-500:])!r}")
+            if not select.select([master], [], [], remaining)[0]:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every process has closed the terminal
+                break
+            if not data:
+                break
+            seen += data
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), bytes(seen)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 def cli_json(broker: Broker, *args: str) -> Any:
     result = run_cli(broker, *args, "--json")
     assert result.returncode == 0, f"queuectl {' '.join(args)} failed: {result.stderr}"

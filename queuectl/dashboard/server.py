@@ -20,6 +20,8 @@ from . import TOKEN_ENV
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 THREADS = 8  # each keeps its own broker connection (ZeroMQ sockets are per thread)
+MIN_TOKEN_CHARS = 16
+GENERATE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
 
 def is_loopback(host: str) -> bool:
@@ -39,10 +41,23 @@ def check_bind(host: str, port: int, token: str | None) -> None:
         raise InvalidInput(f"--port must be from 0 to 65535, got {port}")
     if not host.strip():
         raise InvalidInput("--host must not be empty (use 0.0.0.0 for every address)")
-    if host != host.strip() or any(c.isspace() or c in "/?#@" for c in host):
+    if not host.isprintable() or any(c.isspace() or c in "/?#@" for c in host):
         raise InvalidInput(f"--host must be an address or a host name, got {host!r}")
-    if not is_loopback(host) and not token:
-        raise InvalidInput(f"binding {host} exposes the queue; give --token or set {TOKEN_ENV}")
+    if not is_loopback(host):
+        if not token:
+            raise InvalidInput(f"binding {host} exposes the queue; give --token or set {TOKEN_ENV}")
+        check_token(token, host, f"--token or {TOKEN_ENV}")
+
+
+def check_token(token: str, host: str, source: str) -> None:
+    """Refuse (InvalidInput) a token too easy to guess for a page on ``host``, an
+    address other than loopback. It travels in an HTTP header and a URL, hence
+    no spaces."""
+    if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or \
+            any(c.isspace() for c in token):
+        raise InvalidInput(f"the stats page token ({source}) must be at least {MIN_TOKEN_CHARS} "
+                           f"characters without spaces to bind {host}; make one with: "
+                           f"{GENERATE_TOKEN}")
 
 
 def url(host: str, port: int) -> str:

@@ -119,6 +119,36 @@ def test_a_public_address_without_a_token_is_refused_before_binding(broker, host
     assert len(up.stderr.splitlines()) == 1
 
 
+WEAK_TOKENS = [" ", "a", " " * 32, "fifteen-chars-x", "sixteen chars ok", "tab\tin-a-long-token",
+               "\x1b]0;long-enough-token"]
+
+
+@pytest.mark.parametrize("token", WEAK_TOKENS, ids=repr)
+def test_a_weak_token_is_refused_for_a_public_address(broker, token):
+    """TEST-NET-1 (192.0.2.10) is no address of this host, so not even the code before
+    this rule could expose anything here: it failed to bind (exit 1) instead of refusing."""
+    host, port = "192.0.2.10", free_port()
+    env = {**broker.env(), "QUEUECTL_DASHBOARD_TOKEN": token}
+    for name, argv in (
+            ("dashboard", program("queuectl") + ["dashboard", "--host", host, "--port", str(port)]),
+            ("module", [sys.executable, "-m", "queuectl.dashboard", "--host", host,
+                        "--port", str(port)]),
+            ("up", program("queuectl") + ["up", "--http", f"{host}:{port}", "--bind",
+                                          f"tcp://127.0.0.1:{free_port()}"])):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60,
+                                check=False)
+        assert result.returncode == 2, (name, result.stderr)
+        assert len(result.stderr.splitlines()) == 1 and result.stdout == "", (name, result)
+        assert "QUEUECTL_DASHBOARD_TOKEN" in result.stderr and "at least 16" in result.stderr
+        assert "secrets.token_urlsafe" in result.stderr  # how to make a good one
+        assert "\x1b" not in result.stderr  # nor the token itself, which stays secret
+        assert len(token.strip()) < 4 or token.strip() not in result.stderr
+    # the same through --token
+    result = run_cli(broker, "dashboard", "--host", host, "--port", str(port), "--token", token,
+                     env={k: v for k, v in env.items() if k != "QUEUECTL_DASHBOARD_TOKEN"})
+    assert result.returncode == 2 and "--token" in result.stderr and "at least 16" in result.stderr
+
+
 def test_python_m_queuectl_dashboard_with_port_0_reports_the_port_it_got(procs, broker):
     page = procs.start([sys.executable, "-m", "queuectl.dashboard", "--port", "0",
                         "--broker", broker.endpoint, "--token", "tok"], "module.log",

@@ -11,7 +11,8 @@ from queuectl.proto.timefmt import to_iso
 
 from queuectl.dashboard import charts, fmt
 from queuectl.dashboard.logs import complete_length
-from queuectl.dashboard.server import is_loopback
+from queuectl.client import InvalidInput
+from queuectl.dashboard.server import check_bind, is_loopback
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -107,6 +108,17 @@ def test_loopback_addresses():
         assert is_loopback(host), host
     for host in ("0.0.0.0", "::", "192.168.1.10", "example.com", ""):
         assert not is_loopback(host), host
+
+
+def test_a_public_address_takes_a_token_of_16_characters_or_more_without_spaces():
+    for token in ("x" * 16, "Zx0_-.~+/=" * 2, "\u00e9" * 16):
+        check_bind("0.0.0.0", 8080, token)  # accepted: nothing is bound by the check
+    for token in ("x" * 15, " " * 16, "x" * 15 + " ", "x" * 8 + "\u00a0" + "x" * 8):
+        with pytest.raises(InvalidInput, match="at least 16"):
+            check_bind("0.0.0.0", 8080, token)
+    check_bind("127.0.0.1", 8080, "a")  # loopback needs no token; one given is not judged
+    with pytest.raises(InvalidInput, match="host"):
+        check_bind("\x1b]0;x\x07", 8080, "x" * 16)
 
 
 def test_the_cli_does_not_import_flask_until_the_page_runs():

@@ -233,6 +233,46 @@ def test_env_rejected(value):
     assert_rejects("env", job(env=value))
 
 
+MAX_ARG_BYTES = 131072  # Linux's MAX_ARG_STRLEN: one argv or KEY=VALUE string with its NUL
+MAX_EXEC_BYTES = 1 << 20  # what the README promises a job's command and env may take
+
+
+def sized_env(entry_bytes: list[int], fill: str = "x") -> dict[str, str]:
+    """Variables V0, V1, ... whose KEY=VALUE strings, with their NUL, take these bytes."""
+    return {f"V{n}": fill * ((size - len(f"V{n}") - 2) // len(fill.encode()))
+            for n, size in enumerate(entry_bytes)}
+
+
+def test_one_variable_may_take_what_exec_takes_in_one_string():
+    assert validate(job(env=sized_env([MAX_ARG_BYTES])))  # 131071 bytes and the NUL
+    error = rejected(job(env=sized_env([MAX_ARG_BYTES + 1])))
+    assert error.field == "env" and "131071" in str(error) and "'V0'" in str(error)
+    # bytes, not characters: 65,535 two-byte characters are too many
+    assert rejected(job(env=sized_env([MAX_ARG_BYTES + 2], fill="\u00e9"))).field == "env"
+    # a 1 MB value, the case that used to fail every attempt with "Argument list too long"
+    assert rejected(job(env={"BIG": "x" * 1_000_000})).field == "env"
+
+
+def test_command_and_environment_together_take_at_most_1_mib():
+    command = "true"  # 5 bytes with its NUL
+    fits = [MAX_ARG_BYTES] * 7 + [MAX_EXEC_BYTES - 7 * MAX_ARG_BYTES - 5]
+    assert validate({"command": command, "env": sized_env(fits)})
+    fits[-1] += 1
+    error = rejected({"command": command, "env": sized_env(fits)})
+    assert error.field == "env" and f"{MAX_EXEC_BYTES + 1} bytes" in str(error)
+    assert "1048576 (1 MiB)" in str(error)
+    # the command counts too
+    long_command = "x" * MAX_COMMAND_BYTES  # with its NUL, 1/8 MiB
+    assert validate({"command": long_command, "env": sized_env([MAX_ARG_BYTES] * 7)})
+    env = sized_env([MAX_ARG_BYTES] * 7 + [5])
+    assert rejected({"command": long_command, "env": env}).field == "env"
+
+
+def test_an_over_long_command_names_its_size_and_the_limit():
+    error = rejected({"command": "x" * (MAX_COMMAND_BYTES + 1)})
+    assert error.field == "command" and "131072 bytes" in str(error) and "131071" in str(error)
+
+
 @pytest.mark.parametrize("value", ["/tmp", "relative/dir", "."])
 def test_cwd_accepted(value):
     assert validate(job(cwd=value))["cwd"] == value
