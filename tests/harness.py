@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -224,8 +225,6 @@ class StatusProbe:
     longer than ``timeout`` makes ``error`` hold the client's exception."""
 
     def __init__(self, broker: Broker, gap: float = 0.02, timeout: float = 600.0):
-        import threading
-
         self.broker, self.gap, self.timeout = broker, gap, timeout
         self.worst, self.calls = 0.0, 0
         self.error: BaseException | None = None
