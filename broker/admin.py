@@ -23,6 +23,7 @@ from queuectl.proto.timefmt import to_iso
 from .agent_handlers import welcome
 from .jobs import JobError
 from .queues import waiting_reason
+from .store import BatchState
 from .views import attempt_view, dlq_view, job_view
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ MAX_HOLD = 30.0  # a parked request is answered within this many seconds
 MAX_LIMIT = 1_000_000
 MAX_SEARCH = 1000  # characters of a list search
 MAX_QUEUE_LIMIT = 1_000_000
+# Jobs one request may carry: about 0.1 s of the loop. More go as a streamed
+# batch (batch_add, batch_commit), which the client library does by itself.
+MAX_REQUEST_JOBS = 10_000
 
 
 class Call:
@@ -82,12 +86,58 @@ def op_enqueue(call: Call) -> Any:
         broker.schedule(job.run_at)
         broker.metrics.enqueued(1)
         return {"id": job.id, "state": JobState.PENDING.value, "run_at": to_iso(job.run_at)}
-    specs = call.arg("jobs", list)
+    specs = _jobs(call)
     jobs = broker.jobs.enqueue(specs, broker.now, batch=True)
     for job in jobs:
         broker.schedule(job.run_at)
     broker.metrics.enqueued(len(jobs))
     return {"enqueued": len(jobs), "ids": [job.id for job in jobs]}
+
+
+def _jobs(call: Call) -> list[Any]:
+    specs = call.arg("jobs", list)
+    if len(specs) > MAX_REQUEST_JOBS:
+        raise SpecError("jobs", f"{len(specs)} jobs in one request; the limit is "
+                        f"{MAX_REQUEST_JOBS}: send more as a streamed batch (batch_add, then "
+                        "batch_commit), as Client.enqueue_many does")
+    return specs
+
+
+def op_batch_add(call: Call) -> Any:
+    """One chunk of a streamed batch (broker/batches.py); without ``batch``, the first."""
+    broker = call.broker
+    specs = _jobs(call)
+    if not specs:
+        raise SpecError("jobs", "a chunk holds at least one job")
+    batch_id = broker.batches.open(call.arg("batch", int, None, nullable=True), broker.now)
+    jobs = broker.jobs.enqueue(specs, broker.now, batch=True, stage=batch_id)
+    broker.batches.added(batch_id, broker.mono)
+    return {"batch": batch_id, "ids": [job.id for job in jobs]}
+
+
+def op_batch_commit(call: Call) -> Any:
+    """Commit a batch of ``count`` jobs; answers once every job is visible (or
+    with ``done`` false at the hold's end: ask again, it is idempotent)."""
+    broker, batch_id = call.broker, call.arg("batch", int)
+
+    def result() -> Any:
+        batch = broker.batches.get(batch_id)
+        return {"done": batch.state is BatchState.DONE, "jobs": batch.rows}
+
+    def check() -> Any:
+        current = result()
+        return current if current["done"] else None
+
+    batch = broker.batches.commit(batch_id, call.arg("count", int), broker.now)
+    if batch.state is BatchState.DONE or call.hold() == 0:
+        return result()
+    return call.park(f"batch:{batch_id}", check, result)
+
+
+def op_batch_abort(call: Call) -> Any:
+    broker = call.broker
+    broker.batches.abort(call.arg("batch", int), "aborted by its client", broker.now)
+    return {"aborted": True}
 
 
 def op_get(call: Call) -> Any:
@@ -354,6 +404,7 @@ READ_ONLY = frozenset({"ping", "get", "list", "status", "metrics", "dlq_list", "
 
 OPS: dict[str, Callable[[Call], Any]] = {
     "ping": op_ping, "enqueue": op_enqueue, "get": op_get, "list": op_list,
+    "batch_add": op_batch_add, "batch_commit": op_batch_commit, "batch_abort": op_batch_abort,
     "status": op_status, "metrics": op_metrics, "wait": op_wait, "cancel": op_cancel, "logs": op_logs,
     "dlq_list": op_dlq_list, "dlq_retry": op_dlq_retry, "config_show": op_config_show,
     "config_get": op_config_get, "config_set": op_config_set, "agents": op_agents,

@@ -73,8 +73,10 @@ class JobService:
 
     # --- enqueue ----------------------------------------------------------
 
-    def enqueue(self, specs: list[dict[str, Any]], now: float, batch: bool = False) -> list[NewJob]:
+    def enqueue(self, specs: list[dict[str, Any]], now: float, batch: bool = False,
+                stage: int | None = None) -> list[NewJob]:
         """Validate and insert all of ``specs`` or none. Raises SpecError or JobError.
+        With ``stage``, the jobs are hidden rows of that open batch (broker/batches.py).
 
         In a batch, an error names the job as ``job N: `` (counted from 1), which
         the client turns into the user's own label (a line number). A spec
@@ -104,7 +106,7 @@ class JobService:
         self.ids.used(numbers)
         for retry in range(3):
             try:
-                self.store.insert_jobs(jobs, now)
+                self.store.insert_jobs(jobs, now, stage)
                 break
             except DuplicateId as exc:
                 number = next(n for n, job in enumerate(jobs, 1) if job.id == exc.job_id)

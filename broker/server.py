@@ -31,6 +31,7 @@ from queuectl.proto.states import Outcome
 from . import admin, agent_handlers, lifecycle
 from .agents import AgentConn, Registry
 from .auth import Guard, forbidden
+from .batches import Batches
 from .intake import Intake, peer_name
 from .jobs import JobError, JobService
 from .memory import Trimmer
@@ -64,6 +65,7 @@ class Broker:
         self.jobs = JobService(store, self.config, self._job_changed)
         self.agents = Registry()
         self.queues = Queues(store)
+        self.batches = Batches(store)
         self.parking = ParkingLot()
         self.outbox: list[tuple[bytes, Any]] = []
         self.acks: dict[bytes, list[int]] = defaultdict(list)
@@ -129,6 +131,7 @@ class Broker:
         assert self.socket is not None
         self.now, self.mono = time.time(), time.monotonic()
         with self.store.transaction():
+            self.batches.recover(self.now, self.mono)
             self.resync()
             self.metrics.seed(self.store.finished_since(self.now - 3600), self.now)
         poller = zmq.Poller()
@@ -208,7 +211,7 @@ class Broker:
         backoff = self.store_retry_at - time.monotonic()
         if backoff > 0:  # the store failed: timed writes wait until then
             return int(min(backoff, interval) * 1000) + 1
-        if self.undelivered or self.dirty:
+        if self.undelivered or self.dirty or self.batches.work:
             return 0
         wait = self._next_maintenance - time.monotonic()
         wait = min(wait, interval)
@@ -234,7 +237,7 @@ class Broker:
         writes = self.store.total_changes()
         self._batch_error = None
         try:
-            with self.store.batch():
+            with self.store.iteration():
                 for frame in frames:
                     self._handle_frame(frame, requests)
                 if self._batch_error is not None:  # every request of the batch was collected
@@ -258,7 +261,7 @@ class Broker:
                 self._store_recovered()
         if self.needs_resync:
             try:
-                with self.store.batch():
+                with self.store.iteration():
                     self.resync()
             except StoreUnavailable as exc:
                 self.needs_resync = True
@@ -303,7 +306,7 @@ class Broker:
         for ident, req in requests:
             if req.op in admin.READ_ONLY:
                 try:
-                    with self.store.batch():
+                    with self.store.iteration():
                         self._handle_request(ident, req)
                     continue
                 except StoreUnavailable as again:
@@ -428,6 +431,8 @@ class Broker:
             if owner is not None:
                 owner.forget(token)
             self.jobs.release(token, self.now)
+        if self.batches.work:
+            self._advance_batch()
         if self.next_due is not None and self.now >= self.next_due:
             promoted = self.store.promote_due(self.now)
             self.next_due = self.store.next_due()
@@ -435,6 +440,17 @@ class Broker:
                 self.dirty = True
         if self.dirty:
             self.dispatch()
+
+    def _advance_batch(self) -> None:
+        """One slice of a committed or aborted batch (broker/batches.py)."""
+        visible, waiting, finished = self.batches.advance(self.now)
+        if visible:
+            self.metrics.enqueued(visible)
+            self.dirty = True
+        if waiting is not None:
+            self.schedule(waiting)
+        if finished is not None:
+            self.notify(f"batch:{finished.id}")
 
     def _expire_parked(self) -> None:
         for parked, result in self.parking.expire(self.mono):
@@ -444,6 +460,7 @@ class Broker:
         heartbeat, lease = self.config["heartbeat_sec"], self.config["lease_sec"]
         if self.guard is not None and self.guard.changed():
             self._drop_revoked()
+        self.batches.expire(self.mono, self.config["batch_idle_sec"], self.now)
         for agent in self.agents:
             if agent.departing_since is not None:
                 if not self._still_connected(agent) or \
@@ -631,6 +648,7 @@ class Broker:
                 self.orphans.add(token, agent_ids[token], owner, deadline)
         self.next_due = self.store.next_due()
         self.queues.load()  # a rule changed in a batch that failed is gone
+        self.batches.load(self.mono)
         self.dirty = True
 
     def _job_changed(self, job: Job) -> None:

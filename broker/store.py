@@ -19,6 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Iterator, NamedTuple
 
 import apsw
@@ -243,6 +244,31 @@ MIGRATIONS = [
                                AND finished_at IS NOT NULL)
         WHERE name = 'completed_seconds' AND NOT (value BETWEEN 0 AND 1e15);
     """,
+    # A batch streamed in chunks (enqueue --file, broker/batches.py) is staged in
+    # jobs: its rows carry the batch id and due = 2, which no claim or timer
+    # index covers, and every read leaves them out until the batch is
+    # committed. Every staged row's seq lies in [first_seq, last_seq]; a commit
+    # or an abort walks that range a slice at a time, next_seq being how far it
+    # got. No index on jobs.batch: a plain enqueue pays one NULL column.
+    """
+    ALTER TABLE jobs ADD COLUMN batch INTEGER;
+    CREATE TABLE batches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        state TEXT NOT NULL CHECK (state IN ('open', 'committed', 'done', 'aborted')),
+        rows INTEGER NOT NULL DEFAULT 0,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        next_seq INTEGER,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        ended_at REAL
+    );
+    -- staged rows were never counted, so deleting them (an abort) must not uncount
+    DROP TRIGGER jobs_count_delete;
+    CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs WHEN OLD.batch IS NULL BEGIN
+        UPDATE counts SET n = n - 1 WHERE state = OLD.state;
+    END;
+    """,
 ]
 
 
@@ -256,9 +282,10 @@ UNAVAILABLE_ERRORS = (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.Bus
 
 
 class DuplicateId(Exception):
-    def __init__(self, job_id: str, in_batch: bool = False):
+    def __init__(self, job_id: str, in_batch: bool = False, staged: bool = False):
         super().__init__(f"id {job_id!r} appears more than once in the batch" if in_batch
-                         else f"a job with id {job_id!r} already exists")
+                         else f"a job with id {job_id!r} is being enqueued by another batch"
+                         if staged else f"a job with id {job_id!r} already exists")
         self.job_id = job_id
 
 
@@ -315,6 +342,33 @@ class Attempt:
     reason: str | None
     late_result: str | None
     stale: bool
+
+
+class BatchState(str, Enum):
+    """A streamed batch (broker/batches.py): ``open`` takes chunks; ``committed``
+    rows are being made visible, then it is ``done``; ``aborted`` rows are
+    being deleted (or are gone)."""
+
+    OPEN = "open"
+    COMMITTED = "committed"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: int
+    state: BatchState
+    rows: int
+    first_seq: int
+    last_seq: int
+    next_seq: int | None
+    reason: str | None
+
+    @property
+    def unfinished(self) -> bool:
+        """Rows are still to be made visible (committed) or deleted (aborted)."""
+        return self.next_seq is not None and self.next_seq <= self.last_seq
 
 
 class NewJob(NamedTuple):
@@ -410,39 +464,49 @@ class Store:
 
     # --- jobs -------------------------------------------------------------
 
-    def insert_jobs(self, jobs: list[NewJob], now: float) -> None:
-        """Insert all of ``jobs`` or none (raises DuplicateId)."""
+    def insert_jobs(self, jobs: list[NewJob], now: float, stage: int | None = None) -> None:
+        """Insert all of ``jobs`` or none (raises DuplicateId). With ``stage``, as
+        hidden rows of that open batch: uncounted, and with due = 2."""
         seen: set[str] = set()
         for job in jobs:
             if job.id in seen:
                 raise DuplicateId(job.id, in_batch=True)
             seen.add(job.id)
         rows = [
-            (j.id, j.command, j.queue, j.priority, j.run_at, 1 if j.run_at <= now else 0,
+            (j.id, j.command, j.queue, j.priority, j.run_at,
+             2 if stage is not None else 1 if j.run_at <= now else 0,
              j.timeout_sec, j.max_retries,
              json.dumps(j.env) if j.env is not None else None, j.cwd,
              json.dumps(j.requires, sort_keys=True) if j.requires else None,  # {}: anywhere
-             now, now)
+             now, now, stage)
             for j in jobs
         ]
         try:
             with self.conn:
                 self.conn.executemany(
                     "INSERT INTO jobs (id, command, state, queue, priority, run_at, due,"
-                    " timeout_sec, max_retries, env, cwd, requires, created_at, updated_at)"
-                    " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'",
-                                  (len(rows),))
+                    " timeout_sec, max_retries, env, cwd, requires, created_at, updated_at, batch)"
+                    " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                if stage is None:
+                    self.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'",
+                                      (len(rows),))
+                else:  # new rows take seqs above every row there is: the range grows
+                    self.conn.execute(
+                        "UPDATE batches SET rows = rows + ?,"
+                        " last_seq = (SELECT max(seq) FROM jobs) WHERE id = ?", (len(rows), stage))
         except apsw.ConstraintError:
             for job in jobs:
-                if self.job(job.id) is not None:
-                    raise DuplicateId(job.id) from None
+                owner = self._one("SELECT batch FROM jobs WHERE id = ?", (job.id,))
+                if owner is not None:
+                    raise DuplicateId(job.id, in_batch=owner[0] is not None and owner[0] == stage,
+                                      staged=owner[0] is not None) from None
             raise
-        if any(j.requires and j.run_at <= now for j in jobs):
+        if stage is None and any(j.requires and j.run_at <= now for j in jobs):
             self._placed_generation += 1
 
     def job(self, job_id: str) -> Job | None:
-        row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE id = ?", (job_id,))
+        row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE id = ? AND batch IS NULL",
+                        (job_id,))
         return Job.from_row(row) if row else None
 
     def job_by_lease(self, token: int) -> Job | None:
@@ -452,7 +516,7 @@ class Store:
     def list_jobs(self, state: str | None = None, queue: str | None = None,
                   limit: int = 100, search: str | None = None) -> list[Job]:
         """Newest first; ``search`` is a case-insensitive substring of the id or command."""
-        where, params = [], []
+        where, params = ["batch IS NULL"], []
         if state is not None:
             where.append("state = ?")
             params.append(state)
@@ -463,7 +527,7 @@ class Store:
             pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
             where.append("(id LIKE ? ESCAPE '\\' OR command LIKE ? ESCAPE '\\')")
             params += [pattern, pattern]
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause = f"WHERE {' AND '.join(where)}"
         params.append(limit)
         sql = f"SELECT {_JOB_SELECT} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
         return [Job.from_row(row) for row in self.conn.execute(sql, params)]
@@ -649,7 +713,8 @@ class Store:
         result: dict[str, dict[str, int]] = {}
         for queue, state, n in self.conn.execute(
                 "SELECT queue, state, count(*) FROM jobs"
-                " WHERE state IN ('pending', 'failed', 'processing') GROUP BY queue, state"):
+                " WHERE state IN ('pending', 'failed', 'processing') AND batch IS NULL"
+                " GROUP BY queue, state"):
             result.setdefault(queue, {})[state] = n
         return result
 
@@ -807,6 +872,73 @@ class Store:
                 break
         return chunks
 
+    # --- streamed batches (broker/batches.py) -------------------------------
+
+    def open_batch(self, now: float, keep: float) -> int:
+        """A new open batch; its rows will take seqs above every row there is now.
+        Forgets batches whose rows were all handled more than ``keep`` seconds ago."""
+        self.conn.execute("DELETE FROM batches WHERE ended_at < ? AND next_seq > last_seq",
+                          (now - keep,))
+        self.conn.execute(
+            "INSERT INTO batches (state, first_seq, last_seq, created_at)"
+            " SELECT ?, coalesce(max(seq), 0) + 1, coalesce(max(seq), 0), ? FROM jobs",
+            (BatchState.OPEN.value, now))
+        return self.conn.last_insert_rowid()
+
+    def batch(self, batch_id: int) -> Batch | None:
+        row = self._one("SELECT id, state, rows, first_seq, last_seq, next_seq, reason"
+                        " FROM batches WHERE id = ?", (batch_id,))
+        return Batch(row[0], BatchState(row[1]), *row[2:]) if row else None
+
+    def live_batches(self) -> list[Batch]:
+        """Batches that are open, or whose rows are still being made visible or deleted."""
+        return [Batch(row[0], BatchState(row[1]), *row[2:]) for row in self.conn.execute(
+            "SELECT id, state, rows, first_seq, last_seq, next_seq, reason FROM batches"
+            " WHERE state = ? OR next_seq <= last_seq", (BatchState.OPEN.value,))]
+
+    def end_batch(self, batch_id: int, state: BatchState, now: float,
+                  reason: str | None = None) -> None:
+        """Commit or abort an open batch: its rows are then walked from the first."""
+        self.conn.execute("UPDATE batches SET state = ?, next_seq = first_seq, reason = ?,"
+                          " ended_at = ? WHERE id = ? AND state = ?",
+                          (state.value, reason, now, batch_id, BatchState.OPEN.value))
+
+    def abort_open_batches(self, now: float, reason: str) -> list[int]:
+        return [batch_id for (batch_id,) in self.conn.execute(
+            "UPDATE batches SET state = ?, next_seq = first_seq, reason = ?, ended_at = ?"
+            " WHERE state = ? RETURNING id",
+            (BatchState.ABORTED.value, reason, now, BatchState.OPEN.value))]
+
+    def advance_batch(self, batch: Batch, now: float,
+                      span: int) -> tuple[Batch, int, float | None]:
+        """One slice of a committed or aborted batch: its rows among the next ``span``
+        seqs become visible (and counted) or are deleted. Returns the batch as it
+        now is, how many rows became visible, and the earliest run_at among those
+        that wait for the timer (or None)."""
+        low = batch.next_seq
+        high = min(low + span - 1, batch.last_seq)
+        visible, waiting = 0, None
+        if batch.state is BatchState.ABORTED:
+            self.conn.execute("DELETE FROM jobs WHERE seq BETWEEN ? AND ? AND batch = ?",
+                              (low, high, batch.id))
+        else:
+            self.conn.execute("UPDATE jobs SET batch = NULL, due = run_at <= ?"
+                              " WHERE seq BETWEEN ? AND ? AND batch = ?",
+                              (now, low, high, batch.id))
+            visible = self.conn.changes()
+            self.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'", (visible,))
+            self._placed_generation += 1  # some of them may require labels
+            # (not next_due(): the planner reads it through jobs_state, O(pending jobs))
+            waiting = self._one("SELECT min(run_at) FROM jobs WHERE seq BETWEEN ? AND ?"
+                                " AND due = 0", (low, high))[0]
+        state = batch.state
+        if high >= batch.last_seq and state is BatchState.COMMITTED:
+            state = BatchState.DONE
+        self.conn.execute("UPDATE batches SET next_seq = ?, state = ?, ended_at = ? WHERE id = ?",
+                          (high + 1, state.value, now, batch.id))
+        return Batch(batch.id, state, batch.rows, batch.first_seq, batch.last_seq, high + 1,
+                     batch.reason), visible, waiting
+
     # --- stats and config -------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -832,7 +964,7 @@ class Store:
     refused: str | None = None  # why writes are refused (refuse_writes), else None
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def iteration(self) -> Iterator[None]:
         """The transaction of one loop iteration (``store.transaction()`` nests in it).
         A failure of the store anywhere in it comes out as StoreUnavailable (see
         ``failure``), with nothing of it stored and no transaction left open; any

@@ -44,6 +44,9 @@ SETTINGS: dict[str, Setting] = {
     "output_limit": Setting(1024 * 1024, True, lambda v: 1024 <= v <= 256 * 1024 * 1024,
                             "an integer from 1024 to 268435456",
                             "bytes of stdout and of stderr kept per attempt (the last ones)"),
+    "batch_idle_sec": Setting(120.0, False, lambda v: 1 <= v <= 86400, "1 to 86400 seconds",
+                              "a streamed batch whose client sends nothing for this long is "
+                              "aborted"),
 }
 
 ALIASES = {"backoff_base": "base_backoff"}

@@ -18,15 +18,16 @@ broker restart. The transport (timeouts, reconnection) is in
 
 from __future__ import annotations
 
-import re
+import itertools
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from queuectl.proto import config as config_keys
 from queuectl.proto import jobspec
 from queuectl.proto.states import TERMINAL_STATES
 
+from . import streaming
 from .transport import (BrokerError, BrokerUnreachable, Conflict, Connection, InvalidInput,
                         NotFound, ProtocolMismatch, QueueError, Refused, Unavailable,
                         default_endpoint, default_timeout, size_allowance)
@@ -39,7 +40,6 @@ __all__ = [
 
 HOLD = 10.0  # seconds the broker may park a waiting request (wait, logs --follow)
 DLQ_RETRY_ALL_EXTRA = 120.0  # retrying every dead job touches an unknown number of rows
-_BATCH_ITEM = re.compile(r"^job (\d+): ")  # how the broker names a job of a batch
 
 
 @dataclass(frozen=True)
@@ -87,31 +87,21 @@ class Client:
         """Add one job; returns ``{"id", "state", "run_at"}``."""
         return self.call("enqueue", job=self._check(job))
 
-    def enqueue_many(self, jobs: Iterable[dict[str, Any]],
-                     names: Iterable[str] | None = None) -> dict[str, Any]:
+    def enqueue_many(self, jobs: Iterable[dict[str, Any]], names: Iterable[str] | None = None,
+                     on_ids: Callable[[list[str]], None] | None = None) -> dict[str, Any]:
         """Add every job or none; returns ``{"enqueued": n, "ids": [...]}``.
 
-        ``names`` label the jobs in error messages (the CLI passes line numbers).
+        ``jobs`` may be any iterable (a generator): it is read as it is sent, in
+        chunks (queuectl/streaming.py), so the broker keeps serving others
+        during a huge batch. ``names`` label the jobs in error messages (the CLI
+        passes line numbers). With ``on_ids``, the ids go to it a chunk at a
+        time, in order, and ``ids`` is empty: the caller need not hold them all.
         """
-        jobs = list(jobs)
-        labels = list(names) if names is not None else [f"job {n}" for n in range(1, len(jobs) + 1)]
-        specs = [self._check(job, label) for job, label in zip(jobs, labels)]
-        first: dict[str, str] = {}
-        for spec, label in zip(specs, labels):
-            if "id" in spec:
-                if spec["id"] in first:
-                    raise Conflict(f"{label}: id {spec['id']!r} appears twice in the batch "
-                                   f"(first at {first[spec['id']]})")
-                first[spec["id"]] = label
-        try:
-            return self.call("enqueue", extra=size_allowance(len(specs)), jobs=specs)
-        except (Conflict, InvalidInput) as exc:
-            numbered = _BATCH_ITEM.match(str(exc))
-            if numbered and 1 <= int(numbered.group(1)) <= len(labels):
-                label = labels[int(numbered.group(1)) - 1]
-                raise type(exc)(f"{label}: {str(exc)[numbered.end():]}; nothing from the batch "
-                                "was enqueued") from None
-            raise
+        ids: list[str] = []
+        labels = names if names is not None else (f"job {n}" for n in itertools.count(1))
+        count = streaming.enqueue_all(self._conn, self._check, jobs, labels,
+                                       on_ids or ids.extend)
+        return {"enqueued": count, "ids": ids}
 
     def get(self, job_id: str) -> dict[str, Any]:
         """One job, with its ``attempts_log``."""

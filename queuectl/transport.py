@@ -202,16 +202,7 @@ class Connection:
         """
         if hold:
             args["hold"] = hold
-        req_id = next(self._ids)
-        try:
-            frame = encode(m.Request(req_id=req_id, op=op, args=args))
-        except UnicodeEncodeError:
-            raise InvalidInput("an argument is not valid UTF-8 text") from None
-        except (OverflowError, ValueError) as exc:  # msgpack: ints beyond 64 bits, deep nesting
-            raise InvalidInput(f"an argument cannot be sent: {exc}") from None
-        if len(frame) > MAX_FRAME:
-            raise InvalidInput(f"the request is {len(frame)} bytes, more than the {MAX_FRAME} "
-                               "bytes one message may carry; split it into smaller batches")
+        req_id, frame = self._request(op, args)
         if hold + extra > PING_ABOVE:
             # A long request first proves a broker is there (a ping fails within
             # `timeout`), unless one answered a moment ago: enqueue then wait
@@ -227,9 +218,33 @@ class Connection:
                     "so check before retrying") from None
         return self._exchange(frame, req_id, self.timeout)
 
+    def submit(self, op: str, extra: float = 0.0, **args: Any) -> Callable[[], Any]:
+        """Send a short request now; returns a function that waits for its reply
+        (or raises its error), so the caller can work meanwhile. Waiting for a
+        later request skips this reply: collect it first."""
+        req_id, frame = self._request(op, args)
+        self._connect().send(frame)
+        return lambda: self._await(req_id, self.timeout + extra)
+
+    def _request(self, op: str, args: dict[str, Any]) -> tuple[int, bytes]:
+        req_id = next(self._ids)
+        try:
+            frame = encode(m.Request(req_id=req_id, op=op, args=args))
+        except UnicodeEncodeError:
+            raise InvalidInput("an argument is not valid UTF-8 text") from None
+        except (OverflowError, ValueError) as exc:  # msgpack: ints beyond 64 bits, deep nesting
+            raise InvalidInput(f"an argument cannot be sent: {exc}") from None
+        if len(frame) > MAX_FRAME:
+            raise InvalidInput(f"the request is {len(frame)} bytes, more than the {MAX_FRAME} "
+                               "bytes one message may carry; split it into smaller batches")
+        return req_id, frame
+
     def _exchange(self, frame: bytes, req_id: int, wait: float) -> Any:
+        self._connect().send(frame)
+        return self._await(req_id, wait)
+
+    def _await(self, req_id: int, wait: float) -> Any:
         sock = self._connect()
-        sock.send(frame)
         deadline = time.monotonic() + wait
         while True:
             remaining = deadline - time.monotonic()

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -261,3 +262,36 @@ def cli_json(broker: Broker, *args: str) -> Any:
     result = run_cli(broker, *args, "--json")
     assert result.returncode == 0, f"queuectl {' '.join(args)} failed: {result.stderr}"
     return json.loads(result.stdout)
+
+
+class StatusProbe:
+    """Calls ``status`` on its own client, ``gap`` seconds apart, until the ``with``
+    block ends; ``worst`` is the longest wait for an answer. A broker stalled for
+    longer than ``timeout`` makes ``error`` hold the client's exception."""
+
+    def __init__(self, broker: Broker, gap: float = 0.02, timeout: float = 600.0):
+        self.broker, self.gap, self.timeout = broker, gap, timeout
+        self.worst, self.calls = 0.0, 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "StatusProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout)
+
+    def _run(self) -> None:
+        try:
+            with self.broker.client(timeout=self.timeout) as qc:
+                while not self._stop.is_set():
+                    start = time.perf_counter()
+                    qc.status()
+                    self.worst = max(self.worst, time.perf_counter() - start)
+                    self.calls += 1
+                    self._stop.wait(self.gap)
+        except BaseException as exc:  # the test reads it
+            self.error = exc

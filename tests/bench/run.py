@@ -14,7 +14,10 @@ ratios on a noisy machine (each prints as rows of the table):
 * scale (scale.py): a broker on a store of 1,000,000 jobs against one on an
   empty store: drain, enqueue, ``status``, ``/api/stats``, RSS;
 * fleet (fleet.py): 20 agents x 10 slots busy with ``sleep 0.2`` jobs;
-* curve (curve.py): the same drain with CURVE keys on and off.
+* curve (curve.py): the same drain with CURVE keys on and off;
+* big_batch (big_batch.py): ``enqueue --file`` of 100,000 and of 1,000,000
+  lines (quick: 2,000 and 20,000), each on a fresh broker: the rates and their
+  ratio, another client's worst ``status`` wait, peak RSS of broker and CLI.
 Each row is marked "meets" or "misses" against its target. Speed is never
 asserted: the command exits 0 whatever the figures (and non-zero only when a
 benchmark could not run, e.g. a CLI command failed).
@@ -32,24 +35,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import big_batch  # noqa: E402
 import ceilings  # noqa: E402
 import curve  # noqa: E402
 import fleet  # noqa: E402
 import scale  # noqa: E402
 import throughput  # noqa: E402
 
-SECTIONS = ("ceilings", "throughput", "scale", "fleet", "curve")
+SECTIONS = ("ceilings", "throughput", "scale", "fleet", "curve", "big_batch")
 SIZES = {
     "full": dict(ceiling_jobs=2000, round_trips=10_000, drain=2000, latency=200, batch=100_000, single=10_000,
                  cli_runs=20, scale_rows=1_000_000, scale_pending=100_000, scale_drain=2000,
                  scale_single=10_000, scale_batch=100_000, scale_samples=200,
                  fleet_agents=20, fleet_slots=10, fleet_jobs=5000, fleet_duration=0.2,
-                 curve_jobs=2000, curve_rounds=2),
+                 curve_jobs=2000, curve_rounds=2, big_small=100_000, big_big=1_000_000),
     "quick": dict(ceiling_jobs=200, round_trips=500, drain=200, latency=20, batch=2000, single=500,
                   cli_runs=3, scale_rows=20_000, scale_pending=2000, scale_drain=200,
                   scale_single=500, scale_batch=2000, scale_samples=50,
                   fleet_agents=4, fleet_slots=5, fleet_jobs=100, fleet_duration=0.05,
-                  curve_jobs=200, curve_rounds=1),
+                  curve_jobs=200, curve_rounds=1, big_small=2000, big_big=20_000),
 }
 PEERS = (  # /work/shared/FACTS.md "Peers": 2,000 `sh -c true` jobs, 2 workers
     ("beanstalkd + greenstalk", "1,520", "61,000", "1.5 ms"),
@@ -77,6 +81,8 @@ def run_sections(only: list[str], s: dict) -> dict:
                                           s["fleet_duration"])
         elif name == "curve":
             results[name] = curve.measure(s["curve_jobs"], s["curve_rounds"])
+        elif name == "big_batch":
+            results[name] = big_batch.measure(s["big_small"], s["big_big"])
         results[name]["section_sec"] = time.perf_counter() - start
     return results
 
@@ -191,6 +197,18 @@ def rows(r: dict, s: dict) -> list[tuple[str, str, str, str]]:
         out.append((f"drain with CURVE on, best of {c['rounds']} ({c['jobs']:,} true jobs)",
                     f"{c['curve_per_sec']:,.0f} jobs/s (off: {c['plain_per_sec']:,.0f})",
                     "measured (issue 6)", f"{c['curve_per_sec'] / c['plain_per_sec']:.2f}x off"))
+    if "big_batch" in r:
+        small, big = r["big_batch"]["small"], r["big_batch"]["big"]
+        ratio = r["big_batch"]["ratio"]
+        out.append((f"enqueue --file of {big['lines']:,} lines vs {small['lines']:,}",
+                    f"{big['per_sec']:,.0f}/s vs {small['per_sec']:,.0f}/s",
+                    "within 25%", f"{ratio:.2f}x: {verdict(ratio >= 0.75)}"))
+        out.append((f"another client's status during the {big['lines']:,}-line batch, worst",
+                    f"{big['status_worst_ms']:,.0f} ms ({big['status_calls']} calls)", "<= 1 s",
+                    verdict(big["status_worst_ms"] <= 1000)))
+        out.append((f"peak RSS (VmHWM) broker / CLI, {big['lines']:,}-line batch",
+                    f"{big['broker_peak_mb']:.0f} / {big['client_peak_mb']:.0f} MB", "< 200 MB",
+                    verdict(max(big["broker_peak_mb"], big["client_peak_mb"]) < 200)))
     return out
 
 

@@ -29,9 +29,11 @@ How the faults are made real without touching the host's mounts:
   store.
 * **Locked**: the test opens the store with APSW and holds ``BEGIN EXCLUSIVE``
   for several seconds while an enqueue arrives and jobs run and finish.
-* **A batch larger than the room left** (issue 13): 50,000 jobs, or one job
-  with 12 MB of env, sent to a broker whose store is on an 8 MiB tmpfs. SQLite
-  then rolls the whole transaction back on its own, which used to end the broker.
+* **A batch larger than the room left** (issue 13): 10,000 jobs in one
+  request, or one job with 900 KiB of env on a nearly full disk, sent to a
+  broker whose store is on an 8 MiB tmpfs. SQLite then rolls the whole
+  transaction back on its own, which used to end the broker. And a 50,000-line
+  file, streamed in chunks, whose chunk that fills the disk fails the file.
 * **The store's files under a running broker** (issue 13): the store file is
   deleted, renamed, or replaced by another file (writes must be refused within
   a second, with one clear line); the WAL file is deleted while enqueues go on,
@@ -118,13 +120,17 @@ class MountNamespace:
         out = self.run("stat", "-f", "-c", "%a %S", str(self.root)).stdout.split()
         return int(out[0]) * int(out[1])
 
-    def fill(self) -> None:
-        """Fill the tmpfs to the last byte (dd stops with ENOSPC)."""
+    def fill(self, leave: int = 0) -> None:
+        """Fill the tmpfs to the last byte (dd stops with ENOSPC), then give ``leave``
+        bytes back."""
         filler = str(self.root / "filler")
         self.run("dd", "if=/dev/zero", f"of={filler}", "bs=64k", check=False)
         self.run("dd", "if=/dev/zero", f"of={filler}", "bs=4k", "oflag=append",
                  "conv=notrunc", check=False)
         assert self.available_bytes() == 0, "the tmpfs is not full after dd"
+        if leave:
+            self.run("truncate", "-s", f"-{leave}", filler)
+            assert leave <= self.available_bytes() < leave + 64 * 1024
 
     def unfill(self) -> None:
         self.run("rm", "-f", str(self.root / "filler"))
@@ -621,14 +627,20 @@ def test_locked_store_enqueue_fails_clearly_or_waits_and_agents_are_not_lost(
 # --- 4. a batch larger than the room left on the disk --------------------------------------
 
 SMALL_TMPFS = "8m"
-TOO_BIG = {  # each needs well over 8 MiB in the store (these 50,000 jobs take about 27 MB)
-    "50,000 jobs": lambda prefix: [{"id": f"{prefix}-{n}", "command": f"echo {n} {'x' * 100}"}
-                                   for n in range(50_000)],
-    # values of 100 KiB: under any per-value limit, 12 MB in all
-    "one job with 12 MB of env": lambda prefix: [{
-        "id": f"{prefix}-0", "command": "env",
-        "env": {f"VALUE_{n}": "v" * 100 * 1024 for n in range(120)}}],
+# Each shape is one transaction that needs more room than the disk has left:
+# the client sends the jobs in one request (10,000 at most), the CLI a file
+# that fits one request (a bigger file is streamed: the next test).
+TOO_BIG = {  # shape: (bytes left free, client's jobs, CLI's jobs)
+    "10,000 jobs": (1536 * 1024, 10_000, 3_000),  # of 1 KiB each
+    "one job with 900 KiB of env": (600 * 1024, 1, 1),
 }
+
+
+def too_big(shape: str, prefix: str, count: int) -> list[dict[str, Any]]:
+    if shape == "10,000 jobs":
+        return [{"id": f"{prefix}-{n}", "command": f"echo {n} {'x' * 1024}"} for n in range(count)]
+    return [{"id": f"{prefix}-0", "command": "env",  # values of 100 KiB, 900 KiB in all
+             "env": {f"VALUE_{n}": "v" * 100 * 1024 for n in range(9)}}]
 
 
 @need_root
@@ -649,9 +661,11 @@ def test_a_batch_too_big_for_the_disk_fails_with_one_line_and_the_broker_goes_on
     # that has run a while), so the room a failed batch took can be given back.
     assert broker.stop() == 0, broker.log()
     broker.start()
+    leave, client_count, cli_count = TOO_BIG[shape]
+    ns.fill(leave=leave)
     free = ns.available_bytes()
 
-    client_batch, cli_batch = TOO_BIG[shape]("client"), TOO_BIG[shape]("cli")
+    client_batch, cli_batch = too_big(shape, "client", client_count), too_big(shape, "cli", cli_count)
     start = time.monotonic()
     with broker.client(timeout=30) as qc, pytest.raises(Unavailable) as refused:
         qc.call("enqueue", jobs=client_batch)
@@ -663,7 +677,7 @@ def test_a_batch_too_big_for_the_disk_fails_with_one_line_and_the_broker_goes_on
     assert re.search(r"could not write its store: .*full", str(refused.value)), refused.value
     assert_one_clear_line(cli, r"could not write its store: .*full", f"enqueue of {shape}")
     assert broker.proc.poll() is None, f"the broker died: {broker.log()}"
-    assert ns.available_bytes() > free - 1024 * 1024, "the failed batch left the disk full"
+    assert ns.available_bytes() > free - 256 * 1024, "the failed batch left the disk full"
 
     status = run_cli(broker, "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["counts"]["pending"] == 1
@@ -677,6 +691,44 @@ def test_a_batch_too_big_for_the_disk_fails_with_one_line_and_the_broker_goes_on
     broker.start()
     assert_unchanged(broker, before)
     assert_absent(broker, failed_ids)
+    assert_counts_agree(broker)
+
+
+@need_root
+@pytest.mark.timeout(180)
+def test_a_streamed_file_too_big_for_the_disk_enqueues_nothing_and_the_broker_goes_on(
+        procs, tmp_path):
+    """A 50,000-line file is streamed in chunks, each its own transaction: the
+    chunk that fills the disk fails, and the file with it. The chunks stored
+    before it hold the disk: until there is room again the broker serves reads
+    and refuses writes, and then it drops the batch and goes on by itself."""
+    from queuectl.client import Unavailable
+
+    ns = MountNamespace(procs, tmp_path / "store", size=SMALL_TMPFS)
+    broker = NamespacedBroker(procs, ns).start()
+    lines = [{"id": f"file-{n}", "command": f"echo {n} {'x' * 400}"} for n in range(50_000)]
+    cli, cli_sec = timed_enqueue(broker, jobs=lines)
+    print(f"STORAGE-FAULT a 50,000-line file on a {SMALL_TMPFS} tmpfs: CLI exit "
+          f"{cli.returncode} in {cli_sec:.2f}s: {cli.stderr.strip()!r}")
+    assert_one_clear_line(cli, r"could not write its store: .*full", "enqueue of a 50,000-line file")
+    assert broker.proc.poll() is None, f"the broker died: {broker.log()}"
+    with broker.client() as qc:
+        assert qc.status()["counts"]["pending"] == 0 and qc.list() == []  # reads go on
+        ns.remount("size=32m")  # room again, as when an operator frees some
+
+        def writes_again() -> bool:
+            try:
+                return qc.enqueue({"id": "after", "command": "true"})["id"] == "after"
+            except Unavailable:
+                return False
+
+        wait_until(writes_again, 30, message="the broker to write again by itself")
+        assert [job["id"] for job in qc.list()] == ["after"]
+    assert_absent(broker, ["file-0", "file-49999"])
+    assert broker.stop() == 0, broker.log()
+    assert ns.integrity(broker.db) == "ok"
+    broker.start()
+    assert_absent(broker, ["file-0", "file-49999"])
     assert_counts_agree(broker)
 
 

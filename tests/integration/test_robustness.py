@@ -32,9 +32,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_a_broker_busy_with_a_huge_batch_kills_no_running_job(broker, start_agent):
-    """The broker's loop stalls for seconds on a 200,000-job batch; the agent's
-    connection stays up, so its running job must not be killed as 'agent lost',
-    and the agent must stay one agent (no phantom registrations)."""
+    """A 200,000-job batch keeps the broker busy for seconds (in chunks: it once
+    stalled the loop for all of them); the agent's connection stays up, so its
+    running job must not be killed as 'agent lost', and the agent must stay one
+    agent (no phantom registrations)."""
     fast_leases(broker)
     agent = start_agent(count=1)
     with broker.client(timeout=60) as qc:
