@@ -55,8 +55,11 @@ class Orphans:
 
     def held_for_another(self, agent_id: str, owner: bytes) -> bool:
         """Does a lease of agent ``agent_id`` wait for a connection other than ``owner``?
-        Then ``owner`` may not take that agent id (it would lock the real agent out)."""
-        return any(o.agent_id == agent_id and o.owner != owner for o in self._by_token.values())
+        Then ``owner`` may not take that agent id (it would lock the real agent out).
+        A lease without an owner waits for no one: its agent, told to cancel it when
+        it says Hello, must not be kept out meanwhile."""
+        return any(o.agent_id == agent_id and o.owner is not None and o.owner != owner
+                   for o in self._by_token.values())
 
     def expired(self, now: float) -> Iterator[int]:
         """Tokens whose agent did not come back in time (removed as they are yielded)."""
