@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 
+from queuectl import logsetup
 from queuectl.transport import DEFAULT_BROKER, default_endpoint
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 def parse_label(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` -> (key, value); raises argparse.ArgumentTypeError."""
@@ -73,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--count must be from 1 to 10000")
     if args.grace < 0:
         parser.error("--grace must be zero or more")
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
+    logsetup.configure(args.log_level)
     return run_agent(args.broker, args.count, dict(args.label), args.grace, args.key,
                      args.broker_key)
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from queuectl import logsetup
 from queuectl.keys import KeyFileError, KeyStore
 
 from .auth import Guard
@@ -89,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return backup.main(argv[1:], os.path.join(default_home(), "queue.db"))
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(args.log_level)
     keys = KeyStore(Path(args.keys) if args.keys else Path(default_home()) / "keys")
     guard = None
     if keys.initialised():

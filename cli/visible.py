@@ -1,10 +1,8 @@
-"""Text for a terminal: control characters written as visible escapes.
+"""Text for a terminal, in the CLI: control characters written as visible escapes.
 
-Ids, commands, labels, errors and job output come from users and from peers.
-Written raw, an ESC or a C1 control starts a terminal sequence: a window
-title, an OSC 52 clipboard write, a cursor move over earlier lines. Every
-human-readable line the CLI prints goes through ``visible``; ``--json``
-output is already safe (``json.dumps`` escapes every control character).
+Every human-readable line the CLI prints goes through ``visible``
+(``queuectl/escape.py``); ``--json`` output is already safe (``json.dumps``
+escapes every control character).
 
 ``LogFilter`` is the policy for ``logs`` on a terminal: colours (SGR,
 ``ESC[...m``), newlines, tabs and CRLF pass, everything else is escaped.
@@ -16,23 +14,15 @@ from __future__ import annotations
 import codecs
 import re
 
-# C0, DEL and C1 controls, and lone surrogates (argv bytes that were not UTF-8).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+from queuectl.escape import escape_char as _escape
+from queuectl.escape import visible
+
+__all__ = ["LogFilter", "visible"]
+
 # In job output: an SGR sequence, CRLF, newline and tab pass; other controls do not.
 _LOG_TOKEN = re.compile("(\x1b\\[[0-9;:]*m|\r\n|[\n\t])|[\x00-\x1f\x7f-\x9f]")
 # The end of a chunk that may be the start of a sequence that passes.
 _UNFINISHED = re.compile("(\x1b(\\[[0-9;:]{0,64})?|\r)\\Z")
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    return _NAMED.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
-
-
-def visible(text: str) -> str:
-    """``text`` on one line, with every control character shown as ``\\x1b``, ``\\n``, ..."""
-    return _CONTROL.sub(lambda match: _escape(match.group()), text)
 
 
 def _log_token(match: re.Match) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -31,15 +29,15 @@ def worker_start(
     which let running jobs finish first."""
     import argparse
 
-    from queuectl.agent.main import LOG_FORMAT, parse_label, run_agent
+    from queuectl import logsetup
+    from queuectl.agent.main import parse_label, run_agent
     from queuectl.client import InvalidInput, default_endpoint
 
     try:
         labels = dict(parse_label(text) for text in label or [])
     except argparse.ArgumentTypeError as exc:
         raise InvalidInput(str(exc)) from None
-    logging.basicConfig(level=os.environ.get("QUEUECTL_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format=LOG_FORMAT)
+    logsetup.configure(os.environ.get("QUEUECTL_LOG_LEVEL", "INFO"))
     endpoint = common_endpoint(ctx, broker) or default_endpoint()
     note(f"Starting an agent with {count} slot(s) for broker {endpoint}; Ctrl+C stops it")
     raise typer.Exit(run_agent(endpoint, count, labels, grace))

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import logging
 import os
 import signal
 import sys
 
+from queuectl import logsetup
 from queuectl.client import InvalidInput
 
 from . import TOKEN_ENV
@@ -68,8 +68,8 @@ def url(host: str, port: int) -> str:
 def run(host: str, port: int, endpoint: str, token: str | None = None) -> int:
     """Serve until SIGTERM or Ctrl-C; returns the exit code (1 if it cannot listen)."""
     check_bind(host, port, token)
-    logging.basicConfig(level=os.environ.get("QUEUECTL_LOG_LEVEL", "WARNING"), stream=sys.stderr,
-                        format="queuectl-dashboard: %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(os.environ.get("QUEUECTL_LOG_LEVEL", "WARNING"),
+                       "queuectl-dashboard: %(levelname)s %(name)s: %(message)s")
     _check_endpoint(endpoint)
     from waitress import create_server
 

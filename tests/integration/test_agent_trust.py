@@ -230,3 +230,29 @@ def test_a_hello_cannot_make_the_broker_hold_megabytes(broker):
         assert cli_json(broker, "agents") == []
     finally:
         big.close()
+
+
+def test_text_an_agent_sends_reaches_the_brokers_log_escaped(broker):
+    """The broker logs a late result's reason, which the agent wrote; its log goes
+    to a terminal under `queuectl up`."""
+    agent = FakeAgent(broker.endpoint)
+    try:
+        agent.hello()
+        agent.welcomed()
+        with broker.client() as qc:
+            qc.enqueue({"id": "late", "command": "true", "max_retries": 1})
+            token = agent.expect(m.Dispatch).token
+            now = time.time()
+            agent.send(m.Result(token=token, outcome="ok", exit_code=0, detail="", started_at=now,
+                                finished_at=now))
+            wait_until(lambda: qc.get("late")["state"] == "completed", 10, message="late done")
+            agent.send(m.Result(token=token, outcome="spawn_error", exit_code=None,
+                                detail="\x1b]0;pwned\x07\nERROR forged line", started_at=None,
+                                finished_at=now + 1))
+            wait_until(lambda: qc.get("late")["attempts_log"][0]["late_result"], 10,
+                       message="the late result recorded")
+        log = broker.log()
+        assert "pwned" in log  # it was logged...
+        assert "\x1b" not in log and "\x07" not in log and "\nERROR forged" not in log  # ...as text
+    finally:
+        agent.close()
