@@ -125,10 +125,7 @@ def _taken(broker: "Broker", agent_id: str, owner: bytes) -> str | None:
 def on_started(broker: "Broker", agent: AgentConn, msg: m.Started) -> None:
     if msg.token not in agent.inflight:
         return
-    lease = broker.store.lease(msg.token)
-    if lease is None:
-        return
-    msg = broker.intake.started(msg, lease, broker.now, agent.agent_id)
+    msg = broker.intake.started(msg, agent.connected_at, broker.now, agent.agent_id)
     agent.unstarted.discard(msg.token)
     agent.revoked.discard(msg.token)
     broker.store.start_attempt(msg.token, msg.pid or None, msg.started_at)

@@ -147,9 +147,11 @@ class Intake:
                   "clock; the broker's own time is used instead", agent_id, what, value)
         return None
 
-    def started(self, msg: m.Started, lease: Lease, now: float, agent_id: str) -> m.Started:
-        """``msg`` with a start time the broker believes and a real process id."""
-        started_at = self.time(msg.started_at, now, lease.dispatched_at, agent_id, "started_at")
+    def started(self, msg: m.Started, earliest: float, now: float, agent_id: str) -> m.Started:
+        """``msg`` with a start time the broker believes and a real process id. A
+        Started comes over the connection its job was dispatched on, so the job
+        started after ``earliest``, when that connection said Hello."""
+        started_at = self.time(msg.started_at, now, earliest, agent_id, "started_at")
         pid = msg.pid if 0 < msg.pid <= MAX_PID else 0
         if started_at is None or pid != msg.pid:
             return m.Started(token=msg.token, pid=pid, started_at=now if started_at is None

@@ -107,7 +107,7 @@ def test_numbers_out_of_range_become_unknown_not_stored():
     assert checked.exit_code is None and "1099511627776" in checked.detail
     assert checked.pid is None
     assert (checked.stdout_end, checked.stderr_end) == (0, MAX_OFFSET)
-    started = intake.started(m.Started(token=7, pid=-3, started_at=math.nan), LEASE, NOW, "agent")
+    started = intake.started(m.Started(token=7, pid=-3, started_at=math.nan), NOW - 60, NOW, "agent")
     assert (started.pid, started.started_at) == (0, NOW)
 
 
