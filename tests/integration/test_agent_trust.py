@@ -8,7 +8,6 @@ socket identity (nor, with CURVE, its key).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -18,6 +17,7 @@ import pytest
 
 from fakeagent import FakeAgent
 from harness import cli_json, configure, run_cli, wait_until
+from hostile import strict_json
 from queuectl.proto import messages as m
 
 pytestmark = pytest.mark.integration
@@ -116,13 +116,6 @@ def test_a_hello_without_a_secret_routing_identity_is_refused(broker):
         assert cli_json(broker, "agents") == []
     finally:
         plain.close()
-
-
-def strict_json(text: str):
-    def refuse(constant):
-        raise AssertionError(f"not JSON: {constant}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 ABSURD = [1e300, -1e300, math.inf, -math.inf, math.nan, 0.0, 1e11]
