@@ -11,7 +11,8 @@ A connection is known by its **owner**: a digest of its socket identity
 Every attempt records the owner it was leased to, so after a broker restart
 only the same agent, over the same key, can adopt it, and no peer that merely
 knows an agent's id (anyone can read it in ``queuectl agents``) can report
-its results or its output. Handlers receive only checked values.
+its results or its output. Free text (a result's detail) reaches users with
+its control characters escaped. Handlers receive only checked values.
 """
 
 from __future__ import annotations
@@ -61,11 +62,23 @@ def peer_name(ident: bytes) -> str:
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def _control_char(ch: str) -> bool:
+    """A control character (C0, DEL, C1), a line or paragraph separator, or a
+    bidirectional-text control: a terminal or page obeys it rather than shows it."""
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI
+
+
 def _control(text: str) -> bool:
-    """Does ``text`` hold a control character (C0, DEL, C1), a line or paragraph
-    separator, or a bidirectional-text control?"""
-    return not text.isprintable() and any(
-        unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI for ch in text)
+    return not text.isprintable() and any(map(_control_char, text))
+
+
+def shown(text: str) -> str:
+    """``text`` with each control character written as its escape (``\\x1b``): free
+    text an agent sends reaches users' terminals (``show``, ``dlq list``) as text."""
+    if not _control(text):
+        return text
+    return "".join(ch.encode("unicode_escape").decode() if _control_char(ch) else ch
+                   for ch in text)
 
 
 def _bad_text(name: str, value: str, limit: int, empty_ok: bool = False) -> str | None:
@@ -171,7 +184,7 @@ class Intake:
             started_at = finished_at
         exit_code = msg.exit_code if msg.exit_code in EXIT_CODES else None
         pid = msg.pid if msg.pid is not None and 0 < msg.pid <= MAX_PID else None
-        detail = msg.detail[:1000]
+        detail = shown(msg.detail[:1000])
         if exit_code is None and msg.exit_code is not None:
             detail = detail or f"the agent reported exit code {str(msg.exit_code)[:24]}"
         return m.Result(token=msg.token, outcome=msg.outcome[:40], exit_code=exit_code,

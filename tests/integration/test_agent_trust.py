@@ -8,7 +8,6 @@ socket identity (nor, with CURVE, its key).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -18,6 +17,7 @@ import pytest
 
 from fakeagent import FakeAgent
 from harness import cli_json, configure, run_cli, wait_until
+from hostile import strict_json
 from queuectl.proto import messages as m
 
 pytestmark = pytest.mark.integration
@@ -118,13 +118,6 @@ def test_a_hello_without_a_secret_routing_identity_is_refused(broker):
         plain.close()
 
 
-def strict_json(text: str):
-    def refuse(constant):
-        raise AssertionError(f"not JSON: {constant}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
 ABSURD = [1e300, -1e300, math.inf, -math.inf, math.nan, 0.0, 1e11]
 
 
@@ -167,6 +160,41 @@ def test_absurd_times_from_an_agent_never_break_a_read(broker, absurd):
             assert page.get(path).status_code == 200, path
     finally:
         agent.close()
+
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J\u202e"  # retitle the terminal, clear it, reverse the text
+
+
+def test_an_agents_words_reach_users_terminals_as_text(broker):
+    """A result's detail (a signal's name, a spawn error) becomes the job's last_error,
+    which `show`, `dlq list` and the stats page print: its control characters are
+    shown escaped, never sent raw to a user's terminal (found by test_agent_properties)."""
+    agent = FakeAgent(broker.endpoint)
+    try:
+        agent.hello()
+        agent.welcomed()
+        with broker.client() as qc:
+            qc.enqueue({"id": "escapes", "command": "true", "max_retries": 1})
+            token = agent.expect(m.Dispatch).token
+            now = time.time()
+            agent.send(m.Result(token=token, outcome="signal", exit_code=None, detail=ESCAPES,
+                                started_at=now, finished_at=now))
+            wait_until(lambda: qc.get("escapes")["state"] == "dead", 10, message="the job dead")
+            # The same attempt reported again, differently: kept as its late result.
+            agent.send(m.Result(token=token, outcome="spawn_error", exit_code=None,
+                                detail=ESCAPES, started_at=None, finished_at=now + 1))
+            wait_until(lambda: qc.get("escapes")["attempts_log"][0]["late_result"], 10,
+                       message="the late result")
+    finally:
+        agent.close()
+    for args in (("show", "escapes"), ("dlq", "list")):
+        shown = run_cli(broker, *args)
+        assert shown.returncode == 0, shown.stderr
+        assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout, repr(shown.stdout)
+    job = cli_json(broker, "show", "escapes")
+    assert job["last_error"] == "killed by signal \\x1b]0;pwned\\x07\\x1b[2J\\u202e", job
+    assert job["attempts_log"][0]["late_result"] == \
+        "could not start: \\x1b]0;pwned\\x07\\x1b[2J\\u202e", job
 
 
 def rss_mib(pid: int) -> float:

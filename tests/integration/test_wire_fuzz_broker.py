@@ -24,8 +24,6 @@ import dataclasses
 import itertools
 import reprlib
 import time
-import types
-import typing
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,8 @@ import zmq
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings, strategies as st
 
 from harness import wait_until
+from hostile import (AGENT_MESSAGES, BLOB, FLOATS, GARBAGE, INTS, TEXT, assert_alive, broker_bugs,
+                     field_types, typed_value, well_typed)
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, decode, encode
 from queuectl.proto import codec, config as config_keys, messages as m
 from queuectl.proto.jobspec import COMPAT_FIELDS, FIELDS
@@ -45,7 +45,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
 TYPE_NAMES = sorted(cls.TYPE for cls in MESSAGES)
-AGENT_MESSAGES = [m.Hello, m.Started, m.Output, m.Result, m.Heartbeat, m.Drain, m.Reject, m.Bye]
 # Every admin operation and the arguments it reads (broker/admin.py), except stop_agents.
 OPS: dict[str, list[str]] = {
     "ping": [], "enqueue": ["job", "jobs"], "get": ["id"], "list": ["state", "queue", "limit"],
@@ -60,46 +59,12 @@ SENTINEL_WAIT = 20.0  # seconds for the broker to answer everything sent before 
 
 # --- strategies: one hostile frame --------------------------------------------------------
 
-INTS = st.one_of(st.integers(-(2**63), 2**64 - 1), st.integers(-3, 300),
-                 st.sampled_from([0, 2**31, 2**63 - 1, 2**63, 2**64 - 1, -(2**63)]))
-FLOATS = st.one_of(st.floats(), st.sampled_from([float("nan"), float("inf"), -0.0, 1e308]))
-TEXT = st.text(max_size=40)
-BLOB = st.binary(max_size=40)
-GARBAGE = st.recursive(
-    st.one_of(st.none(), st.booleans(), INTS, FLOATS, TEXT, BLOB,
-              st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8))),
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(TEXT, BLOB), inner, max_size=4)),
-    max_leaves=12)
-
-
 def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
 def envelope(body: Any, type_name: Any, version: Any = VERSION) -> bytes:
     return pack([version, type_name, body])
-
-
-def typed_value(annotation) -> st.SearchStrategy:
-    """A value of the field's declared type, hostile within that type."""
-    if annotation is typing.Any:
-        return GARBAGE
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return st.one_of(*(st.none() if a is type(None) else typed_value(a)
-                           for a in typing.get_args(annotation)))
-    return {int: INTS, float: st.one_of(FLOATS, INTS), str: TEXT, bytes: st.binary(max_size=4096),
-            bool: st.booleans(), dict: st.dictionaries(st.one_of(TEXT, BLOB), GARBAGE, max_size=4),
-            list: st.lists(GARBAGE, max_size=6)}[annotation]
-
-
-def field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def well_typed(cls) -> st.SearchStrategy:
-    return st.builds(cls, **{name: typed_value(a) for name, a in field_types(cls).items()})
 
 
 @st.composite
@@ -425,38 +390,6 @@ def await_reply(sock: zmq.Socket, broker, what: str, timeout: float = 10) -> byt
             f"the broker exited with {broker.proc.returncode} after {what}:\n{broker.log()[-1500:]}"
         assert time.monotonic() < deadline, f"no answer within {timeout}s to {what}"
     return sock.recv()
-
-
-def broker_bugs(log: str) -> list[str]:
-    """Each distinct 'bug while handling X' of the broker's log, with where it failed."""
-    found: list[str] = []
-    lines = log.splitlines()
-    for at, line in enumerate(lines):
-        if "bug while handling" not in line:
-            continue
-        what = line.split("bug while handling ", 1)[1].split(" from ")[0]
-        frames, error = [], "?"
-        for follow in lines[at + 1:]:
-            if follow.startswith("  File "):
-                frames.append(follow.strip())
-            elif follow and not follow.startswith((" ", "Traceback")):
-                error = follow
-                break
-        bug = f"{what}: {error} ({frames[-1] if frames else 'no traceback'})"
-        if bug not in found:
-            found.append(bug)
-    return found
-
-
-def ping(broker) -> None:
-    with broker.client(timeout=5) as qc:
-        assert qc.ping()["protocol"] == VERSION
-
-
-def assert_alive(broker) -> None:
-    assert broker.proc.poll() is None, \
-        f"the broker exited with {broker.proc.returncode}:\n{broker.log()[-1500:]}"
-    ping(broker)
 
 
 def real_agent_runs_a_job(broker, agent, tmp_path: Path) -> None:

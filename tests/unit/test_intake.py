@@ -111,6 +111,22 @@ def test_numbers_out_of_range_become_unknown_not_stored():
     assert (started.pid, started.started_at) == (0, NOW)
 
 
+@pytest.mark.parametrize("text", HOSTILE)
+def test_a_results_detail_keeps_its_control_characters_only_as_escapes(text):
+    result = m.Result(token=7, outcome="signal", exit_code=None, detail=text, started_at=None,
+                      finished_at=NOW)
+    detail = Intake().result(result, LEASE, NOW, "agent").detail
+    assert detail.isprintable()
+    assert detail == "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                             for ch in text)
+
+
+def test_a_results_printable_detail_is_kept_as_it_is():
+    result = m.Result(token=7, outcome="spawn_error", exit_code=None, started_at=None,
+                      detail="No such file or directory: /données/日本", finished_at=NOW)
+    assert Intake().result(result, LEASE, NOW, "agent").detail == result.detail
+
+
 def test_output_must_name_a_stream_and_a_sane_offset():
     chunk = dict(token=1, data=b"abc")
     assert output_problem(m.Output(stream=m.STDOUT, offset=0, **chunk)) is None
