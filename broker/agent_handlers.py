@@ -204,7 +204,9 @@ def on_drain(broker: "Broker", agent: AgentConn, msg: m.Drain) -> None:
 
 
 def on_reject(broker: "Broker", agent: AgentConn, msg: m.Reject) -> None:
-    if msg.token in agent.inflight:
+    # Only a job it was not heard to start: giving one back deletes its attempt,
+    # which would erase the record (and the output) of a run that happened.
+    if msg.token in agent.unstarted:
         agent.forget(msg.token)
         broker.jobs.release(msg.token, broker.now)
         broker.dirty = True

@@ -29,6 +29,7 @@ class FakeAgent:
         self.routing = routing if routing is not None else f"{self.agent_id}/{secrets.token_hex(16)}"
         self.slots, self.labels, self.host = slots, labels or {}, host
         self.seq = 0
+        self.pings = 0
         self.inbox: list[Any] = []
         self.socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -81,6 +82,14 @@ class FakeAgent:
     def refused(self, timeout: float = 10.0) -> m.Error:
         """The Error the broker answers a refused Hello or message with."""
         return self.expect(m.Error, timeout=timeout)
+
+    def settled(self, timeout: float = 10.0) -> None:
+        """Return once the broker has handled everything this connection sent: a
+        ping behind it on the same connection is answered after it."""
+        self.pings += 1
+        req_id = 2**62 + self.pings
+        self.send(m.Request(req_id=req_id, op="ping", args={}))
+        self.expect(m.Reply, lambda msg: msg.req_id == req_id, timeout)
 
     def close(self) -> None:
         self.socket.close(linger=0)

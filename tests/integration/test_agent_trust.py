@@ -284,3 +284,28 @@ def test_text_an_agent_sends_reaches_the_brokers_log_escaped(broker):
         assert "\x1b" not in log and "\x07" not in log and "\nERROR forged" not in log  # ...as text
     finally:
         agent.close()
+
+
+def test_an_agent_cannot_give_back_a_job_it_started(broker):
+    """A Reject is for a job never started; one that ran keeps its attempt and output."""
+    agent = FakeAgent(broker.endpoint)
+    try:
+        agent.hello()
+        agent.welcomed()
+        with broker.client() as qc:
+            qc.enqueue({"id": "ran", "command": "true"})
+            token = agent.expect(m.Dispatch).token
+            now = time.time()
+            agent.send(m.Started(token=token, pid=321, started_at=now),
+                       m.Output(token=token, stream=m.STDOUT, offset=0, data=b"did it\n"),
+                       m.Reject(token=token))
+            agent.settled()
+            job = qc.get("ran")
+            assert job["state"] == "processing" and [a["token"] for a in job["attempts_log"]] \
+                == [token] and job["attempts_log"][0]["pid"] == 321
+            agent.send(m.Result(token=token, outcome="ok", exit_code=0, detail="", started_at=now,
+                                finished_at=now + 0.1, stdout_end=7))
+            wait_until(lambda: qc.get("ran")["state"] == "completed", 10, message="ran completed")
+        assert output_of(broker, "ran") == "did it\n"
+    finally:
+        agent.close()

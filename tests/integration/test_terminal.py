@@ -43,7 +43,9 @@ def test_list_show_and_dlq_show_a_jobs_control_characters_escaped(broker, start_
     with broker.client() as qc:
         qc.enqueue(job)
         dead = qc.wait("evil", timeout=15)
-    assert dead["state"] == "dead" and "\x1b]0;PWNED" in dead["last_error"]
+    # The agent's words (a spawn error naming the cwd) are stored with their
+    # control characters escaped (broker/intake.py); the command and cwd as given.
+    assert dead["state"] == "dead" and "\\x1b]0;PWNED" in dead["last_error"]
     for argv in (["list"], ["show", "evil"], ["dlq", "list"]):
         code, screen = run_in_terminal(broker, *argv)
         assert code == 0, screen
