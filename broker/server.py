@@ -591,6 +591,10 @@ class Broker:
         self.forget_agent(agent)
 
     def forget_agent(self, agent: AgentConn) -> None:
+        """Forget an agent that is gone. It holds no lease by now, unless the batch of
+        its Bye failed and the resync gave them back: those end as at a Bye."""
+        if agent.inflight:
+            self.end_leases(agent, Outcome.LEASE_LOST, said_bye=agent.departing_since is not None)
         self.agents.remove(agent)
         self.trimmer.departed()
         self.notify("agents")

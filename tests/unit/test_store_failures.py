@@ -15,6 +15,7 @@ from typing import Any
 
 import apsw
 import pytest
+import zmq
 
 from queuectl.broker.server import Broker
 from queuectl.proto import decode_batch, encode
@@ -25,12 +26,16 @@ FULL = "the broker could not write its store: database or disk is full"
 
 
 class Wire:
-    """Stands in for the ROUTER socket: keeps every frame the broker sends."""
+    """Stands in for the ROUTER socket: keeps every frame the broker sends; a peer
+    in ``gone`` has closed its connection (ROUTER_MANDATORY refuses it)."""
 
     def __init__(self) -> None:
         self.sent: list[list[bytes]] = []
+        self.gone: set[bytes] = set()
 
     def send_multipart(self, parts: list[bytes], flags: int = 0) -> None:
+        if parts[0] in self.gone:
+            raise zmq.ZMQError(zmq.EHOSTUNREACH)
         self.sent.append(parts)
 
     def replies(self) -> dict[int, m.Reply]:
@@ -122,3 +127,32 @@ def test_a_deleted_wal_file_is_renewed_with_every_commit_in_the_store_file(
     assert other.execute("SELECT count(*) FROM jobs").fetchall() == [(20,)]
     other.close()
     assert answer(broker, request(2, "enqueue", job={"id": "after", "command": "true"}))[2].ok
+
+
+AGENT = b"agent-1/" + b"s" * 32
+
+
+def test_a_bye_in_a_batch_that_failed_leaves_no_job_processing(broker, store):
+    """The agent said Bye with a job still leased (its results could not be
+    stored: the disk was full) in a batch that failed; the resync gave the job
+    back to the departing agent. Once its connection closed, the job must run
+    again, not stay processing for good."""
+    import time
+
+    hello = m.Hello(agent_id="agent-1", host="h", pid=1, slots=1, labels={}, routing=AGENT.decode())
+    broker.step([(AGENT, encode(hello), None)])
+    answer(broker, request(1, "enqueue", job={"id": "j", "command": "sleep 9"}))
+    token = next(msg.token for _, frame in broker.socket.sent for msg in decode_batch(frame)
+                 if isinstance(msg, m.Dispatch))
+    broker.step([(AGENT, encode(m.Started(token=token, pid=5, started_at=time.time())), None)])
+    store.conn.pragma("max_page_count", store.conn.pragma("page_count") + 20)
+    big = [{"id": f"b{n}", "command": "x" * 300} for n in range(5000)]
+    broker.step([(AGENT, encode(m.Bye()), None), request(2, "enqueue", jobs=big)])
+    assert store.job("j").state.value == "processing"  # the batch was rolled back
+    store.conn.pragma("max_page_count", 2**30)  # room again
+    broker.socket.gone.add(AGENT)  # and the agent's connection has closed
+    broker.store_retry_at = broker._next_maintenance = 0.0
+    broker.step([])
+    assert len(broker.agents) == 0
+    job = store.job("j")
+    assert (job.state.value, job.lease, job.last_error) == ("failed", None, "agent lost")
