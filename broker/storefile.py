@@ -30,10 +30,11 @@ Identity = tuple[int, int]  # (st_dev, st_ino): the same file, whatever its name
 
 
 def identity(path: str) -> Identity | None:
-    """The file ``path`` names now, or None if it names nothing."""
+    """The file ``path`` names now, or None if it names nothing the broker can reach
+    (gone, or a directory on the way replaced, unreadable, a loop of links)."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return None
     return st.st_dev, st.st_ino
 

@@ -114,6 +114,25 @@ def test_a_renamed_store_file_refuses_writes_with_one_clear_error_until_it_is_ba
     assert {job.id for job in store.list_jobs(limit=-1)} == {"before", "after"}
 
 
+def test_a_store_path_that_cannot_be_looked_at_refuses_writes_and_ends_nothing(
+        broker, store, tmp_path):
+    """The store's folder replaced by a file: stat says "not a directory" (found by
+    review: the look raised it and ended the broker)."""
+    db, away = tmp_path / "queue.db", tmp_path.with_name(tmp_path.name + "-away")
+    tmp_path.rename(away)
+    tmp_path.write_text("not a folder")
+    broker.files.check()
+    replies = answer(broker, request(1, "enqueue", job={"id": "refused", "command": "true"}),
+                     request(2, "status"))
+    assert (replies[1].ok, replies[1].error_code) == (False, "unavailable")
+    assert f"the store file {db} was deleted, renamed or replaced" in replies[1].error
+    assert replies[2].ok
+    tmp_path.unlink()
+    away.rename(tmp_path)
+    broker.files.check()
+    assert answer(broker, request(3, "enqueue", job={"id": "after", "command": "true"}))[3].ok
+
+
 def test_a_deleted_wal_file_is_renewed_with_every_commit_in_the_store_file(
         broker, store, tmp_path):
     wal = tmp_path / "queue.db-wal"
