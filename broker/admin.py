@@ -109,26 +109,28 @@ def op_batch_add(call: Call) -> Any:
     specs = _jobs(call)
     if not specs:
         raise SpecError("jobs", "a chunk holds at least one job")
-    batch_id = broker.batches.open(call.arg("batch", int, None, nullable=True), broker.now)
+    batch_id, key = broker.batches.open(call.arg("batch", int, None, nullable=True),
+                                        call.arg("key", str, None, nullable=True), broker.now)
     jobs = broker.jobs.enqueue(specs, broker.now, batch=True, stage=batch_id)
     broker.batches.added(batch_id, broker.mono)
-    return {"batch": batch_id, "ids": [job.id for job in jobs]}
+    return {"batch": batch_id, "key": key, "ids": [job.id for job in jobs]}
 
 
 def op_batch_commit(call: Call) -> Any:
     """Commit a batch of ``count`` jobs; answers once every job is visible (or
     with ``done`` false at the hold's end: ask again, it is idempotent)."""
     broker, batch_id = call.broker, call.arg("batch", int)
+    key = call.arg("key", str, None, nullable=True)
 
     def result() -> Any:
-        batch = broker.batches.get(batch_id)
+        batch = broker.batches.get(batch_id, key)
         return {"done": batch.state is BatchState.DONE, "jobs": batch.rows}
 
     def check() -> Any:
         current = result()
         return current if current["done"] else None
 
-    batch = broker.batches.commit(batch_id, call.arg("count", int), broker.now)
+    batch = broker.batches.commit(batch_id, key, call.arg("count", int), broker.now)
     if batch.state is BatchState.DONE or call.hold() == 0:
         return result()
     return call.park(f"batch:{batch_id}", check, result)
@@ -136,7 +138,8 @@ def op_batch_commit(call: Call) -> Any:
 
 def op_batch_abort(call: Call) -> Any:
     broker = call.broker
-    broker.batches.abort(call.arg("batch", int), "aborted by its client", broker.now)
+    broker.batches.abort(call.arg("batch", int), call.arg("key", str, None, nullable=True),
+                         "aborted by its client", broker.now)
     return {"aborted": True}
 
 

@@ -8,13 +8,20 @@ no claim, timer, read or count sees them, yet their ids are taken. The commit
 is one durable row change; the broker then makes the rows visible a slice
 per loop iteration (``advance``) and answers the commit once all are. An
 abort, a client silent for ``batch_idle_sec``, or a broker restart before
-the commit deletes the rows, also a slice per iteration. So no iteration
-handles more than one chunk per client and one slice, whatever the size.
+the commit deletes the rows, also a slice per iteration.
+
+A batch is its client's: the first ``batch_add`` answers with a secret key,
+which every later request about the batch must show (the store keeps only a
+digest, so it holds across restarts). To anyone else the batch does not
+exist: no other client can add to it, commit it half sent, or abort it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 
 from .jobs import JobError
 from .store import Batch, BatchState, Store
@@ -48,21 +55,23 @@ class Batches:
             log.warning("batch %d was open when the broker stopped: aborted", batch_id)
         self.load(mono)
 
-    def open(self, batch_id: int | None, now: float) -> int:
-        """The batch a chunk goes to: a new one, or ``batch_id`` if it is open."""
+    def open(self, batch_id: int | None, key: str | None, now: float) -> tuple[int, str]:
+        """The batch a chunk goes to and its key: a new one, or ``batch_id`` if it is
+        open and ``key`` is its key."""
         if batch_id is None:
-            return self.store.open_batch(now, KEEP)
-        batch = self.get(batch_id)
+            key = secrets.token_hex(16)
+            return self.store.open_batch(now, KEEP, _digest(key)), key
+        batch = self.get(batch_id, key)
         if batch.state is not BatchState.OPEN:
             raise self._closed(batch)
-        return batch_id
+        return batch_id, key
 
     def added(self, batch_id: int, mono: float) -> None:
         self.heard[batch_id] = mono
 
-    def commit(self, batch_id: int, count: int, now: float) -> Batch:
+    def commit(self, batch_id: int, key: str | None, count: int, now: float) -> Batch:
         """Commit an open batch of ``count`` jobs; a committed one is left as it is."""
-        batch = self.get(batch_id)
+        batch = self.get(batch_id, key)
         if batch.state is BatchState.ABORTED:
             raise self._closed(batch)
         if batch.state is BatchState.OPEN:
@@ -70,11 +79,11 @@ class Batches:
                 raise JobError("conflict", f"batch {batch_id} holds {batch.rows} jobs, not "
                                            f"{count}: a chunk is missing")
             self._end(batch_id, BatchState.COMMITTED, now)
-            batch = self.get(batch_id)
+            batch = self.get(batch_id, key)
         return batch
 
-    def abort(self, batch_id: int, reason: str, now: float) -> None:
-        batch = self.get(batch_id)
+    def abort(self, batch_id: int, key: str | None, reason: str, now: float) -> None:
+        batch = self.get(batch_id, key)
         if batch.state in (BatchState.COMMITTED, BatchState.DONE):
             raise self._closed(batch)
         if batch.state is BatchState.OPEN:
@@ -102,7 +111,7 @@ class Batches:
     def _end(self, batch_id: int, state: BatchState, now: float, reason: str | None = None) -> None:
         self.store.end_batch(batch_id, state, now, reason)
         self.heard.pop(batch_id, None)
-        self.work.append(self.get(batch_id))
+        self.work.append(self.store.batch(batch_id))
 
     @staticmethod
     def _closed(batch: Batch) -> JobError:
@@ -111,9 +120,16 @@ class Batches:
                                         "nothing from it was enqueued")
         return JobError("conflict", f"batch {batch.id} is committed already")
 
-    def get(self, batch_id: int) -> Batch:
+    def get(self, batch_id: int, key: str | None) -> Batch:
+        """Batch ``batch_id``, to the client that shows its key; to anyone else it is
+        as unknown as a batch that never was."""
         batch = self.store.batch(batch_id)
-        if batch is None:
-            raise JobError("not_found", f"no batch {batch_id} (batches are forgotten an hour "
-                                        "after they end)")
+        if batch is None or key is None or batch.key is None or \
+                not hmac.compare_digest(batch.key, _digest(key)):
+            raise JobError("not_found", f"no batch {batch_id} of this client (batches are "
+                                        "forgotten an hour after they end)")
         return batch
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=16).digest()

@@ -15,6 +15,7 @@ the same transactions that change the jobs, so ``status`` is O(1).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -261,7 +262,8 @@ MIGRATIONS = [
         next_seq INTEGER,
         reason TEXT,
         created_at REAL NOT NULL,
-        ended_at REAL
+        ended_at REAL,
+        key BLOB  -- digest of the secret its client holds (broker/batches.py)
     );
     -- staged rows were never counted, so deleting them (an abort) must not uncount
     DROP TRIGGER jobs_count_delete;
@@ -364,6 +366,7 @@ class Batch:
     last_seq: int
     next_seq: int | None
     reason: str | None
+    key: bytes | None  # digest of the secret its client must show
 
     @property
     def unfinished(self) -> bool:
@@ -878,26 +881,27 @@ class Store:
 
     # --- streamed batches (broker/batches.py) -------------------------------
 
-    def open_batch(self, now: float, keep: float) -> int:
-        """A new open batch; its rows will take seqs above every row there is now.
-        Forgets batches whose rows were all handled more than ``keep`` seconds ago."""
+    def open_batch(self, now: float, keep: float, key: bytes) -> int:
+        """A new open batch, for the client that holds the secret behind ``key``; its
+        rows will take seqs above every row there is now. Forgets batches whose rows
+        were all handled more than ``keep`` seconds ago."""
         self.conn.execute("DELETE FROM batches WHERE ended_at < ? AND next_seq > last_seq",
                           (now - keep,))
         self.conn.execute(
-            "INSERT INTO batches (state, first_seq, last_seq, created_at)"
-            " SELECT ?, coalesce(max(seq), 0) + 1, coalesce(max(seq), 0), ? FROM jobs",
-            (BatchState.OPEN.value, now))
+            "INSERT INTO batches (state, first_seq, last_seq, created_at, key)"
+            " SELECT ?, coalesce(max(seq), 0) + 1, coalesce(max(seq), 0), ?, ? FROM jobs",
+            (BatchState.OPEN.value, now, key))
         return self.conn.last_insert_rowid()
 
     def batch(self, batch_id: int) -> Batch | None:
-        row = self._one("SELECT id, state, rows, first_seq, last_seq, next_seq, reason"
+        row = self._one("SELECT id, state, rows, first_seq, last_seq, next_seq, reason, key"
                         " FROM batches WHERE id = ?", (batch_id,))
         return Batch(row[0], BatchState(row[1]), *row[2:]) if row else None
 
     def live_batches(self) -> list[Batch]:
         """Batches that are open, or whose rows are still being made visible or deleted."""
         return [Batch(row[0], BatchState(row[1]), *row[2:]) for row in self.conn.execute(
-            "SELECT id, state, rows, first_seq, last_seq, next_seq, reason FROM batches"
+            "SELECT id, state, rows, first_seq, last_seq, next_seq, reason, key FROM batches"
             " WHERE state = ? OR next_seq <= last_seq", (BatchState.OPEN.value,))]
 
     def end_batch(self, batch_id: int, state: BatchState, now: float,
@@ -940,8 +944,7 @@ class Store:
             state = BatchState.DONE
         self.conn.execute("UPDATE batches SET next_seq = ?, state = ?, ended_at = ? WHERE id = ?",
                           (high + 1, state.value, now, batch.id))
-        return Batch(batch.id, state, batch.rows, batch.first_seq, batch.last_seq, high + 1,
-                     batch.reason), visible, waiting
+        return dataclasses.replace(batch, state=state, next_seq=high + 1), visible, waiting
 
     # --- stats and config -------------------------------------------------
 

@@ -98,12 +98,12 @@ def enqueue_all(conn: Connection, check: Callable[[Any, str], dict[str, Any]],
     try:
         reply = _reply(names, conn.submit("batch_add", extra=size_allowance(len(specs)),
                                           batch=None, jobs=specs))
-        batch, count = reply["batch"], len(specs)
+        batch, count = (reply["batch"], reply["key"]), len(specs)
         on_ids(reply["ids"])
         while ahead is not None:
             specs, names = ahead
-            sent = conn.submit("batch_add", extra=size_allowance(len(specs)), batch=batch,
-                               jobs=specs)
+            sent = conn.submit("batch_add", extra=size_allowance(len(specs)), batch=batch[0],
+                               key=batch[1], jobs=specs)
             ahead = next(stream, None)  # read and check the next chunk while the broker works
             on_ids(_reply(names, sent)["ids"])
             count += len(specs)
@@ -117,19 +117,20 @@ def enqueue_all(conn: Connection, check: Callable[[Any, str], dict[str, Any]],
     return _commit(conn, batch, count)
 
 
-def _abort(conn: Connection, batch: int) -> None:
+def _abort(conn: Connection, batch: tuple[int, str]) -> None:
     """Best effort: a batch left open is aborted by the broker after batch_idle_sec."""
     try:
-        conn.call("batch_abort", batch=batch)
+        conn.call("batch_abort", batch=batch[0], key=batch[1])
     except QueueError:
         pass
 
 
-def _commit(conn: Connection, batch: int, count: int) -> int:
+def _commit(conn: Connection, batch: tuple[int, str], count: int) -> int:
     """Commit, and wait until every job is visible, across broker restarts: a batch
     committed before a crash becomes visible after it, one still open is aborted."""
     while True:
         result = conn.survive_restarts(
-            lambda: conn.call("batch_commit", hold=HOLD, batch=batch, count=count))
+            lambda: conn.call("batch_commit", hold=HOLD, batch=batch[0], key=batch[1],
+                              count=count))
         if result["done"]:
             return result["jobs"]

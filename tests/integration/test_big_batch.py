@@ -164,3 +164,23 @@ def test_one_request_carries_at_most_10000_jobs_and_the_client_streams_more(brok
         with pytest.raises(InvalidInput, match="job 12001: field 'command'"):
             qc.enqueue_many([{"command": "true"}] * 12_000 + [{"command": ""}])
         assert qc.status()["counts"]["pending"] == 25_000
+
+
+def test_another_client_cannot_touch_a_batch_it_did_not_open(broker):
+    """Batch numbers are sequential; only the key returned with the first chunk
+    opens the batch (found by review: another client could commit a half-sent
+    batch, enqueueing part of a file whose own client then reported an error)."""
+    from queuectl.client import NotFound
+
+    with broker.client() as owner, broker.client() as other:
+        opened = owner.call("batch_add", batch=None, jobs=[{"id": "half-1", "command": "true"}])
+        for op, args in (("batch_commit", {"count": 1}), ("batch_abort", {}),
+                         ("batch_add", {"jobs": [{"id": "sneaked", "command": "true"}]})):
+            for key in (None, "0" * 32):
+                with pytest.raises(NotFound, match="of this client"):
+                    other.call(op, batch=opened["batch"], key=key, **args)
+        assert owner.status()["counts"]["pending"] == 0  # nothing became visible
+        committed = owner.call("batch_commit", batch=opened["batch"], key=opened["key"], count=1,
+                               hold=10)
+        assert committed == {"done": True, "jobs": 1}
+        assert [job["id"] for job in owner.list()] == ["half-1"]

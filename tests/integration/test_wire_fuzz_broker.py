@@ -51,8 +51,8 @@ OPS: dict[str, list[str]] = {
     "status": [], "wait": ["id", "hold"], "cancel": ["id", "hold"],
     "logs": ["id", "after", "attempt", "hold"], "dlq_list": ["limit"], "dlq_retry": ["all", "ids"],
     "config_show": [], "config_get": ["key"], "config_set": ["key", "value"], "agents": [],
-    "wait_agents": ["ids", "hold"], "batch_add": ["batch", "jobs"],
-    "batch_commit": ["batch", "count", "hold"], "batch_abort": ["batch"],
+    "wait_agents": ["ids", "hold"], "batch_add": ["batch", "key", "jobs"],
+    "batch_commit": ["batch", "key", "count", "hold"], "batch_abort": ["batch", "key"],
 }
 SENTINEL_WAIT = 20.0  # seconds for the broker to answer everything sent before a sentinel
 

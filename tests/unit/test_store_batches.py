@@ -25,7 +25,7 @@ def job(job_id: str, *, run_at: float = NOW, requires=None, queue: str = "defaul
 
 def staged_batch(store: Store, *chunks: list[NewJob]) -> int:
     """An open batch holding ``chunks``, each inserted as one batch_add would."""
-    batch = store.open_batch(NOW, 3600)
+    batch = store.open_batch(NOW, 3600, b"key")
     for chunk in chunks:
         store.insert_jobs(chunk, NOW, stage=batch)
     return batch
@@ -70,7 +70,7 @@ def test_a_staged_id_is_taken_and_a_clash_inserts_nothing(store):
         store.insert_jobs([job("new"), job("x")], NOW)
     with pytest.raises(DuplicateId, match="appears more than once in the batch"):
         store.insert_jobs([job("z"), job("y")], NOW, stage=batch)
-    other = store.open_batch(NOW, 3600)
+    other = store.open_batch(NOW, 3600, b"key")
     with pytest.raises(DuplicateId, match="being enqueued by another batch"):
         store.insert_jobs([job("x")], NOW, stage=other)
     assert store.job("new") is None
@@ -157,7 +157,7 @@ def test_a_restart_aborts_open_batches_and_finishes_committed_ones(tmp_path):
 
 def test_a_silent_batch_is_aborted_after_the_idle_time(store):
     batches = Batches(store)
-    batch_id = batches.open(None, NOW)
+    batch_id, key = batches.open(None, None, NOW)
     store.insert_jobs([job("a")], NOW, stage=batch_id)
     batches.added(batch_id, mono=100.0)
     batches.expire(mono=150.0, idle=60, now=NOW)
@@ -165,25 +165,47 @@ def test_a_silent_batch_is_aborted_after_the_idle_time(store):
     batches.expire(mono=161.0, idle=60, now=NOW)
     assert store.batch(batch_id).state is BatchState.ABORTED
     with pytest.raises(JobError, match=r"client sent nothing for 60s\); nothing from it"):
-        batches.open(batch_id, NOW)
+        batches.open(batch_id, key, NOW)
     with pytest.raises(JobError, match="was aborted"):
-        batches.commit(batch_id, 1, NOW)
+        batches.commit(batch_id, key, 1, NOW)
 
 
 def test_a_commit_checks_the_count_and_may_be_asked_again(store):
     batches = Batches(store)
-    batch_id = batches.open(None, NOW)
+    batch_id, key = batches.open(None, None, NOW)
     store.insert_jobs([job("a"), job("b")], NOW, stage=batch_id)
     with pytest.raises(JobError, match="holds 2 jobs, not 3"):
-        batches.commit(batch_id, 3, NOW)
-    assert batches.commit(batch_id, 2, NOW).state is BatchState.COMMITTED
-    assert batches.commit(batch_id, 2, NOW).state is BatchState.COMMITTED
+        batches.commit(batch_id, key, 3, NOW)
+    assert batches.commit(batch_id, key, 2, NOW).state is BatchState.COMMITTED
+    assert batches.commit(batch_id, key, 2, NOW).state is BatchState.COMMITTED
     with pytest.raises(JobError, match="committed already"):
-        batches.abort(batch_id, "late", NOW)
+        batches.abort(batch_id, key, "late", NOW)
     with pytest.raises(JobError, match="committed already"):
-        batches.open(batch_id, NOW)
+        batches.open(batch_id, key, NOW)
     visible, _, finished = batches.advance(NOW)
     assert visible == 2 and finished.state is BatchState.DONE
-    assert batches.commit(batch_id, 2, NOW).state is BatchState.DONE
+    assert batches.commit(batch_id, key, 2, NOW).state is BatchState.DONE
     with pytest.raises(JobError, match="no batch 99"):
-        batches.commit(99, 1, NOW)
+        batches.commit(99, key, 1, NOW)
+
+
+def test_a_batch_is_its_clients_alone(store):
+    """Another client knows the batch's number (they are sequential), not its key:
+    for it the batch does not exist (found by review: it could commit a batch half
+    sent, so that part of a file was enqueued while its client reported an error)."""
+    batches = Batches(store)
+    batch_id, key = batches.open(None, None, NOW)
+    store.insert_jobs([job("a")], NOW, stage=batch_id)
+    other_id, other_key = batches.open(None, None, NOW)
+    assert other_key != key
+    for wrong in (None, other_key, key + "0"):
+        with pytest.raises(JobError, match=f"no batch {batch_id} of this client") as refused:
+            batches.commit(batch_id, wrong, 1, NOW)
+        assert "1 job" not in str(refused.value)  # it learns nothing of the batch
+        with pytest.raises(JobError, match="of this client"):
+            batches.abort(batch_id, wrong, "not yours", NOW)
+        with pytest.raises(JobError, match="of this client"):
+            batches.open(batch_id, wrong, NOW)
+    assert store.batch(batch_id).state is BatchState.OPEN
+    assert batches.commit(batch_id, key, 1, NOW).state is BatchState.COMMITTED
+    assert store.batch(batch_id).key != key.encode()  # the store keeps a digest only
