@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HELLO_FIRST = "hello_first"
-MAX_AGENTS = 10_000  # connected agents at once: what a flood of Hellos can make us hold
+# Connected agents at once: what a flood of Hellos can make the broker hold (up
+# to ~60 KiB each with the most labels, half of it libzmq's). A fleet of
+# thousands of processes is far beyond what one broker was measured to serve.
+MAX_AGENTS = 4096
 
 
 def welcome(broker: "Broker", agent: AgentConn, cancel: list[int],
@@ -69,7 +72,8 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello, key_name: str | None)
     if agent is None:
         why = _taken(broker, msg.agent_id, owner)
         if why:
-            log.warning("refused a hello from peer %s: %s", peer_name(ident), why)
+            broker.intake.warn(peer_name(ident), "refused a hello from peer %s: %s",
+                               peer_name(ident), why)
             refuse(broker, ident, ErrorCode.CONFLICT, why)
             return
         agent = AgentConn(agent_id=msg.agent_id, ident=ident, host=msg.host, pid=msg.pid,
@@ -83,7 +87,8 @@ def on_hello(broker: "Broker", ident: bytes, msg: m.Hello, key_name: str | None)
         for token in sorted(agent.inflight - tokens):
             agent.forget(token)
             broker.end_lease(token, Outcome.LEASE_LOST, may_release=True)  # it is not running
-        agent.slots, agent.labels = msg.slots, dict(msg.labels)
+        agent.slots = msg.slots
+        agent.set_labels(msg.labels)
         agent.draining, agent.departing_since = False, None
     agent.hello_seq = msg.seq
     cancel = []

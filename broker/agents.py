@@ -47,10 +47,16 @@ class AgentConn:
     # Digest of its socket identity and key (broker/intake.py): the attempts
     # leased to it record it, and only it may report them.
     owner: bytes = b""
+    # Its labels as the store's claim compares them, encoded once per Hello (a
+    # claim, made for every agent at every dispatch, must not encode them again).
+    labels_json: str | None = field(init=False, default=None)
 
-    @property
-    def labels_json(self) -> str | None:
-        return json.dumps(self.labels, sort_keys=True) if self.labels else None
+    def __post_init__(self) -> None:
+        self.set_labels(self.labels)
+
+    def set_labels(self, labels: dict) -> None:
+        self.labels = dict(labels)
+        self.labels_json = json.dumps(self.labels, sort_keys=True) if self.labels else None
 
     @property
     def prefetch(self) -> int:

@@ -33,6 +33,7 @@ MAX_ID = 256           # characters of an agent id, a host name
 MAX_LABELS = 64
 MAX_LABEL_KEY = 128
 MAX_LABEL_VALUE = 256
+MAX_LABEL_CHARS = 4096  # names and values of one agent's labels, in all
 ROUTING = range(17, 256)  # bytes of a socket identity: libzmq's limit, and room for a secret
 MAX_PID = 2**31 - 1
 EXIT_CODES = range(-255, 256)  # a status (0-255) or a signal (negative, from subprocess)
@@ -108,6 +109,9 @@ def hello_problem(msg: m.Hello) -> str | None:
         return "pid is out of range"
     if len(msg.labels) > MAX_LABELS:
         return f"at most {MAX_LABELS} labels"
+    if sum(len(k) + len(v) for k, v in msg.labels.items()
+           if isinstance(k, str) and isinstance(v, str)) > MAX_LABEL_CHARS:
+        return f"labels must hold at most {MAX_LABEL_CHARS} characters in all"
     for key, value in msg.labels.items():
         if not isinstance(key, str) or not isinstance(value, str):
             return "labels must map strings to strings"
@@ -134,18 +138,21 @@ class Lease(NamedTuple):
 
 
 class Intake:
-    """Checks the values of agent messages against the broker's clock and logs
-    what it replaced, at most once a minute per agent (a peer can send many)."""
+    """Checks the values of agent messages against the broker's clock. What it
+    logs about a peer (a replaced time, a refused Hello, a malformed frame) it
+    logs at most once a minute per peer: a peer can send thousands a second."""
 
     def __init__(self) -> None:
         self._logged: dict[str, float] = {}
 
-    def warn(self, agent_id: str, text: str, *args: object) -> None:
+    def warn(self, peer: str, text: str, *args: object) -> None:
+        """Log a warning about ``peer`` (an agent id or a peer's name), unless one
+        was logged for it in the last minute."""
         now = time.monotonic()
-        if now - self._logged.get(agent_id, -LOG_EVERY) >= LOG_EVERY:
-            if len(self._logged) > 10_000:  # one entry per agent id: bounded
+        if now - self._logged.get(peer, -LOG_EVERY) >= LOG_EVERY:
+            if len(self._logged) > 10_000:  # one entry per peer: bounded
                 self._logged.clear()
-            self._logged[agent_id] = now
+            self._logged[peer] = now
             log.warning(text, *args)
 
     def time(self, value: float | None, now: float, earliest: float, agent_id: str,

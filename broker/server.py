@@ -162,7 +162,8 @@ class Broker:
                 principal = guard.who(parts[-1].get("User-Id"))
                 parts = [part.bytes for part in parts]
             if len(parts) != 2:
-                log.warning("dropped a message of %d frames (expected identity + 1)", len(parts))
+                self.intake.warn(peer_name(parts[0]), "dropped a message of %d frames (expected "
+                                 "identity + 1) from peer %s", len(parts), peer_name(parts[0]))
                 continue
             frames.append((parts[0], parts[1], principal))
 
@@ -323,7 +324,8 @@ class Broker:
             self.send(ident, m.Error(code=ErrorCode.VERSION.value, message=f"broker: {exc}"))
             return
         except ProtocolError as exc:
-            log.warning("dropped a malformed frame from peer %s: %s", peer_name(ident), exc)
+            self.intake.warn(peer_name(ident), "dropped a malformed frame from peer %s: %s",
+                             peer_name(ident), exc)
             self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value, message=f"malformed frame: {exc}"))
             return
         except Exception:  # a decoder bug must not end the broker: drop the frame
@@ -360,7 +362,8 @@ class Broker:
             else:
                 agent_refusal = agent_refusal or why or first
         if agent_refusal:
-            log.warning("refused agent messages from peer %s: %s", peer_name(ident), agent_refusal)
+            self.intake.warn(peer_name(ident), "refused agent messages from peer %s: %s",
+                             peer_name(ident), agent_refusal)
             self.send(ident, m.Error(code=ErrorCode.FORBIDDEN.value, message=agent_refusal))
         return False
 

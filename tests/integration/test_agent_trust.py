@@ -309,3 +309,18 @@ def test_an_agent_cannot_give_back_a_job_it_started(broker):
         assert output_of(broker, "ran") == "did it\n"
     finally:
         agent.close()
+
+
+def test_a_peer_cannot_flood_the_brokers_log(broker):
+    """Each refused Hello, refused frame and malformed frame used to log a line:
+    20,000 from one connection in a second (found by review)."""
+    noisy = FakeAgent(broker.endpoint, routing="")  # refused: no secret identity
+    try:
+        for _ in range(300):
+            noisy.hello()
+            noisy.socket.send(b"\x93garbage")
+        noisy.settled()
+        log = broker.log()
+        assert log.count("refused a hello") <= 1 and log.count("malformed frame") <= 1, log[-600:]
+    finally:
+        noisy.close()

@@ -57,6 +57,7 @@ def test_control_characters_are_refused_wherever_a_hello_carries_text(field, tex
     ({"labels": {"k": "v" * 257}}, "at most 256"),
     ({"labels": {"k" * 129: "v"}}, "at most 128"),
     ({"labels": {"k": 1}}, "strings to strings"),
+    ({"labels": {f"k{n:02d}": "v" * 200 for n in range(25)}}, "4096 characters in all"),
     ({"tokens": list(range(1, 8))}, "3 per slot"),  # 2 slots hold at most 6
     ({"tokens": [0]}, "positive"),
     ({"slots": 0}, "slots"),
