@@ -34,6 +34,9 @@ MAX_HOLD = 30.0  # a parked request is answered within this many seconds
 MAX_LIMIT = 1_000_000
 MAX_SEARCH = 1000  # characters of a list search
 MAX_QUEUE_LIMIT = 1_000_000
+# Characters of a text argument (an id, a key, a name): every real one is far
+# shorter, and an error quotes it (a review sent a 60 MiB id and got it back).
+MAX_TEXT_ARG = 4096
 # Jobs one request may carry: about 0.1 s of the loop. More go as a streamed
 # batch (batch_add, batch_commit), which the client library does by itself.
 MAX_REQUEST_JOBS = 10_000
@@ -59,6 +62,8 @@ class Call:
             raise SpecError(name, "has the wrong type")
         if type(value) is int and not -2**63 <= value < 2**63:
             raise SpecError(name, "is out of range")
+        if type(value) is str and len(value) > MAX_TEXT_ARG:
+            raise SpecError(name, f"must be at most {MAX_TEXT_ARG} characters")
         return value
 
     def strings(self, name: str) -> list[str]:

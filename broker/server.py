@@ -32,6 +32,7 @@ from . import admin, agent_handlers, lifecycle
 from .agents import AgentConn, Registry
 from .auth import Guard, forbidden
 from .batches import Batches
+from .inbox import STEP_SECONDS, Frame, Inbox
 from .intake import Intake, peer_name
 from .jobs import JobError, JobService
 from .memory import Trimmer
@@ -51,9 +52,6 @@ DEPARTURE_WAIT = 5.0  # seconds a departing agent's connection may take to close
 DEPARTURE_PROBE = 0.02  # seconds between two looks at a departing agent's connection
 LINGER = 0.001  # seconds the loop may wait for more frames from busy agents (_linger)
 
-# One frame read from the ROUTER: the peer's identity, the data, and with CURVE
-# the key it connected with (None without CURVE: everyone may do everything).
-Frame = tuple[bytes, bytes, Principal | None]
 
 
 class Broker:
@@ -83,7 +81,9 @@ class Broker:
         self.mono = time.monotonic()
         self.metrics = Metrics(started_at=self.now)
         self._next_maintenance = 0.0
-        self._drained_at = 0.0  # when the inbox was last read to the end
+        self.inbox = Inbox()
+        self._read_all = True  # the last read emptied the socket's queue
+        self._drained_at = 0.0  # when the inbox was last read and handled to the end
         self.store_failing_since: float | None = None
         self.store_retry_at = 0.0
         self._store_backoff = 0.0
@@ -142,18 +142,21 @@ class Broker:
             events = dict(poller.poll(self._poll_timeout_ms()))
             if self._wake_r in events:
                 os.read(self._wake_r, 4096)
-            frames: list[Frame] = []
-            if self.socket in events:
-                self._read(frames)
-                self._linger(frames)
-            self.step(frames)
+            if self.socket in events and not self.inbox.full():
+                self._linger(self._read())
+            self.step(self.inbox.take(), budget=STEP_SECONDS)
         self._shutdown()
 
-    def _read(self, frames: list[Frame]) -> None:
-        """Append the frames waiting on the socket (up to BATCH)."""
+    def _read(self) -> list[Frame]:
+        """Move the frames waiting on the socket into the inbox (up to BATCH, and
+        while it is not full); returns them."""
         # EVENTS says whether a frame waits: cheaper than ending on zmq.Again.
-        sock, guard = self.socket, self.guard
-        while len(frames) < BATCH and sock.get(zmq.EVENTS) & zmq.POLLIN:
+        sock, guard, frames = self.socket, self.guard, []
+        self._read_all = False
+        while len(frames) < BATCH and not self.inbox.full():
+            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                self._read_all = True
+                break
             if guard is None:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
                 principal = None
@@ -165,7 +168,10 @@ class Broker:
                 self.intake.warn(peer_name(parts[0]), "dropped a message of %d frames (expected "
                                  "identity + 1) from peer %s", len(parts), peer_name(parts[0]))
                 continue
-            frames.append((parts[0], parts[1], principal))
+            frame = (parts[0], parts[1], principal)
+            self.inbox.put(frame)
+            frames.append(frame)
+        return frames
 
     def _linger(self, frames: list[Frame]) -> None:
         """Group commit over time: while every frame read so far comes from an agent
@@ -179,7 +185,7 @@ class Broker:
             if remaining <= 0 or not self.socket.poll(max(1, int(remaining * 1000))):
                 return
             start = len(frames)
-            self._read(frames)
+            frames += self._read()
 
     def _can_wait(self, frames: list[Frame]) -> bool:
         if not frames:
@@ -212,7 +218,7 @@ class Broker:
         backoff = self.store_retry_at - time.monotonic()
         if backoff > 0:  # the store failed: timed writes wait until then
             return int(min(backoff, interval) * 1000) + 1
-        if self.undelivered or self.dirty or self.batches.work:
+        if self.undelivered or self.dirty or self.batches.work or self.inbox:
             return 0
         wait = self._next_maintenance - time.monotonic()
         wait = min(wait, interval)
@@ -225,8 +231,9 @@ class Broker:
 
     # --- one iteration -----------------------------------------------------
 
-    def step(self, frames: list[Frame]) -> None:
-        """Handle ``frames`` and the timed work in one transaction, then send."""
+    def step(self, frames: list[Frame], budget: float | None = None) -> None:
+        """Handle ``frames`` and the timed work in one transaction, then send. With a
+        ``budget`` (seconds), frames not reached by then go back to the inbox."""
         self.now, self.mono = time.time(), time.monotonic()
         if self.mono - self._files_checked_at >= CHECK_EVERY:
             # Before the batch: nothing of it may be acknowledged into a file
@@ -239,11 +246,14 @@ class Broker:
         self._batch_error = None
         try:
             with self.store.iteration():
-                for frame in frames:
+                for done, frame in enumerate(frames):
+                    if budget is not None and done and time.monotonic() - self.mono > budget:
+                        self.inbox.put_back(frames[done:])
+                        break
                     self._handle_frame(frame, requests)
                 if self._batch_error is not None:  # every request of the batch was collected
                     raise self._batch_error
-                if len(frames) < BATCH:
+                if self._read_all and not self.inbox:
                     self._drained_at = self.mono
                 if timed:
                     # Judge leases with an empty inbox: a heartbeat still queued

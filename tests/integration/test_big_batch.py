@@ -184,3 +184,40 @@ def test_another_client_cannot_touch_a_batch_it_did_not_open(broker):
                                hold=10)
         assert committed == {"done": True, "jobs": 1}
         assert [job["id"] for job in owner.list()] == ["half-1"]
+
+
+def test_a_client_sending_requests_without_waiting_holds_no_one_up(broker):
+    """Twenty enqueues of 10,000 jobs sent at once used to be handled in one loop
+    iteration (1.9 s): another client's status waited that long (found by review)."""
+    import zmq
+
+    from queuectl.proto import decode_batch, encode
+    from queuectl.proto import messages as m
+
+    probe = StatusProbe(broker)
+    pipelined = zmq.Context.instance().socket(zmq.DEALER)
+    pipelined.setsockopt(zmq.LINGER, 0)
+    pipelined.connect(broker.endpoint)
+    try:
+        with probe:
+            wait_until(lambda: probe.calls >= 3, 10, message="the probe to run")
+            for n in range(20):
+                pipelined.send(encode(m.Request(req_id=n + 1, op="enqueue", args={"jobs": [
+                    {"id": f"p{n}-{k}", "command": "true", "delay": 3600}
+                    for k in range(10_000)]})))
+            answered = 0
+            while answered < 20:
+                assert pipelined.poll(60_000), "the enqueues were not answered"
+                answered += len(decode_batch(pipelined.recv()))
+        assert probe.worst < 1.0, f"status waited {probe.worst:.2f}s behind another client"
+    finally:
+        pipelined.close(linger=0)
+
+
+def test_a_huge_text_argument_is_refused_without_being_sent_back(broker):
+    from queuectl.client import InvalidInput
+
+    with broker.client(timeout=30) as qc:
+        with pytest.raises(InvalidInput, match="at most 4096 characters") as refused:
+            qc.get("x" * (8 * 1024 * 1024))
+        assert len(str(refused.value)) < 200
