@@ -104,8 +104,13 @@ class Broker:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a reconnecting agent takes its identity back
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        # Frames queued for one peer, and read ahead from one: a client waits for
+        # its reply before the next request, an agent gets a frame or two per
+        # iteration. A peer that does not read its replies makes the broker hold
+        # at most SNDHWM of them (a review held 280 MiB of unread ones), and one
+        # that sends faster than the broker reads is slowed down by TCP.
+        sock.setsockopt(zmq.SNDHWM, 100)
+        sock.setsockopt(zmq.RCVHWM, 1000)
         if "[" in self.endpoint:
             sock.setsockopt(zmq.IPV6, 1)
         if self.guard is not None:
@@ -169,6 +174,7 @@ class Broker:
                                  "identity + 1) from peer %s", len(parts), peer_name(parts[0]))
                 continue
             frame = (parts[0], parts[1], principal)
+            self.trimmer.churned(len(parts[1]))
             self.inbox.put(frame)
             frames.append(frame)
         return frames
@@ -733,8 +739,10 @@ class Broker:
                 self._send_frame(ident, agent, batch)
 
     def _send_frame(self, ident: bytes, agent: AgentConn | None, msgs: list[Any]) -> None:
+        frame = encode_batch(msgs)
+        self.trimmer.churned(len(frame))
         try:
-            self.socket.send_multipart([ident, encode_batch(msgs)], zmq.NOBLOCK)
+            self.socket.send_multipart([ident, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             self.undelivered.extend(msg.token for msg in msgs if isinstance(msg, m.Dispatch))
             if agent is not None:

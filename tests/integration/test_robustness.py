@@ -150,3 +150,48 @@ def test_a_bad_broker_endpoint_is_a_one_line_error(procs, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("queuectl-agent: bad broker endpoint")
     assert "Traceback" not in result.stderr
+
+
+def test_a_client_that_never_reads_its_replies_costs_the_broker_little(broker):
+    """2,000 requests for a job with a 120 KB command, no reply read: the broker
+    held them all (280 MiB, found by review). It now queues at most a hundred
+    for one peer, drops the rest, and gives the memory back."""
+    def rss_mib() -> float:
+        with open(f"/proc/{broker.proc.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+    def cpu_seconds() -> float:
+        with open(f"/proc/{broker.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    with broker.client() as qc:
+        qc.enqueue({"id": "fat", "command": "x" * 120_000, "delay": 3600})
+    before = rss_mib()
+    deaf = zmq.Context.instance().socket(zmq.DEALER)
+    deaf.setsockopt(zmq.LINGER, 0)
+    deaf.setsockopt(zmq.RCVHWM, 1)
+    deaf.setsockopt(zmq.RCVBUF, 4096)
+    deaf.connect(broker.endpoint)
+    try:
+        for n in range(2000):
+            deaf.send(encode(m.Request(req_id=n + 1, op="get", args={"id": "fat"})))
+        peak, last = [before], [cpu_seconds()]
+
+        def worked_through() -> bool:  # the broker is idle again
+            peak[0] = max(peak[0], rss_mib())
+            now = cpu_seconds()
+            idle, last[0] = now - last[0] < 0.02, now
+            return idle
+
+        wait_until(worked_through, 60, interval=0.3, message="the broker to work through them")
+        assert peak[0] < before + 60, f"the broker grew from {before:.0f} to {peak[0]:.0f} MiB"
+        received = 0
+        while deaf.poll(200):
+            deaf.recv()
+            received += 1
+        assert received < 1000  # the rest were dropped, not held
+        with broker.client() as qc:
+            assert qc.get("fat")["state"] == "pending"  # and the broker serves on
+    finally:
+        deaf.close(linger=0)
