@@ -21,9 +21,9 @@ import hashlib
 import logging
 import math
 import time
-import unicodedata
 from typing import NamedTuple
 
+from queuectl.escape import has_control, visible
 from queuectl.proto import messages as m
 
 log = logging.getLogger(__name__)
@@ -59,35 +59,12 @@ def peer_name(ident: bytes) -> str:
     return ident.hex()[:12]
 
 
-# Bidirectional-text controls: they reorder what a terminal or page shows.
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def _control_char(ch: str) -> bool:
-    """A control character (C0, DEL, C1), a line or paragraph separator, or a
-    bidirectional-text control: a terminal or page obeys it rather than shows it."""
-    return unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI
-
-
-def _control(text: str) -> bool:
-    return not text.isprintable() and any(map(_control_char, text))
-
-
-def shown(text: str) -> str:
-    """``text`` with each control character written as its escape (``\\x1b``): free
-    text an agent sends reaches users' terminals (``show``, ``dlq list``) as text."""
-    if not _control(text):
-        return text
-    return "".join(ch.encode("unicode_escape").decode() if _control_char(ch) else ch
-                   for ch in text)
-
-
 def _bad_text(name: str, value: str, limit: int, empty_ok: bool = False) -> str | None:
     if not value and not empty_ok:
         return f"{name} must not be empty"
     if len(value) > limit:
         return f"{name} must be at most {limit} characters"
-    if _control(value):
+    if has_control(value):
         return f"{name} must not contain control characters"
     return None
 
@@ -191,7 +168,7 @@ class Intake:
             started_at = finished_at
         exit_code = msg.exit_code if msg.exit_code in EXIT_CODES else None
         pid = msg.pid if msg.pid is not None and 0 < msg.pid <= MAX_PID else None
-        detail = shown(msg.detail[:1000])
+        detail = visible(msg.detail[:1000])  # it reaches terminals and logs
         if exit_code is None and msg.exit_code is not None:
             detail = detail or f"the agent reported exit code {str(msg.exit_code)[:24]}"
         return m.Result(token=msg.token, outcome=msg.outcome[:40], exit_code=exit_code,

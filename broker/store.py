@@ -29,7 +29,7 @@ import apsw.bestpractice
 from queuectl.proto.states import ALL_STATES, JobState
 
 from . import lifecycle
-from .intake import Lease
+from .intake import EXIT_CODES, MAX_PID, Lease
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ _SETTABLE = frozenset({
     "lease", "agent", "cancel_requested",
 })
 
-# Epoch seconds the views can show (year 1970 to 9999); MAX_PID as intake's.
+# Epoch seconds the views can show (year 1970 to 9999).
 LATEST_TIME = 253402300799
-MAX_PID = 2**31 - 1
+EXIT_LOW, EXIT_HIGH = EXIT_CODES.start, EXIT_CODES.stop - 1
 
 
 def _sane(column: str) -> str:
@@ -230,16 +230,16 @@ MIGRATIONS = [
                            ELSE coalesce(CASE WHEN {_sane("started_at")} THEN started_at END,
                                          dispatched_at) END,
         pid = CASE WHEN pid BETWEEN 1 AND {MAX_PID} THEN pid END,
-        exit_code = CASE WHEN exit_code BETWEEN -255 AND 255 THEN exit_code END
+        exit_code = CASE WHEN exit_code BETWEEN {EXIT_LOW} AND {EXIT_HIGH} THEN exit_code END
     WHERE NOT ({_sane("started_at")} AND {_sane("finished_at")})
        OR NOT coalesce(pid BETWEEN 1 AND {MAX_PID}, 1)
-       OR NOT coalesce(exit_code BETWEEN -255 AND 255, 1);
+       OR NOT coalesce(exit_code BETWEEN {EXIT_LOW} AND {EXIT_HIGH}, 1);
     UPDATE jobs SET
         started_at = CASE WHEN {_sane("started_at")} THEN started_at END,
         finished_at = CASE WHEN {_sane("finished_at")} THEN finished_at ELSE updated_at END,
-        exit_code = CASE WHEN exit_code BETWEEN -255 AND 255 THEN exit_code END
+        exit_code = CASE WHEN exit_code BETWEEN {EXIT_LOW} AND {EXIT_HIGH} THEN exit_code END
     WHERE NOT ({_sane("started_at")} AND {_sane("finished_at")})
-       OR NOT coalesce(exit_code BETWEEN -255 AND 255, 1);
+       OR NOT coalesce(exit_code BETWEEN {EXIT_LOW} AND {EXIT_HIGH}, 1);
     UPDATE totals SET value = (SELECT total(max(0, finished_at - started_at)) FROM jobs
                                WHERE state = 'completed' AND started_at IS NOT NULL
                                AND finished_at IS NOT NULL)

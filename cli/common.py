@@ -33,7 +33,9 @@ def endpoint(ctx: typer.Context, broker: str | None) -> str | None:
 
 
 def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document) + "\n")
+    # allow_nan=False: a NaN or an infinity is not JSON; better an error than a
+    # document a script cannot parse (the broker never sends one: broker/views.py).
+    sys.stdout.write(json.dumps(document, allow_nan=False) + "\n")
 
 
 def present(document: Any, as_json: bool, table: str) -> None:

@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import re
 
-# C0, DEL and C1 controls, and lone surrogates (argv bytes that were not UTF-8).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What a terminal obeys rather than shows: C0, DEL and C1 controls, line and
+# paragraph separators, and bidirectional-text controls (they reorder what is
+# shown: "Trojan Source"); and lone surrogates (argv bytes that were not UTF-8).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                      "\u2066-\u2069\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def escape_char(char: str) -> str:
     code = ord(char)
     return _NAMED.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
 
 
 def visible(text: str) -> str:

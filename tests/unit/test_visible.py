@@ -64,3 +64,10 @@ def test_an_unfinished_sequence_at_the_end_is_shown_escaped():
     assert run_filter([b"done\x1b[31"]) == b"done\\x1b[31"
     assert run_filter([b"half \xe2\x98"]) == b"half \\xe2\\x98"
     assert run_filter([b"cr\r"]) == b"cr\\r"
+
+
+def test_bidi_controls_and_line_separators_are_escaped_too():
+    """They reorder or break what a terminal shows ("Trojan Source"); the broker
+    refuses them in agent ids and labels, and every output shows them escaped."""
+    assert visible("rtl\u202egnp.exe") == "rtl\\u202egnp.exe"
+    assert visible("a\u2028b\u2029c\u2066d") == "a\\u2028b\\u2029c\\u2066d"
