@@ -6,6 +6,12 @@ the broker changes that thing it calls ``notify(key)``; each parked check
 then either returns a reply or None (keep waiting). At the deadline,
 ``expire`` answers with whatever the request's ``on_timeout`` gives, so a
 client never waits on a broker that forgot it.
+
+The loop's iteration is one transaction: if its commit fails, what it did is
+undone, and so is what it did here (``fail_step``). A request parked in it
+was answered with the failure, so it is forgotten; one answered in it (a
+change that woke it, now rolled back) waits again, else its reply, thrown
+away with the failed iteration's, would never come.
 """
 
 from __future__ import annotations
@@ -34,10 +40,39 @@ class ParkingLot:
         self._by_key: dict[str, list[Parked]] = {}
         self._deadlines: list[tuple[float, int, Parked]] = []
         self._counter = itertools.count()
+        self._parked_now: list[Parked] = []    # parked in this iteration
+        self._answered_now: list[Parked] = []  # answered in this iteration
 
     def park(self, parked: Parked) -> None:
+        self._wait(parked)
+        self._parked_now.append(parked)
+
+    def _wait(self, parked: Parked) -> None:
         self._by_key.setdefault(parked.key, []).append(parked)
         heapq.heappush(self._deadlines, (parked.deadline, next(self._counter), parked))
+
+    def commit_step(self) -> None:
+        """The iteration committed: what it parked and answered stands."""
+        self._parked_now.clear()
+        self._answered_now.clear()
+
+    def fail_step(self) -> None:
+        """The iteration's transaction failed: undo what it did here."""
+        for parked in self._parked_now:
+            parked.done = True
+            self._unlist(parked)
+        for parked in self._answered_now:
+            if parked not in self._parked_now:
+                parked.done = False
+                self._wait(parked)
+        self.commit_step()
+
+    def _unlist(self, parked: Parked) -> None:
+        waiting = self._by_key.get(parked.key, [])
+        if parked in waiting:
+            waiting.remove(parked)
+            if not waiting:
+                del self._by_key[parked.key]
 
     def notify(self, key: str) -> list[tuple[Parked, Any]]:
         """Evaluate the requests parked on ``key``; returns (parked, reply) for the ready ones."""
@@ -51,6 +86,7 @@ class ParkingLot:
                 still.append(parked)
             else:
                 parked.done = True
+                self._answered_now.append(parked)
                 ready.append((parked, result))
         if still:
             self._by_key[key] = still
@@ -65,11 +101,8 @@ class ParkingLot:
             if parked.done:
                 continue
             parked.done = True
-            waiting = self._by_key.get(parked.key, [])
-            if parked in waiting:
-                waiting.remove(parked)
-                if not waiting:
-                    del self._by_key[parked.key]
+            self._unlist(parked)
+            self._answered_now.append(parked)
             expired.append((parked, parked.on_timeout()))
         return expired
 

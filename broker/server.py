@@ -274,6 +274,7 @@ class Broker:
         except StoreUnavailable as exc:
             self._batch_failed(requests, exc, len(frames))
         else:
+            self.parking.commit_step()
             if self.store_failing_since is not None and self.store.total_changes() > writes:
                 self._store_recovered()
         if self.needs_resync:
@@ -319,6 +320,7 @@ class Broker:
         self.outbox.clear()
         self.acks.clear()
         self.metrics.discard()
+        self.parking.fail_step()
         self.store.reclaim_space(exc)
         for ident, req in requests:
             if req.op in admin.READ_ONLY:

@@ -175,3 +175,33 @@ def test_a_bye_in_a_batch_that_failed_leaves_no_job_processing(broker, store):
     assert len(broker.agents) == 0
     job = store.job("j")
     assert (job.state.value, job.lease, job.last_error) == ("failed", None, "agent lost")
+
+
+def test_a_wait_answered_in_a_batch_that_failed_is_answered_again_later(broker, store):
+    """A parked `wait` woken in a failed batch: the change that woke it is rolled
+    back, and so is its answer. It waits on and gets one answer, when the change
+    is made for good (found by review: its reply was thrown away with the batch's,
+    and none came after)."""
+    answer(broker, request(1, "enqueue", job={"id": "j", "command": "true", "delay": 3600}))
+    assert answer(broker, request(2, "wait", id="j", hold=30)) == {}  # parked
+    store.conn.pragma("max_page_count", store.conn.pragma("page_count") + 20)
+    big = [{"id": f"b{n}", "command": "x" * 300} for n in range(5000)]
+    replies = answer(broker, request(3, "cancel", id="j"), request(4, "enqueue", jobs=big))
+    assert set(replies) == {3, 4} and not replies[3].ok  # the cancel failed with the batch
+    store.conn.pragma("max_page_count", 2**30)
+    broker.store_retry_at = 0.0
+    replies = answer(broker, request(5, "cancel", id="j"))
+    assert replies[5].ok and replies[2].ok  # the wait, once, with the job canceled for good
+    assert replies[2].result["job"]["state"] == "canceled"
+
+
+def test_a_wait_parked_in_a_batch_that_failed_gets_one_answer_only(broker, store):
+    answer(broker, request(1, "enqueue", job={"id": "j", "command": "true", "delay": 3600}))
+    store.conn.pragma("max_page_count", store.conn.pragma("page_count") + 20)
+    big = [{"id": f"b{n}", "command": "x" * 300} for n in range(5000)]
+    replies = answer(broker, request(2, "wait", id="j", hold=30), request(3, "enqueue", jobs=big))
+    assert not replies[2].ok and replies[2].error_code == "unavailable"
+    store.conn.pragma("max_page_count", 2**30)
+    broker.store_retry_at = 0.0
+    replies = answer(broker, request(4, "cancel", id="j"))
+    assert 2 not in replies  # the client had its answer; no second one
