@@ -16,7 +16,8 @@ so no other key can claim it and receive that agent's jobs.
 
 Roles: ``admin`` may do everything (it could enqueue any command anyway);
 ``agent`` may only speak the agent protocol (run jobs); ``reader`` may only
-make requests that change nothing (the stats page's role).
+make requests that change nothing (the stats page's role): each operation's
+least role is declared with it (``queuectl/proto/ops.py``).
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ import zmq
 
 from queuectl.keys import KeyStore, Principal, load
 from queuectl.proto import messages as m
+from queuectl.proto import ops
+from queuectl.proto.states import Role
 
 log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "queuectl"
-# Requests a reader may make: those that change nothing.
-READER_OPS = frozenset({"ping", "get", "list", "status", "metrics", "dlq_list", "config_show",
-                        "config_get", "agents", "wait", "logs", "queue_list"})
 
 
 class Guard:
@@ -97,7 +97,7 @@ class Guard:
         return principal is not None
 
     def allows_agent(self, name: str) -> bool:
-        return any(p.name == name and p.role in ("admin", "agent") for p in self.allowed.values())
+        return any(p.name == name and p.role in (Role.ADMIN, Role.AGENT) for p in self.allowed.values())
 
     def stop(self) -> None:
         if self._auth is not None:
@@ -118,12 +118,13 @@ def forbidden(principal: Principal | None, msg: Any) -> str | None:
     """Why ``principal`` may not send ``msg``, or None if it may."""
     if principal is None:
         return "this key is not on the broker's allow-list (revoked?)"
-    if principal.role == "admin":
+    if principal.role == Role.ADMIN:
         return None
     if isinstance(msg, m.Request):
-        if principal.role == "reader" and msg.op in READER_OPS:
+        op = ops.OPS.get(msg.op)
+        if principal.role == Role.READER and op is not None and op.role is Role.READER:
             return None
         return f"the key {principal.name!r} ({principal.role}) may not make {msg.op!r} requests"
-    if principal.role == "agent":
+    if principal.role == Role.AGENT:
         return None
     return f"the key {principal.name!r} ({principal.role}) may not act as an agent"

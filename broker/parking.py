@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 Check = Callable[[], Any]
+# What a handler returns for a request it parked: the answer comes later.
+PARKED = object()
 
 
 @dataclass(eq=False)

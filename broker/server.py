@@ -8,6 +8,11 @@ one iteration has for an agent leaves in one frame (acks, dispatches).
 The loop sleeps in ``poll`` until a frame arrives, the next heartbeat or
 lease check is due, or the earliest scheduled ``run_at`` comes. It never
 polls the database for work.
+
+The loop owns the socket, the inbox and the store's failure state. What the
+handlers work with (store, services, agents, leases, outbox, clock) is the
+``Context`` (broker/context.py); ``step`` can be driven one iteration at a
+time with any clock (``now``), as the unit tests do.
 """
 
 from __future__ import annotations
@@ -15,32 +20,29 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
 from typing import Any
 
 import zmq
 
 from queuectl.keys import Principal
 from queuectl.proto import (MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch, batches,
-                            decode_batch, encode, encode_batch)
+                            decode_batch, encode, encode_batch, ops)
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
 from queuectl.proto.jobspec import SpecError
 from queuectl.proto.states import Outcome
 
-from . import admin, agent_handlers, lifecycle
+from . import admin, agent_handlers
 from .agents import AgentConn, Registry
 from .auth import Guard, forbidden
-from .batches import Batches
+from .context import Clock, Context
+from .dispatch import dispatch
 from .inbox import STEP_SECONDS, Frame, Inbox
-from .intake import Intake, peer_name
-from .jobs import JobError, JobService
+from .intake import peer_name
+from .jobs import JobError
 from .memory import Trimmer
-from .metrics import Metrics
-from .orphans import Orphans
-from .parking import Parked, ParkingLot
-from .queues import Gate, Queues
-from .store import Job, StaleState, Store, StoreUnavailable
+from .parking import PARKED
+from .store import StaleState, Store, StoreUnavailable
 from .storefile import CHECK_EVERY, StoreFiles
 
 log = logging.getLogger(__name__)
@@ -55,32 +57,18 @@ LINGER = 0.001  # seconds the loop may wait for more frames from busy agents (_l
 
 
 class Broker:
+    """The loop. Handlers and the lease table see only ``ctx`` (broker/context.py)."""
+
     def __init__(self, store: Store, endpoint: str, guard: Guard | None = None):
         self.store = store
         self.endpoint = endpoint
         self.guard = guard
         self.config: dict[str, Any] = {**config_keys.defaults(), **store.config()}
-        self.jobs = JobService(store, self.config, self._job_changed)
-        self.agents = Registry()
-        self.queues = Queues(store)
-        self.batches = Batches(store)
-        self.parking = ParkingLot()
-        self.outbox: list[tuple[bytes, Any]] = []
-        self.acks: dict[bytes, list[int]] = defaultdict(list)
-        self.output_received: dict[bytes, int] = defaultdict(int)
-        self.rewinds: dict[bytes, dict[tuple[int, int], int]] = defaultdict(dict)
-        self.orphans = Orphans()
-        self.intake = Intake()
         self.trimmer = Trimmer()
-        self.undelivered: list[int] = []
-        self.next_due: float | None = None
-        self.dirty = True
+        self.clock = Clock(time.time(), time.monotonic())
+        self.ctx = Context(store, self.config, self.clock, on_departed=self.trimmer.departed)
         self.needs_resync = False
         self.stopping = False
-        self.now = time.time()
-        self.mono = time.monotonic()
-        self.metrics = Metrics(started_at=self.now)
-        self._next_maintenance = 0.0
         self.inbox = Inbox()
         self._read_all = True  # the last read emptied the socket's queue
         self._drained_at = 0.0  # when the inbox was last read and handled to the end
@@ -93,7 +81,11 @@ class Broker:
         self._batch_error: StoreUnavailable | None = None  # the store failed in this batch
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self.socket: zmq.Socket | None = None
+        self.socket: Any = None  # the ROUTER once bound (a test may put a stand-in)
+
+    @property
+    def agents(self) -> Registry:
+        return self.ctx.agents
 
     # --- lifecycle of the process ----------------------------------------
 
@@ -134,11 +126,12 @@ class Broker:
 
     def run(self) -> None:
         assert self.socket is not None
-        self.now, self.mono = time.time(), time.monotonic()
+        self._set_clock(None)
+        ctx = self.ctx
         with self.store.transaction():
-            self.batches.recover(self.now, self.mono)
+            ctx.batches.recover(ctx.now, ctx.mono)
             self.resync()
-            self.metrics.seed(self.store.finished_since(self.now - 3600), self.now)
+            ctx.metrics.seed(self.store.finished_since(ctx.now - 3600), ctx.now)
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -170,8 +163,9 @@ class Broker:
                 principal = guard.who(parts[-1].get("User-Id"))
                 parts = [part.bytes for part in parts]
             if len(parts) != 2:
-                self.intake.warn(peer_name(parts[0]), "dropped a message of %d frames (expected "
-                                 "identity + 1) from peer %s", len(parts), peer_name(parts[0]))
+                self.ctx.intake.warn(peer_name(parts[0]), "dropped a message of %d frames "
+                                     "(expected identity + 1) from peer %s", len(parts),
+                                     peer_name(parts[0]))
                 continue
             frame = (parts[0], parts[1], principal)
             self.trimmer.churned(len(parts[1]))
@@ -203,9 +197,9 @@ class Broker:
         return True
 
     def _shutdown(self) -> None:
-        for parked in self.parking.drop_all():
-            self._send_reply(parked.ident, parked.req_id, None, ErrorCode.UNAVAILABLE,
-                             "the broker is stopping")
+        for parked in self.ctx.parking.drop_all():
+            self.ctx.outbox.reply(parked.ident, parked.req_id, None, ErrorCode.UNAVAILABLE,
+                                  "the broker is stopping")
         self._flush()
         leased = self.store.leased_jobs()
         if leased:
@@ -220,61 +214,70 @@ class Broker:
         self.store.close()
 
     def _poll_timeout_ms(self) -> int:
+        ctx = self.ctx
         interval = min(0.25, self.config["heartbeat_sec"] / 2)
         backoff = self.store_retry_at - time.monotonic()
         if backoff > 0:  # the store failed: timed writes wait until then
             return int(min(backoff, interval) * 1000) + 1
-        if self.undelivered or self.dirty or self.batches.work or self.inbox:
+        if ctx.leases.undelivered or ctx.dirty or ctx.batches.work or self.inbox:
             return 0
-        wait = self._next_maintenance - time.monotonic()
+        wait = ctx.next_maintenance - time.monotonic()
         wait = min(wait, interval)
-        if self.next_due is not None:
-            wait = min(wait, self.next_due - time.time())
-        deadline = self.parking.next_deadline()
+        if ctx.next_due is not None:
+            wait = min(wait, ctx.next_due - time.time())
+        deadline = ctx.parking.next_deadline()
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic())
         return max(0, int(wait * 1000) + 1)
 
     # --- one iteration -----------------------------------------------------
 
-    def step(self, frames: list[Frame], budget: float | None = None) -> None:
+    def _set_clock(self, now: tuple[float, float] | None) -> None:
+        self.clock.now, self.clock.mono = now if now is not None else (time.time(),
+                                                                       time.monotonic())
+
+    def step(self, frames: list[Frame], budget: float | None = None,
+             now: tuple[float, float] | None = None) -> None:
         """Handle ``frames`` and the timed work in one transaction, then send. With a
-        ``budget`` (seconds), frames not reached by then go back to the inbox."""
-        self.now, self.mono = time.time(), time.monotonic()
-        if self.mono - self._files_checked_at >= CHECK_EVERY:
+        ``budget`` (seconds), frames not reached by then go back to the inbox.
+        ``now`` is the iteration's (wall, monotonic) time; by default the clocks'."""
+        self._set_clock(now)
+        ctx, mono = self.ctx, self.clock.mono
+        started = time.monotonic()
+        if mono - self._files_checked_at >= CHECK_EVERY:
             # Before the batch: nothing of it may be acknowledged into a file
             # that the store's path no longer names.
-            self._files_checked_at = self.mono
+            self._files_checked_at = mono
             self.files.check()
         requests: list[tuple[bytes, m.Request]] = []  # answered again if the batch fails
-        timed = self.mono >= self.store_retry_at
+        timed = mono >= self.store_retry_at
         writes = self.store.total_changes()
         self._batch_error = None
         try:
             with self.store.iteration():
                 for done, frame in enumerate(frames):
-                    if budget is not None and done and time.monotonic() - self.mono > budget:
+                    if budget is not None and done and time.monotonic() - started > budget:
                         self.inbox.put_back(frames[done:])
                         break
                     self._handle_frame(frame, requests)
                 if self._batch_error is not None:  # every request of the batch was collected
                     raise self._batch_error
                 if self._read_all and not self.inbox:
-                    self._drained_at = self.mono
+                    self._drained_at = mono
                 if timed:
                     # Judge leases with an empty inbox: a heartbeat still queued
                     # behind a full batch must not count as missing. Under
                     # overload lasting a whole lease, judge anyway: ROUTER reads
                     # its peers in turn, so a live agent's heartbeat is in every
                     # full batch, and a dead agent must not go unnoticed forever.
-                    self.tick(judge_leases=self.mono - self._drained_at < 1e-9
-                              or self.mono - self._drained_at > self.config["lease_sec"])
+                    self.tick(judge_leases=mono - self._drained_at < 1e-9
+                              or mono - self._drained_at > self.config["lease_sec"])
                 else:
                     self._expire_parked()
         except StoreUnavailable as exc:
             self._batch_failed(requests, exc, len(frames))
         else:
-            self.parking.commit_step()
+            ctx.parking.commit_step()
             if self.store_failing_since is not None and self.store.total_changes() > writes:
                 self._store_recovered()
         if self.needs_resync:
@@ -285,20 +288,18 @@ class Broker:
                 self.needs_resync = True
                 log.error("could not read the store to resync (%s); retrying", exc)
         self._flush()
-        self._discount_deafness(time.monotonic() - self.mono)
+        self._discount_deafness(time.monotonic() - started)
 
     def _discount_deafness(self, duration: float) -> None:
         """A long step (a huge batch) is time the broker could not hear anyone:
         move every lease clock forward by it, so no agent is lost for our delay."""
         if duration > self.config["heartbeat_sec"]:
             log.info("a loop iteration took %.1fs; lease clocks extended by that much", duration)
-            for agent in self.agents:
-                agent.last_seen += duration
-            self.orphans.extend(duration)
+            self.ctx.leases.extend(duration)
 
     def _store_recovered(self) -> None:
         log.warning("the store accepts writes again after %.1fs of failures",
-                    self.mono - self.store_failing_since)
+                    self.clock.mono - self.store_failing_since)
         self.store_failing_since, self._store_backoff = None, 0.0
 
     def _batch_failed(self, requests: list[tuple[bytes, m.Request]], exc: StoreUnavailable,
@@ -307,53 +308,56 @@ class Broker:
         hold timed writes back (exponential backoff) so a full or locked store is
         retried calmly instead of in a busy loop. Requests that only read are
         answered again on their own; the others get a clear error."""
+        ctx, mono = self.ctx, self.clock.mono
         if self.store_failing_since is None:
-            self.store_failing_since = self._store_logged_at = self.mono
+            self.store_failing_since = self._store_logged_at = mono
             log.error("store commit failed (%s); the batch of %d messages is rolled back; "
                       "retrying with backoff", exc, frames)
-        elif self.mono - self._store_logged_at >= STORE_LOG_EVERY:
-            self._store_logged_at = self.mono
+        elif mono - self._store_logged_at >= STORE_LOG_EVERY:
+            self._store_logged_at = mono
             log.error("the store still fails (%s) after %.0fs; requests get an error until "
-                      "it recovers", exc, self.mono - self.store_failing_since)
+                      "it recovers", exc, mono - self.store_failing_since)
         self._store_backoff = min(max(self._store_backoff * 2, STORE_RETRY[0]), STORE_RETRY[1])
         self.store_retry_at = time.monotonic() + self._store_backoff
-        self.outbox.clear()
-        self.acks.clear()
-        self.metrics.discard()
-        self.parking.fail_step()
+        ctx.outbox.discard()
+        ctx.metrics.discard()
+        ctx.parking.fail_step()
         self.store.reclaim_space(exc)
         for ident, req in requests:
-            if req.op in admin.READ_ONLY:
+            op = ops.OPS.get(req.op)
+            if op is not None and op.read_only:
                 try:
                     with self.store.iteration():
                         self._handle_request(ident, req)
                     continue
                 except StoreUnavailable as again:
                     exc = again
-            self._send_reply(ident, req.req_id, None, ErrorCode.UNAVAILABLE,
+            ctx.outbox.reply(ident, req.req_id, None, ErrorCode.UNAVAILABLE,
                              f"the broker could not write its store: {exc}")
         self.needs_resync = True
 
     def _handle_frame(self, frame: Frame, requests: list[tuple[bytes, m.Request]]) -> None:
         ident, data, principal = frame
+        ctx = self.ctx
         try:
             msgs = decode_batch(data)
         except VersionMismatch as exc:
-            self.send(ident, m.Error(code=ErrorCode.VERSION.value, message=f"broker: {exc}"))
+            ctx.send(ident, m.Error(code=ErrorCode.VERSION.value, message=f"broker: {exc}"))
             return
         except ProtocolError as exc:
-            self.intake.warn(peer_name(ident), "dropped a malformed frame from peer %s: %s",
-                             peer_name(ident), exc)
-            self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value, message=f"malformed frame: {exc}"))
+            ctx.intake.warn(peer_name(ident), "dropped a malformed frame from peer %s: %s",
+                            peer_name(ident), exc)
+            ctx.send(ident, m.Error(code=ErrorCode.PROTOCOL.value,
+                                    message=f"malformed frame: {exc}"))
             return
         except Exception:  # a decoder bug must not end the broker: drop the frame
             log.exception("bug while decoding a frame from peer %s; dropped", peer_name(ident))
             return
-        agent = self.agents.get(ident)
+        agent = ctx.agents.get(ident)
         if self.guard is not None and not self._permitted(ident, agent, principal, msgs):
             return
         if agent is not None:
-            agent.last_seen, agent.last_seen_wall = self.mono, self.now
+            agent.last_seen, agent.last_seen_wall = ctx.mono, ctx.now
             agent.reachable = True
         for msg in msgs:
             self._handle_message(ident, msg, requests, principal)
@@ -364,6 +368,7 @@ class Broker:
         or not at all. Each refused request gets its error reply; agent messages
         one Error. An agent is bound to the key it said Hello with, so no other
         key can speak in its name."""
+        ctx = self.ctx
         if agent is not None and principal is not None and principal.name != agent.key_name:
             why = f"the key {principal.name!r} is not the one agent {agent.agent_id} connected with"
             refusals: list[str | None] = [why] * len(msgs)
@@ -375,18 +380,19 @@ class Broker:
         agent_refusal = None
         for msg, why in zip(msgs, refusals):
             if isinstance(msg, m.Request):
-                self._send_reply(ident, msg.req_id, None, ErrorCode.FORBIDDEN,
+                ctx.outbox.reply(ident, msg.req_id, None, ErrorCode.FORBIDDEN,
                                  why or f"refused with the rest of its frame: {first}")
             else:
                 agent_refusal = agent_refusal or why or first
         if agent_refusal:
-            self.intake.warn(peer_name(ident), "refused agent messages from peer %s: %s",
-                             peer_name(ident), agent_refusal)
-            self.send(ident, m.Error(code=ErrorCode.FORBIDDEN.value, message=agent_refusal))
+            ctx.intake.warn(peer_name(ident), "refused agent messages from peer %s: %s",
+                            peer_name(ident), agent_refusal)
+            ctx.send(ident, m.Error(code=ErrorCode.FORBIDDEN.value, message=agent_refusal))
         return False
 
     def _handle_message(self, ident: bytes, msg: Any, requests: list[tuple[bytes, m.Request]],
                         principal: Principal | None = None) -> None:
+        ctx = self.ctx
         if isinstance(msg, m.Request):
             requests.append((ident, msg))  # first: the store may fail while handling it
             if self._batch_error is None:  # else _batch_failed answers it
@@ -399,187 +405,115 @@ class Broker:
             return  # the batch is lost: agents send their messages again
         handler = agent_handlers.HANDLERS.get(type(msg))
         if handler is None:
-            self.send(ident, m.Error(code=ErrorCode.PROTOCOL.value,
-                                     message=f"the broker does not accept {msg.TYPE} messages"))
+            ctx.send(ident, m.Error(code=ErrorCode.PROTOCOL.value,
+                                    message=f"the broker does not accept {msg.TYPE} messages"))
             return
-        mark = len(self.outbox)
+        mark = ctx.outbox.mark()
         try:
-            with self.store.transaction(), self.metrics.transaction():
-                handler(self, ident, msg, principal.name if principal is not None else None)
+            with self.store.transaction(), ctx.metrics.transaction():
+                handler(ctx, ident, msg, principal.name if principal is not None else None)
         except Exception as exc:
             self._batch_error = self.store.failure(exc)
             if self._batch_error is not None:  # the store itself fails: the batch is lost
                 return
             log.exception("bug while handling %s from %s", msg.TYPE, peer_name(ident))
-            del self.outbox[mark:]
+            ctx.outbox.rollback(mark)
             self.needs_resync = True
 
     def _handle_request(self, ident: bytes, req: m.Request) -> None:
-        mark = len(self.outbox)
+        ctx = self.ctx
+        reply = ctx.outbox.reply
+        mark = ctx.outbox.mark()
         try:
-            with self.store.transaction(), self.metrics.transaction():
-                result = admin.handle(self, ident, req)
+            with self.store.transaction(), ctx.metrics.transaction():
+                result = admin.handle(ctx, ident, req)
         except (SpecError, config_keys.ConfigError) as exc:
-            self._send_reply(ident, req.req_id, None, ErrorCode.INVALID, str(exc))
+            reply(ident, req.req_id, None, ErrorCode.INVALID, str(exc))
         except JobError as exc:
-            self._send_reply(ident, req.req_id, None, ErrorCode(exc.code), str(exc))
+            reply(ident, req.req_id, None, ErrorCode(exc.code), str(exc))
         except StaleState as exc:  # the job changed between two steps of the request
-            self._send_reply(ident, req.req_id, None, ErrorCode.CONFLICT, str(exc))
+            reply(ident, req.req_id, None, ErrorCode.CONFLICT, str(exc))
         except Exception as exc:
             failed = self.store.failure(exc)
             if failed is not None:  # the store itself fails: abandon the batch
                 raise failed from exc
             log.exception("bug while handling request %s", req.op)
-            del self.outbox[mark:]
+            ctx.outbox.rollback(mark)
             self.needs_resync = True
-            self._send_reply(ident, req.req_id, None, ErrorCode.INTERNAL,
-                             f"internal error in the broker while handling {req.op!r}; see its log")
+            reply(ident, req.req_id, None, ErrorCode.INTERNAL,
+                  f"internal error in the broker while handling {req.op!r}; see its log")
         else:
-            if result is not admin.PARKED:
-                self._send_reply(ident, req.req_id, result)
+            if result is not PARKED:
+                reply(ident, req.req_id, result)
 
     # --- timed work ---------------------------------------------------------
 
     def tick(self, judge_leases: bool = True) -> None:
         """Timed work: expiries, heartbeats, released leases, due jobs, dispatch."""
+        ctx = self.ctx
         self._expire_parked()
-        if self.mono >= self._next_maintenance:
-            self._next_maintenance = self.mono + min(0.25, self.config["heartbeat_sec"] / 2)
+        if ctx.mono >= ctx.next_maintenance:
+            ctx.next_maintenance = ctx.mono + min(0.25, self.config["heartbeat_sec"] / 2)
             self._maintain(judge_leases)  # may want the next one sooner
-        while self.undelivered:
-            token = self.undelivered.pop()
-            owner = self.agents.owner(token)
-            if owner is not None:
-                owner.forget(token)
-            self.jobs.release(token, self.now)
-        if self.batches.work:
+        ctx.leases.release_undelivered()
+        if ctx.batches.work:
             self._advance_batch()
-        if self.next_due is not None and self.now >= self.next_due:
-            promoted = self.store.promote_due(self.now)
-            self.next_due = self.store.next_due()
+        if ctx.next_due is not None and ctx.now >= ctx.next_due:
+            promoted = self.store.promote_due(ctx.now)
+            ctx.next_due = self.store.next_due()
             if promoted:
-                self.dirty = True
-        if self.dirty:
-            self.dispatch()
+                ctx.wake()
+        if ctx.dirty:
+            dispatch(ctx)
 
     def _advance_batch(self) -> None:
         """One slice of a committed or aborted batch (broker/batches.py)."""
-        visible, waiting, finished = self.batches.advance(self.now)
+        ctx = self.ctx
+        visible, waiting, finished = ctx.batches.advance(ctx.now)
         if visible:
-            self.metrics.enqueued(visible)
-            self.dirty = True
+            ctx.metrics.enqueued(visible)
+            ctx.wake()
         if waiting is not None:
-            self.schedule(waiting)
+            ctx.schedule(waiting)
         if finished is not None:
-            self.notify(f"batch:{finished.id}")
+            ctx.notify(f"batch:{finished.id}")
 
     def _expire_parked(self) -> None:
-        for parked, result in self.parking.expire(self.mono):
-            self._send_reply(parked.ident, parked.req_id, result)
+        for parked, result in self.ctx.parking.expire(self.clock.mono):
+            self.ctx.outbox.reply(parked.ident, parked.req_id, result)
 
     def _maintain(self, judge_leases: bool) -> None:
+        ctx, mono = self.ctx, self.clock.mono
         heartbeat, lease = self.config["heartbeat_sec"], self.config["lease_sec"]
         if self.guard is not None and self.guard.changed():
             self._drop_revoked()
-        self.batches.expire(self.mono, self.config["batch_idle_sec"], self.now)
-        for agent in self.agents:
+        ctx.batches.expire(mono, self.config["batch_idle_sec"], ctx.now)
+        for agent in ctx.agents:
             if agent.departing_since is not None:
                 if not self._still_connected(agent) or \
-                        self.mono - agent.departing_since > DEPARTURE_WAIT:
-                    self.forget_agent(agent)
+                        mono - agent.departing_since > DEPARTURE_WAIT:
+                    ctx.leases.forget_agent(agent)
                 else:  # it closes in a moment: look again soon (`worker stop` waits on it)
-                    self._next_maintenance = min(self._next_maintenance, self.mono + DEPARTURE_PROBE)
-            elif judge_leases and self.mono - agent.last_seen > lease:
+                    ctx.maintain_by(mono + DEPARTURE_PROBE)
+            elif judge_leases and mono - agent.last_seen > lease:
                 log.warning("agent %s lost: no heartbeat for %.1fs; %d jobs will run again",
-                            agent.agent_id, self.mono - agent.last_seen, len(agent.inflight))
-                self.drop_agent(agent, Outcome.LEASE_LOST)
-            elif self.mono - agent.last_sent >= heartbeat:
-                self.send(agent.ident, m.Heartbeat())
-        for token in self.orphans.expired(self.mono):
-            log.warning("attempt %d: no agent reclaimed it after the broker restarted", token)
-            # Its agent never came back: it may have started it (counted).
-            self.end_lease(token, Outcome.LEASE_LOST, may_release=False)
-        self.trimmer.tick(self.mono)
+                            agent.agent_id, mono - agent.last_seen, len(agent.inflight))
+                ctx.leases.drop_agent(agent, Outcome.LEASE_LOST)
+            elif mono - agent.last_sent >= heartbeat:
+                ctx.send(agent.ident, m.Heartbeat())
+        ctx.leases.expire_orphans()
+        self.trimmer.tick(mono)
 
     def _drop_revoked(self) -> None:
         """The allow-list changed: agents whose key is gone are lost at once (their
         jobs run again elsewhere) and hear why; their frames are refused from now on."""
-        for agent in self.agents:
+        for agent in self.ctx.agents:
             if agent.key_name is not None and not self.guard.allows_agent(agent.key_name):
                 log.warning("agent %s lost: its key %r was revoked; %d jobs will run again",
                             agent.agent_id, agent.key_name, len(agent.inflight))
-                self.send(agent.ident, m.Error(code=ErrorCode.FORBIDDEN.value,
-                                               message=f"the key {agent.key_name!r} was revoked"))
-                self.drop_agent(agent, Outcome.LEASE_LOST)
-
-    def dispatch(self) -> None:
-        """Lease due jobs to agents, one per agent per round: first to free slots
-        across all agents, then to agents that hold jobs ahead (see agents.py).
-
-        Once an agent with some labels finds nothing to claim, no other agent
-        with the same labels looks again this time: no job becomes claimable
-        meanwhile. So a thousand idle agents cost one claim, not a thousand."""
-        self.dirty = False
-        dry: set[str | None] = set()  # label sets that found nothing to claim
-        gate = self.queues.gate()
-        holders: list[AgentConn] | None = None  # agents holding jobs ahead, found once
-        asked = 0  # Revokes sent and not yet answered
-        for prefetch in (False, True):
-            agents = self.agents.with_credit(prefetch)
-            while agents:
-                next_round = []
-                for agent in agents:
-                    if agent.labels_json not in dry and self._dispatch_one(agent, gate):
-                        if agent.free(prefetch) > 0:
-                            next_round.append(agent)
-                        continue
-                    dry.add(agent.labels_json)
-                    if not prefetch:
-                        if holders is None:
-                            holders = [a for a in self.agents if a.held_back() > 0]
-                            asked = sum(len(a.revoked) for a in self.agents)
-                        if holders:
-                            asked = self._revoke_for(agent, holders, asked)
-                agents = next_round
-
-    def _dispatch_one(self, agent: AgentConn, gate: Gate) -> bool:
-        claimed = self.store.claim(self.now, agent.agent_id, agent.owner, agent.labels_json,
-                                   gate.closed)
-        if claimed is None:
-            return False
-        job, token = claimed
-        gate.took(job.queue)
-        agent.inflight.add(token)
-        agent.unstarted.add(token)
-        self.send(agent.ident, m.Dispatch(
-            token=token, job_id=job.id, attempt=job.attempts + 1, command=job.command,
-            timeout_sec=job.timeout_sec, env=job.env, cwd=job.cwd))
-        self._job_changed(job)
-        return True
-
-    def _revoke_for(self, idle: AgentConn, holders: list[AgentConn], asked: int) -> int:
-        """``idle`` has free slots and nothing to claim: ask ``holders`` to give back
-        jobs they hold ahead that it could run, so no job waits while it idles.
-        ``asked`` counts Revokes not answered yet; returns it updated."""
-        wanted = idle.free(prefetch=False) - asked
-        for holder in holders:
-            if wanted <= 0:
-                break
-            if holder is idle or holder.held_back() <= len(holder.revoked):
-                continue
-            for token in sorted(holder.unstarted - holder.revoked, reverse=True):
-                if wanted <= 0 or holder.held_back() <= len(holder.revoked):
-                    break
-                job = self.store.job_by_lease(token)
-                if job is None or not idle.can_run(job.requires):
-                    continue
-                holder.revoked.add(token)
-                self.send(holder.ident, m.Revoke(token=token))
-                wanted -= 1
-                asked += 1
-        return asked
-
-    # --- shared helpers for handlers ------------------------------------------
+                self.ctx.send(agent.ident, m.Error(code=ErrorCode.FORBIDDEN.value,
+                                                   message=f"the key {agent.key_name!r} was revoked"))
+                self.ctx.leases.drop_agent(agent, Outcome.LEASE_LOST)
 
     def _still_connected(self, agent: AgentConn) -> bool:
         """Probe a departing agent: ROUTER_MANDATORY refuses a closed connection."""
@@ -589,153 +523,24 @@ class Broker:
             return False
         return True
 
-    def end_leases(self, agent: AgentConn, outcome: Outcome, said_bye: bool = False) -> None:
-        """End every lease of ``agent``, which is gone. Its jobs start in the order
-        they were dispatched (token order), so the oldest ones it was not heard to
-        start, up to its slot count, may have started just before it went (a Started
-        lost with it, or a job that killed it): they count as failed attempts, as a
-        lease that started does. The others it can only have held: they go back
-        as they were (``end_lease``). An agent that ``said_bye`` reported every job
-        it started first, so none of those it was not heard to start did."""
-        unheard = sorted(agent.unstarted & agent.inflight)
-        held = set(unheard if said_bye else unheard[agent.slots:])
-        for token in sorted(agent.inflight):
-            self.end_lease(token, outcome, may_release=token in held)
-        agent.inflight.clear()
-        agent.unstarted.clear()
-        agent.revoked.clear()
-        self.dirty = True
-
-    def drop_agent(self, agent: AgentConn, outcome: Outcome) -> None:
-        """Forget an agent; its leases end as failed attempts with ``outcome``."""
-        self.end_leases(agent, outcome)
-        self.forget_agent(agent)
-
-    def forget_agent(self, agent: AgentConn) -> None:
-        """Forget an agent that is gone. It holds no lease by now, unless the batch of
-        its Bye failed and the resync gave them back: those end as at a Bye."""
-        if agent.inflight:
-            self.end_leases(agent, Outcome.LEASE_LOST, said_bye=agent.departing_since is not None)
-        self.agents.remove(agent)
-        self.trimmer.departed()
-        self.notify("agents")
-
-    def depart(self, agent: AgentConn) -> None:
-        """The agent said Bye: it counts as gone once its connection has closed."""
-        agent.departing_since = self.mono
-        self._next_maintenance = min(self._next_maintenance, self.mono + 0.02)
-
-    def end_lease(self, token: int, outcome: Outcome, may_release: bool) -> None:
-        """Attempt ``token`` will not report. With ``may_release``, an attempt that
-        never started (a dispatch lost on the way, a job an agent held ready) gives
-        its job back as it was; otherwise the attempt ends as failed with ``outcome``."""
-        attempt = self.store.attempt(token)
-        if (may_release and attempt is not None and attempt.started_at is None
-                and attempt.finished_at is None):
-            self.orphans.discard(token)
-            self.jobs.release(token, self.now)
-            self.dirty = True
-        else:
-            self.finish_attempt(token, outcome)
-
-    def finish_attempt(self, token: int, outcome: Outcome, *, exit_code: int | None = None,
-                       detail: str = "", started_at: float | None = None,
-                       finished_at: float | None = None, pid: int | None = None) -> None:
-        """End attempt ``token`` (from a result, or because its agent is gone)."""
-        self.orphans.discard(token)
-        self.jobs.finish(token, outcome, exit_code=exit_code, detail=detail, started_at=started_at,
-                         finished_at=self.now if finished_at is None else finished_at, now=self.now,
-                         pid=pid)
-        self.notify(f"out:{token}")  # `logs --follow` learns the attempt ended
-        self.dirty = True
-
     def resync(self) -> None:
-        """Rebuild lease bookkeeping from the store (at start and after a failed batch)."""
+        """Rebuild what the loop keeps in memory from the store (at start and
+        after a failed batch): leases, the next due time, queue rules, batches."""
+        ctx = self.ctx
         self.needs_resync = False
-        by_owner: dict[bytes | None, set[int]] = defaultdict(set)
-        unstarted: set[int] = set()
-        agent_ids: dict[int, str | None] = {}
-        for token, agent_id, owner, started in self.store.leases():
-            by_owner[owner].add(token)
-            agent_ids[token] = agent_id
-            if not started:
-                unstarted.add(token)
-        for agent in self.agents:
-            agent.inflight = by_owner.pop(agent.owner, set())
-            # From the store: a Reject or a Started of the failed batch is gone, and
-            # its Revoke was never sent; a held job is asked for again when needed.
-            agent.unstarted = agent.inflight & unstarted
-            agent.revoked.clear()
-        self.orphans.keep_only(set(agent_ids))
-        deadline = self.mono + self.config["lease_sec"]
-        for owner, tokens in by_owner.items():
-            for token in tokens:
-                self.orphans.add(token, agent_ids[token], owner, deadline)
-        self.next_due = self.store.next_due()
-        self.queues.load()  # a rule changed in a batch that failed is gone
-        self.batches.load(self.mono)
-        self.dirty = True
-
-    def _job_changed(self, job: Job) -> None:
-        self.metrics.job_changed(job)
-        if job.state in lifecycle.RUNNABLE:
-            self.schedule(job.run_at)
-        self.notify(f"job:{job.id}")
-
-    def schedule(self, run_at: float) -> None:
-        """A job becomes claimable at ``run_at``: dispatch now, or wake the loop then."""
-        if run_at <= self.now:
-            self.dirty = True
-        elif self.next_due is None or run_at < self.next_due:
-            self.next_due = run_at
-
-    def notify(self, key: str) -> None:
-        for parked, result in self.parking.notify(key):
-            self._send_reply(parked.ident, parked.req_id, result)
-
-    def park(self, ident: bytes, req_id: int, key: str, hold: float, check, on_timeout) -> Any:
-        self.parking.park(Parked(ident, req_id, key, self.mono + hold, check, on_timeout))
-        return admin.PARKED
+        ctx.leases.resync()
+        ctx.next_due = self.store.next_due()
+        ctx.queues.load()  # a rule changed in a batch that failed is gone
+        ctx.batches.load(ctx.mono)
+        ctx.wake()
 
     # --- sending --------------------------------------------------------------
 
-    def send(self, ident: bytes, msg: Any) -> None:
-        self.outbox.append((ident, msg))
-
-    def ack(self, ident: bytes, token: int) -> None:
-        self.acks[ident].append(token)
-
-    def ack_output(self, ident: bytes, size: int) -> None:
-        """Output received (stored or not): it frees the agent's send window. Kept
-        apart from ``acks``, which a failed batch takes back."""
-        self.output_received[ident] += size
-
-    def rewind_output(self, ident: bytes, token: int, stream: int, stored_end: int) -> None:
-        """A chunk came after one that was lost (its batch failed): ask for a resend."""
-        self.rewinds[ident][(token, stream)] = stored_end
-
-    def _send_reply(self, ident: bytes, req_id: int, result: Any,
-                    code: ErrorCode | None = None, error: str | None = None) -> None:
-        self.send(ident, m.Reply(req_id=req_id, ok=code is None, result=result,
-                                 error_code=code.value if code else None, error=error))
-
     def _flush(self) -> None:
-        self.metrics.commit()  # after the commit of everything staged so far
-        for ident in self.acks.keys() | self.output_received.keys() | self.rewinds.keys():
-            rewind = [[token, stream, end]
-                      for (token, stream), end in self.rewinds.get(ident, {}).items()]
-            self.outbox.append((ident, m.Ack(tokens=self.acks.get(ident, []),
-                                             output_bytes=self.output_received.get(ident, 0),
-                                             rewind=rewind)))
-        self.acks.clear()
-        self.output_received.clear()
-        self.rewinds.clear()
-        outbox, self.outbox = self.outbox, []
-        by_peer: dict[bytes, list[Any]] = defaultdict(list)
-        for ident, msg in outbox:
-            by_peer[ident].append(msg)
-        for ident, msgs in by_peer.items():
-            agent = self.agents.get(ident)
+        ctx = self.ctx
+        ctx.metrics.commit()  # after the commit of everything staged so far
+        for ident, msgs in ctx.outbox.take().items():
+            agent = ctx.agents.get(ident)
             # An agent takes it in as few frames as fit; a client, one reply per frame.
             for batch in (batches(msgs) if agent is not None else [[msg] for msg in msgs]):
                 self._send_frame(ident, agent, batch)
@@ -746,7 +551,8 @@ class Broker:
         try:
             self.socket.send_multipart([ident, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
-            self.undelivered.extend(msg.token for msg in msgs if isinstance(msg, m.Dispatch))
+            self.ctx.leases.undelivered.extend(
+                msg.token for msg in msgs if isinstance(msg, m.Dispatch))
             if agent is not None:
                 agent.revoked.difference_update(
                     msg.token for msg in msgs if isinstance(msg, m.Revoke))
@@ -757,4 +563,4 @@ class Broker:
                 log.info("agent %s is unreachable: %s", agent.agent_id, exc)
             return
         if agent is not None:
-            agent.last_sent = self.mono
+            agent.last_sent = self.clock.mono

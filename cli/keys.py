@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from queuectl.proto.states import Role
+
 from .common import JsonOpt, emit_json, note, say
 from .visible import visible
 
@@ -73,7 +75,7 @@ def _issue(name: str, role: str) -> None:
 @app.command("add-agent")
 def add_agent(name: Annotated[str, typer.Argument(help="a name for the agent host")]) -> None:
     """Create a key that may only run jobs (an agent), and allow it."""
-    _issue(name, "agent")
+    _issue(name, Role.AGENT.value)
 
 
 @app.command("add-client")
@@ -84,7 +86,7 @@ def add_client(
 ) -> None:
     """Create an admin client key (enqueue, manage jobs and config), or with
     --read-only one that may only read, and allow it."""
-    _issue(name, "reader" if read_only else "admin")
+    _issue(name, (Role.READER if read_only else Role.ADMIN).value)
 
 
 @app.command("revoke")

@@ -24,6 +24,7 @@ class Setting:
     check: Callable[[float], bool]
     rule: str
     help: str
+    agents: bool = False  # agents use it too: a change goes to every agent (Welcome)
 
 
 SETTINGS: dict[str, Setting] = {
@@ -36,20 +37,23 @@ SETTINGS: dict[str, Setting] = {
     "timeout_sec": Setting(60, False, lambda v: 0 < v <= 1e9, "a number of seconds > 0",
                            "default timeout of a job"),
     "heartbeat_sec": Setting(1.0, False, lambda v: 0.05 <= v <= 60, "0.05 to 60 seconds",
-                             "how often broker and agents exchange heartbeats"),
+                             "how often broker and agents exchange heartbeats", agents=True),
     "lease_sec": Setting(6.0, False, lambda v: 0.5 <= v <= 3600, "0.5 to 3600 seconds",
-                         "silence after which an agent is lost and its jobs run again"),
+                         "silence after which an agent is lost and its jobs run again",
+                         agents=True),
     "kill_grace_sec": Setting(5.0, False, lambda v: 0 <= v <= 3600, "0 to 3600 seconds",
-                              "SIGTERM-to-SIGKILL grace on timeout and cancel"),
+                              "SIGTERM-to-SIGKILL grace on timeout and cancel", agents=True),
     "output_limit": Setting(1024 * 1024, True, lambda v: 1024 <= v <= 256 * 1024 * 1024,
                             "an integer from 1024 to 268435456",
-                            "bytes of stdout and of stderr kept per attempt (the last ones)"),
+                            "bytes of stdout and of stderr kept per attempt (the last ones)",
+                            agents=True),
     "batch_idle_sec": Setting(120.0, False, lambda v: 1 <= v <= 86400, "1 to 86400 seconds",
                               "a streamed batch whose client sends nothing for this long is "
                               "aborted"),
 }
 
 ALIASES = {"backoff_base": "base_backoff"}
+SENT_TO_AGENTS = frozenset(key for key, setting in SETTINGS.items() if setting.agents)
 
 
 def normalize_key(key: str) -> str:

@@ -1,4 +1,4 @@
-"""Job states, attempt outcomes and the error codes of admin replies.
+"""Job states, attempt outcomes, the error codes of admin replies, and key roles.
 
 These are names shared by every component; the broker owns the transition
 table that says which state changes are allowed (``broker/lifecycle.py``).
@@ -46,3 +46,12 @@ class ErrorCode(str, enum.Enum):
     VERSION = "version"        # exit 1: the peer speaks another protocol version
     INTERNAL = "internal"      # exit 1: a bug in the broker
     FORBIDDEN = "forbidden"    # exit 1: this peer's key does not allow the request
+
+
+class Role(str, enum.Enum):
+    """What a CURVE key may do (``queuectl keys``); each admin operation names
+    the least role it needs (``queuectl/proto/ops.py``)."""
+
+    ADMIN = "admin"    # everything (it could enqueue any command anyway)
+    AGENT = "agent"    # only the agent protocol: run jobs
+    READER = "reader"  # only requests that change nothing (the stats page)

@@ -71,7 +71,7 @@ class Client:
         self._conn.close()
 
     def call(self, op: str, hold: float = 0.0, extra: float = 0.0, **args: Any) -> Any:
-        """Send one admin request by name (see broker/admin.py) and return its result."""
+        """Send one admin request (declared in queuectl/proto/ops.py) and return its result."""
         return self._conn.call(op, hold=hold, extra=extra, **args)
 
     # --- jobs -------------------------------------------------------------------

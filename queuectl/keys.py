@@ -26,7 +26,9 @@ from pathlib import Path
 
 import zmq
 
-ROLES = ("admin", "agent", "reader")
+from queuectl.proto.states import Role
+
+ROLES = tuple(role.value for role in Role)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LOCAL = "local"  # the admin credential ``keys init`` makes for the broker's own host
 

@@ -19,6 +19,7 @@ import zmq
 
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import messages as m
+from queuectl.proto import ops
 from queuectl.keys import ClientKeys, KeyFileError, client_keys, secure_client
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
@@ -227,6 +228,12 @@ class Connection:
         return lambda: self._await(req_id, self.timeout + extra)
 
     def _request(self, op: str, args: dict[str, Any]) -> tuple[int, bytes]:
+        declared = ops.OPS.get(op)
+        if declared is None:
+            raise InvalidInput(f"unknown operation {op!r} (see queuectl/proto/ops.py)")
+        unknown = sorted(args.keys() - set(ops.argument_names(declared)))
+        if unknown:
+            raise InvalidInput(f"the {op} operation takes no argument {unknown[0]!r}")
         req_id = next(self._ids)
         try:
             frame = encode(m.Request(req_id=req_id, op=op, args=args))

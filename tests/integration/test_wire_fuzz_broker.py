@@ -37,7 +37,7 @@ from harness import wait_until
 from hostile import (AGENT_MESSAGES, BLOB, FLOATS, GARBAGE, INTS, TEXT, assert_alive, broker_bugs,
                      field_types, typed_value, well_typed)
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, decode, encode
-from queuectl.proto import codec, config as config_keys, messages as m
+from queuectl.proto import codec, config as config_keys, messages as m, ops
 from queuectl.proto.jobspec import COMPAT_FIELDS, FIELDS
 from queuectl.proto.states import ALL_STATES, Outcome
 
@@ -45,15 +45,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
 TYPE_NAMES = sorted(cls.TYPE for cls in MESSAGES)
-# Every admin operation and the arguments it reads (broker/admin.py), except stop_agents.
-OPS: dict[str, list[str]] = {
-    "ping": [], "enqueue": ["job", "jobs"], "get": ["id"], "list": ["state", "queue", "limit"],
-    "status": [], "wait": ["id", "hold"], "cancel": ["id", "hold"],
-    "logs": ["id", "after", "attempt", "hold"], "dlq_list": ["limit"], "dlq_retry": ["all", "ids"],
-    "config_show": [], "config_get": ["key"], "config_set": ["key", "value"], "agents": [],
-    "wait_agents": ["ids", "hold"], "batch_add": ["batch", "key", "jobs"],
-    "batch_commit": ["batch", "key", "count", "hold"], "batch_abort": ["batch", "key"],
-}
+# Every admin operation and the arguments it declares (queuectl/proto/ops.py),
+# except stop_agents.
+OPS: dict[str, list[str]] = {name: list(ops.argument_names(op)) for name, op in ops.OPS.items()
+                             if name != "stop_agents"}
 SENTINEL_WAIT = 20.0  # seconds for the broker to answer everything sent before a sentinel
 
 

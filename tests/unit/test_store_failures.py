@@ -170,7 +170,7 @@ def test_a_bye_in_a_batch_that_failed_leaves_no_job_processing(broker, store):
     assert store.job("j").state.value == "processing"  # the batch was rolled back
     store.conn.pragma("max_page_count", 2**30)  # room again
     broker.socket.gone.add(AGENT)  # and the agent's connection has closed
-    broker.store_retry_at = broker._next_maintenance = 0.0
+    broker.store_retry_at = broker.ctx.next_maintenance = 0.0
     broker.step([])
     assert len(broker.agents) == 0
     job = store.job("j")
