@@ -18,9 +18,12 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import msgpack
+
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 VERSION = 3
 MAX_BATCH = 10_000  # messages in one frame, at most
@@ -83,14 +86,22 @@ def _accepted_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
     return tuple(accepted), optional
 
 
-def message(type_name: str) -> Callable[[type], type]:
+_Message = TypeVar("_Message")
+
+
+# dataclass_transform tells type checkers that a decorated class is a frozen
+# dataclass (its fields become the __init__ parameters), as the decorator makes it.
+@typing.dataclass_transform(frozen_default=True)
+def message(type_name: str) -> Callable[[type[_Message]], type[_Message]]:
     """Class decorator: register a frozen dataclass as wire message ``type_name``."""
 
-    def register(cls: type) -> type:
+    def register(cls: type[_Message]) -> type[_Message]:
         cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
         hints = typing.get_type_hints(cls)
-        _CHECKS[cls] = {f.name: _accepted_types(hints[f.name]) for f in dataclasses.fields(cls)}
-        cls.TYPE = type_name  # type: ignore[attr-defined]
+        # dataclass() has just made cls one; a TypeVar cannot say so to mypy
+        fields = dataclasses.fields(typing.cast("type[DataclassInstance]", cls))
+        _CHECKS[cls] = {f.name: _accepted_types(hints[f.name]) for f in fields}
+        cls.TYPE = type_name  # type: ignore[attr-defined]  # set here, declared by no class
         if type_name in _REGISTRY:
             raise RuntimeError(f"duplicate message type {type_name}")
         _REGISTRY[type_name] = cls
@@ -104,7 +115,9 @@ def _pair(msg: Any) -> tuple[str, dict[str, Any]]:
 
 
 def encode(msg: Any) -> bytes:
-    return msgpack.packb([VERSION, *_pair(msg)], use_bin_type=True)
+    # msgpack has no type hints: packb returns Any, so the result is annotated here
+    frame: bytes = msgpack.packb([VERSION, *_pair(msg)], use_bin_type=True)
+    return frame
 
 
 def encode_batch(msgs: list[Any]) -> bytes:
@@ -112,7 +125,8 @@ def encode_batch(msgs: list[Any]) -> bytes:
     envelope: list[Any] = [VERSION]
     for msg in msgs:
         envelope.extend(_pair(msg))
-    return msgpack.packb(envelope, use_bin_type=True)
+    frame: bytes = msgpack.packb(envelope, use_bin_type=True)
+    return frame
 
 
 FRAME_BUDGET = MAX_FRAME // 4  # bytes a sender puts in one frame, by estimate

@@ -115,7 +115,7 @@ def _string_map(field: str, value: Any, *, exec_room: int | None = None) -> dict
     return dict(value)
 
 
-def _check_compat(raw: dict) -> None:
+def _check_compat(raw: dict[str, Any]) -> None:
     if "state" in raw and raw["state"] != "pending":
         raise SpecError("state", "only 'pending' is accepted; the queue sets the state")
     if "attempts" in raw and not (_is_int(raw["attempts"]) and raw["attempts"] == 0):

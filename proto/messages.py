@@ -9,9 +9,17 @@ A *token* is the id of one attempt: the lease that fences stale results.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .codec import message
+
+if TYPE_CHECKING:
+    # A list field left at its default holds (), as a frozen dataclass takes no
+    # mutable default. Only mypy sees this union: at run time the annotation is
+    # the plain ``list`` that the codec (and the tests) read as the wire schema.
+    Array = list[Any] | tuple[()]
+else:
+    Array = list
 
 STDOUT = 1
 STDERR = 2
@@ -28,7 +36,7 @@ class Hello:
     labels: dict
     # Attempts this agent still runs or holds an unacknowledged result for;
     # after a reconnect the broker adopts them or tells the agent to cancel.
-    tokens: list = ()
+    tokens: Array = ()
     # Counts this agent's Hellos; the Welcome echoes it, so an answer to an
     # older Hello (several can be in flight) is recognised and ignored.
     seq: int = 0
@@ -104,10 +112,10 @@ class Welcome:
     lease_sec: float
     kill_grace_sec: float
     output_limit: int
-    cancel: list = ()  # tokens from Hello that the broker no longer leases to this agent
+    cancel: Array = ()  # tokens from Hello that the broker no longer leases to this agent
     # [token, stdout_end, stderr_end] for the other tokens from Hello: how far
     # the broker stored their output; the agent resends what follows.
-    offsets: list = ()
+    offsets: Array = ()
     hello_seq: int = 0  # the ``seq`` of the Hello this answers
 
 
@@ -143,7 +151,7 @@ class Ack:
     output_bytes: int = 0
     # [token, stream, stored_end] for chunks refused because one before them
     # was lost (a failed batch): the agent resends from stored_end.
-    rewind: list = ()
+    rewind: Array = ()
 
 
 @message("stop")
