@@ -61,9 +61,9 @@ class Link:
         self.cut_handshakes = 0
         self.identity = identity.encode()
         self.hello = hello
-        self.ctx = zmq.Context.instance()
-        self.socket: zmq.Socket | None = None
-        self.monitor: zmq.Socket | None = None
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.socket: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
         self.heartbeat = 0.0     # the ZMTP heartbeat the socket was opened with
         self.transport_up = False
         self.up = False          # welcomed by the broker
@@ -104,6 +104,8 @@ class Link:
 
     def on_monitor(self, now: float) -> None:
         """Apply connection events from libzmq."""
+        if self.monitor is None:  # closed: no events to apply
+            return
         while True:
             try:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
@@ -207,7 +209,9 @@ class Link:
 
     def receive(self) -> list[object]:
         """Every message waiting on the socket; malformed frames are logged and dropped."""
-        messages = []
+        messages: list[object] = []
+        if self.socket is None:  # closed: nothing waits
+            return messages
         while True:
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)
@@ -226,7 +230,8 @@ class Link:
         if self.socket is not None and linger > 0:
             self.flush()
         if self.monitor is not None:
-            self.socket.disable_monitor()
+            if self.socket is not None:  # it is: open() makes the monitor from the socket
+                self.socket.disable_monitor()
             self.monitor.close(linger=0)
             self.monitor = None
         if self.socket is not None:
