@@ -18,6 +18,8 @@ broker restart. The transport (timeouts, reconnection) is in
 
 from __future__ import annotations
 
+import builtins
+import functools
 import itertools
 import time
 from dataclasses import dataclass
@@ -153,7 +155,7 @@ class Client:
                 args["attempt"] = attempt
             if follow:
                 result = self._conn.survive_restarts(
-                    lambda args=args: self.call("logs", hold=HOLD, **args))
+                    functools.partial(self.call, "logs", hold=HOLD, **args))
             else:
                 result = self.call("logs", **args)
             if result["attempt"] != attempt:
@@ -170,10 +172,10 @@ class Client:
 
     # --- the dead-letter queue, config, agents ---------------------------------
 
-    def dlq_list(self, limit: int | None = None) -> list[dict[str, Any]]:
+    def dlq_list(self, limit: int | None = None) -> builtins.list[dict[str, Any]]:
         return self.call("dlq_list", extra=size_allowance(limit or 0), limit=limit)
 
-    def dlq_retry(self, job_ids: list[str] | None = None) -> list[str]:
+    def dlq_retry(self, job_ids: builtins.list[str] | None = None) -> builtins.list[str]:
         """Move dead jobs back to pending with attempts reset; None retries them all."""
         if job_ids is None:
             return self.call("dlq_retry", extra=DLQ_RETRY_ALL_EXTRA, all=True)["retried"]
@@ -202,10 +204,10 @@ class Client:
         except config_keys.ConfigError as exc:
             raise InvalidInput(str(exc)) from None
 
-    def agents(self) -> list[dict[str, Any]]:
+    def agents(self) -> builtins.list[dict[str, Any]]:
         return self.call("agents")
 
-    def stop_agents(self, wait: bool = True) -> list[str]:
+    def stop_agents(self, wait: bool = True) -> builtins.list[str]:
         """Ask every agent to stop gracefully; with ``wait``, return once they exited."""
         ids = self.call("stop_agents")["stopping"]
         while wait and ids:
@@ -217,7 +219,7 @@ class Client:
 
     # --- queues -------------------------------------------------------------------
 
-    def queues(self) -> list[dict[str, Any]]:
+    def queues(self) -> builtins.list[dict[str, Any]]:
         """Queues with a rule or unfinished jobs: name, paused, limit, pending, processing."""
         return self.call("queue_list")
 

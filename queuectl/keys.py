@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import zmq
 
@@ -47,6 +48,12 @@ def home() -> Path:
 
 def keys_dir(base: Path | None = None) -> Path:
     return (base or home()) / "keys"
+
+
+@overload
+def load(path: Path, secret: Literal[True]) -> tuple[bytes, bytes]: ...
+@overload
+def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]: ...
 
 
 def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
@@ -182,10 +189,10 @@ class KeyStore:
                 result.setdefault(public, Principal(path.stem, role))
         return result
 
-    def stamp(self) -> tuple:
+    def stamp(self) -> tuple[object, ...]:
         """Changes whenever the allow-list may have changed: a file added, removed,
         or written over in place (each file's inode, size and mtime)."""
-        stamps = []
+        stamps: list[object] = []
         for role in ROLES:
             folder = self.dir / "allowed" / role
             try:
@@ -230,7 +237,7 @@ def _existing(path: Path) -> str | None:
     return str(path) if path.exists() else None
 
 
-def secure_client(sock: zmq.Socket, keys: ClientKeys | None) -> None:
+def secure_client(sock: zmq.Socket[bytes], keys: ClientKeys | None) -> None:
     """Before ``connect``: speak CURVE with these keys (nothing for None)."""
     if keys is not None:
         sock.curve_secretkey = keys.secret
