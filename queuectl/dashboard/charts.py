@@ -150,7 +150,7 @@ def distribution(counts: dict[str, int] | None) -> Distribution:
     # Keep tiny but non-empty states visible, taking the room from the largest.
     short = sum(MIN_SEGMENT - w for s, w in widths.items() if counts[s] and w < MIN_SEGMENT)
     if short:
-        widest = max(widths, key=widths.get)
+        widest = max(widths, key=widths.__getitem__)
         for state, width in widths.items():
             if counts[state] and width < MIN_SEGMENT:
                 widths[state] = MIN_SEGMENT
