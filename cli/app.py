@@ -19,7 +19,8 @@ from .visible import visible
 try:  # typer >= 0.17 vendors click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
+    # the same module, from click itself: mypy checks against the typer installed
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="queuectl", add_completion=False, no_args_is_help=True,

@@ -26,7 +26,8 @@ def _invalid(message: str) -> Exception:
     return InvalidInput(message)
 
 
-_scan = json.JSONDecoder().scan_once  # the C scanner, without json.loads' Python layers
+# The C scanner, without json.loads' Python layers (typeshed does not declare the attribute).
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _loads(text: str) -> Any:
@@ -150,6 +151,7 @@ def run(endpoint: str | None, job: str | None, file: str | None, as_json: bool) 
             result = qc.enqueue(parse_object(job))
             _print(result, as_json, f"Enqueued job: {result['id']}")
             return
+        assert file is not None  # one of job and file, checked above
         _enqueue_file(qc, file, as_json)
 
 

@@ -51,7 +51,8 @@ def state(value: str) -> Text:
 
 
 def status(doc: dict[str, Any]) -> None:
-    rows = [(state(name), count) for name, count in doc["counts"].items()]
+    rows: list[tuple[Text | str, Any]] = [(state(name), count)
+                                          for name, count in doc["counts"].items()]
     rows += [("dlq", doc["dlq"]), ("avg_duration_sec", f"{doc['avg_duration_sec']:.3f}"),
              ("agents", doc["agents"]),
              ("slots busy/total", f"{doc['slots']['busy']}/{doc['slots']['total']}")]
