@@ -22,9 +22,6 @@ from typing import Any, Callable, TypeVar
 
 import msgpack
 
-if typing.TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
 VERSION = 3
 MAX_BATCH = 10_000  # messages in one frame, at most
 # The largest frame either side accepts (also set as ZMQ_MAXMSGSIZE on the
@@ -98,8 +95,8 @@ def message(type_name: str) -> Callable[[type[_Message]], type[_Message]]:
     def register(cls: type[_Message]) -> type[_Message]:
         cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
         hints = typing.get_type_hints(cls)
-        # dataclass() has just made cls one; a TypeVar cannot say so to mypy
-        fields = dataclasses.fields(typing.cast("type[DataclassInstance]", cls))
+        # dataclass() has just made cls one, which type[_Message] cannot say to mypy
+        fields = dataclasses.fields(typing.cast(Any, cls))
         _CHECKS[cls] = {f.name: _accepted_types(hints[f.name]) for f in fields}
         cls.TYPE = type_name  # type: ignore[attr-defined]  # set here, declared by no class
         if type_name in _REGISTRY:
