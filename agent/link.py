@@ -25,15 +25,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from queuectl.proto import (MAX_FRAME, ProtocolError, VersionMismatch, batches, decode_batch,
-                            encode_batch)
-from queuectl.proto import messages as m
 from queuectl.keys import ClientKeys, secure_client
+from queuectl.proto import (
+    MAX_FRAME,
+    ProtocolError,
+    VersionMismatch,
+    batches,
+    decode_batch,
+    encode_batch,
+)
+from queuectl.proto import messages as m
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ import secrets
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
+from queuectl.keys import ClientKeys
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
-from queuectl.keys import ClientKeys
 from queuectl.proto.states import Outcome
 
 from .link import Link

@@ -7,7 +7,7 @@ a plain ``enqueue``.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,7 +30,7 @@ app = typer.Typer(
 
 
 @app.callback()
-def _global(ctx: typer.Context, broker: Annotated[Optional[str], typer.Option(
+def _global(ctx: typer.Context, broker: Annotated[str | None, typer.Option(
         "--broker", envvar="QUEUECTL_BROKER", help="broker endpoint for every command")] = None,
 ) -> None:
     ctx.obj = {"broker": broker}

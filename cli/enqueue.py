@@ -15,7 +15,8 @@ import contextlib
 import itertools
 import json
 import sys
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 from .visible import visible
 

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -131,15 +131,15 @@ def _start_page(address: tuple[str, int], endpoint: str,
 
 def up(
     ctx: typer.Context,
-    agents: Annotated[Optional[int], typer.Option(
+    agents: Annotated[int | None, typer.Option(
         "--agents", "-n", min=1, max=10_000,
         help="local agent slots [default: number of CPUs]")] = None,
-    bind: Annotated[Optional[str], typer.Option(
+    bind: Annotated[str | None, typer.Option(
         "--bind", help="broker endpoint [default: --broker, else $QUEUECTL_BROKER, "
                        "else tcp://127.0.0.1:5555]")] = None,
-    db: Annotated[Optional[str], typer.Option(
+    db: Annotated[str | None, typer.Option(
         "--db", help="SQLite store [default: $QUEUECTL_HOME/queue.db]")] = None,
-    http: Annotated[Optional[str], typer.Option(
+    http: Annotated[str | None, typer.Option(
         "--http", metavar="HOST:PORT",
         help="where the stats page listens [default: 127.0.0.1:8080]; an address other than "
              "loopback needs QUEUECTL_DASHBOARD_TOKEN")] = None,

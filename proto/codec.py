@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -216,9 +217,9 @@ def _message(type_name: Any, body: Any) -> Any:
         if value is None:
             if not optional:
                 raise ProtocolError(f"{type_name}: field {key!r} must not be null")
-        elif isinstance(value, bool) and bool not in accepted and object not in accepted:
-            raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
-        elif not isinstance(value, accepted):
+        # A bool is an int to isinstance: it fits only a field that takes bools (or anything).
+        elif (isinstance(value, bool) and bool not in accepted and object not in accepted) \
+                or not isinstance(value, accepted):
             raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
         elif type(value) is int and object not in accepted and value not in INT64:
             raise ProtocolError(f"{type_name}: field {key!r} is out of range")

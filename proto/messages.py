@@ -9,7 +9,7 @@ A *token* is the id of one attempt: the lease that fences stale results.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .codec import message
 
@@ -69,9 +69,9 @@ class Output:
 class Result:
     token: int
     outcome: str  # one of proto.states.Outcome
-    exit_code: Optional[int]
+    exit_code: int | None
     detail: str
-    started_at: Optional[float]
+    started_at: float | None
     finished_at: float
     # Where stdout and stderr ended: the broker applies the result only once it
     # has stored the output up to there (else it asks for a resend first).
@@ -79,7 +79,7 @@ class Result:
     stderr_end: int = 0
     # The process id, also in Started; the Result repeats it for a broker that
     # missed the Started (a failed store batch).
-    pid: Optional[int] = None
+    pid: int | None = None
 
 
 @message("heartbeat")
@@ -126,8 +126,8 @@ class Dispatch:
     attempt: int
     command: str
     timeout_sec: float
-    env: Optional[dict] = None
-    cwd: Optional[str] = None
+    env: dict | None = None
+    cwd: str | None = None
 
 
 @message("cancel")
@@ -179,5 +179,5 @@ class Reply:
     req_id: int
     ok: bool
     result: Any = None
-    error_code: Optional[str] = None
-    error: Optional[str] = None
+    error_code: str | None = None
+    error: str | None = None

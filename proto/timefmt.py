@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-_UTC = _dt.timezone.utc
+_UTC = _dt.UTC
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 

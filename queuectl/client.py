@@ -22,17 +22,30 @@ import builtins
 import functools
 import itertools
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from queuectl.proto import config as config_keys
 from queuectl.proto import jobspec
 from queuectl.proto.states import TERMINAL_STATES
 
 from . import streaming
-from .transport import (BrokerError, BrokerUnreachable, Conflict, Connection, InvalidInput,
-                        NotFound, ProtocolMismatch, QueueError, Refused, Unavailable,
-                        default_endpoint, default_timeout, size_allowance)
+from .transport import (
+    BrokerError,
+    BrokerUnreachable,
+    Conflict,
+    Connection,
+    InvalidInput,
+    NotFound,
+    ProtocolMismatch,
+    QueueError,
+    Refused,
+    Unavailable,
+    default_endpoint,
+    default_timeout,
+    size_allowance,
+)
 
 __all__ = [
     "BrokerError", "BrokerUnreachable", "Client", "Conflict", "InvalidInput", "LogChunk",
@@ -63,7 +76,7 @@ class Client:
         self._conn = Connection(endpoint, timeout, key=key, broker_key=broker_key)
         self.endpoint, self.timeout = self._conn.endpoint, self._conn.timeout
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

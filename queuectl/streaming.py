@@ -14,10 +14,17 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-from .transport import (BrokerUnreachable, Conflict, Connection, InvalidInput, QueueError,
-                        size_allowance)
+from .transport import (
+    BrokerUnreachable,
+    Conflict,
+    Connection,
+    InvalidInput,
+    QueueError,
+    size_allowance,
+)
 
 CHUNK_JOBS = 5_000  # jobs per request; the broker takes up to 10,000 (broker/admin.py)
 # Estimated bytes per request: far below the 64 MiB frame limit even when the

@@ -13,13 +13,14 @@ import itertools
 import math
 import os
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import zmq
 
+from queuectl.keys import ClientKeys, KeyFileError, client_keys, secure_client
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import messages as m
-from queuectl.keys import ClientKeys, KeyFileError, client_keys, secure_client
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from queuectl.proto.timefmt import parse_iso
 
