@@ -15,10 +15,11 @@ before judging any lease), else the time since the broker was last heard.
 
 Messages are queued and leave in one frame per loop iteration (``flush``,
 called before the loop waits; several frames when that is more than one frame
-may carry), so a result, the next job's start and a heartbeat cost one send. While a frame that carried a result waits for its
-Ack, new messages wait too (up to ``HOLD_MAX``), as Nagle's algorithm does
-for TCP: under load the results of several jobs then share one frame and one
-commit of the broker, and an idle agent still sends each result at once.
+may carry), so a result, the next job's start and a heartbeat cost one send.
+While a frame that carried a result waits for its Ack, new messages wait too
+(up to ``HOLD_MAX``), as Nagle's algorithm does for TCP: under load the results
+of several jobs then share one frame and one commit of the broker, and an idle
+agent still sends each result at once.
 """
 
 from __future__ import annotations

@@ -454,7 +454,8 @@ class Agent:
         for job in list(self.jobs.values()):
             if job.forced is None and silence > self.cutoff:
                 log.warning("job %s (attempt %d): cut off from the broker for %.1fs, past the "
-                            "lease; killing it so it cannot run twice", job.job_id, job.token, silence)
+                            "lease; killing it so it cannot run twice",
+                            job.job_id, job.token, silence)
                 job.kill(Outcome.LEASE_LOST, 0)
             elif job.forced is None and now >= job.deadline:
                 log.info("job %s (attempt %d): timed out after %ss; killing its process group",

@@ -62,7 +62,8 @@ def show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")
 
 def logs(
     ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="stream until the job ends")] = False,
     raw: Annotated[bool, typer.Option(
         "--raw", help="write the output byte for byte even to a terminal (by default a "
                       "terminal gets colours, but other control sequences escaped)")] = False,

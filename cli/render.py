@@ -80,7 +80,8 @@ def job(doc: dict[str, Any]) -> None:
 
 def dlq(items: list[dict[str, Any]]) -> None:
     table("Dead letter queue", ("ID", "Command", "Reason", "Attempts", "Dead at"),
-          [(d["id"], d["command"], d["reason"], d["attempts"], _short(d["dead_at"])) for d in items])
+          [(d["id"], d["command"], d["reason"], d["attempts"], _short(d["dead_at"]))
+           for d in items])
 
 
 def config(doc: dict[str, Any]) -> None:
@@ -88,7 +89,8 @@ def config(doc: dict[str, Any]) -> None:
 
 
 def agents(items: list[dict[str, Any]]) -> None:
-    table("Agents", ("ID", "Host", "Labels", "Slots busy/total", "Last heartbeat", "State", "Running"),
+    table("Agents",
+          ("ID", "Host", "Labels", "Slots busy/total", "Last heartbeat", "State", "Running"),
           [(a["id"], a["host"], ",".join(f"{k}={v}" for k, v in a["labels"].items()),
             f"{a['slots']['busy']}/{a['slots']['total']}", _short(a["last_heartbeat"]),
             a["state"], " ".join(a["running"])) for a in items])

@@ -1,4 +1,5 @@
-"""``queuectl up``: a broker, local agent slots and the stats page in the foreground, for one machine."""
+"""``queuectl up``: a broker, local agent slots and the stats page in the foreground,
+for one machine."""
 
 from __future__ import annotations
 

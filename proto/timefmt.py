@@ -32,7 +32,8 @@ def parse_iso(text: str) -> float:
     try:
         moment = _dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r} is not an ISO-8601 timestamp (e.g. 2030-01-31T09:00:00Z)") from None
+        raise ValueError(
+            f"{text!r} is not an ISO-8601 timestamp (e.g. 2030-01-31T09:00:00Z)") from None
     if moment.tzinfo is None:
         moment = moment.astimezone()  # naive: the local time of whoever wrote it
     return moment.timestamp()

@@ -70,8 +70,9 @@ class Unavailable(BrokerError):
 
 
 # Keyed by a Reply's error_code, which may be None (the lookup then gives the default).
-ERRORS: dict[str | None, type[QueueError]] = {"invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
-          "version": ProtocolMismatch, "unavailable": Unavailable, "forbidden": Refused}
+ERRORS: dict[str | None, type[QueueError]] = {
+    "invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
+    "version": ProtocolMismatch, "unavailable": Unavailable, "forbidden": Refused}
 # Handshake failures the socket monitor reports: the peers' keys do not match.
 # AUTH (the broker refused our key) and PROTOCOL (we speak no CURVE, it does)
 # are certain. NO_DETAIL is a connection cut during the handshake: what a wrong

@@ -29,7 +29,8 @@ def number(value: Any) -> str:
 
 
 def duration(seconds: Any) -> str:
-    """``0.034`` -> ``34 ms``, ``1.24`` -> ``1.2 s``, ``184`` -> ``3 m 4 s``, ``7500`` -> ``2 h 5 m``."""
+    """``0.034`` -> ``34 ms``, ``1.24`` -> ``1.2 s``, ``184`` -> ``3 m 4 s``,
+    ``7500`` -> ``2 h 5 m``."""
     if seconds is None:
         return DASH
     seconds = max(0.0, float(seconds))
