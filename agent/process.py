@@ -100,7 +100,7 @@ class RunningJob:
         self.started_at, self.started_mono = time.time(), time.monotonic()
         self.deadline = self.started_mono + self.dispatch.timeout_sec
         self.pidfd = os.pidfd_open(self.pid)
-        for fd, buffer in zip(pipes, (self.stdout, self.stderr)):
+        for fd, buffer in zip(pipes, (self.stdout, self.stderr), strict=True):
             os.set_blocking(fd, False)
             self.pipes[fd] = buffer
 

@@ -402,7 +402,7 @@ class Agent:
     def _send_output(self, token: int, *buffers: StreamBuffer, windowed: bool = True) -> bool:
         """Send what the buffers hold beyond what was sent; stops when the link refuses
         or the send window is full (the buffers then keep only the newest bytes)."""
-        for stream, buffer in zip((m.STDOUT, m.STDERR), buffers):
+        for stream, buffer in zip((m.STDOUT, m.STDERR), buffers, strict=True):
             while buffer.unsent():
                 if windowed and self.output_inflight >= OUTPUT_WINDOW:
                     return False

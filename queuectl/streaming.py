@@ -53,7 +53,7 @@ def chunks(jobs: Iterable[Any], labels: Iterable[str],
     names: list[str] = []
     first: dict[str, str] = {}
     size, started, sent = 0, time.monotonic(), False
-    for job, label in zip(jobs, labels):
+    for job, label in zip(jobs, labels, strict=False):  # labels may be endless (job 1, 2, ...)
         spec = check(job, label)
         job_id = spec.get("id")
         if job_id is not None:
