@@ -93,7 +93,8 @@ def _open(path: str) -> Iterator[IO[str]]:
         yield sys.stdin
         return
     try:
-        handle = open(path, encoding="utf-8")
+        # Not in the with: only open()'s own OSError is a file the user named badly.
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise _cannot_read(path, exc) from None
     with handle:

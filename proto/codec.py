@@ -187,7 +187,7 @@ def _decode(frame: bytes) -> list[Any]:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
     try:
         envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types on garbage
         raise ProtocolError(f"not a msgpack frame: {exc.__class__.__name__}") from None
     if not isinstance(envelope, list) or len(envelope) < 3 or len(envelope) % 2 == 0:
         if isinstance(envelope, list) and envelope and type(envelope[0]) is int \

@@ -66,14 +66,14 @@ def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
         public, secret_key = zmq.auth.load_certificate(str(path))
     except OSError as exc:
         raise KeyFileError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
-    except Exception:  # pyzmq's parser raises IndexError, ValueError... on a damaged file
+    except Exception:  # noqa: BLE001 - pyzmq's parser raises IndexError, ValueError... on damage
         raise KeyFileError(f"the key file {path} is damaged: it is not a CURVE "
                            "certificate (make a new one with queuectl keys)") from None
     keys = [public] + ([secret_key] if secret else [])
     for key in keys:
         try:
             valid = key is not None and len(key) == 40 and len(z85.decode(key)) == 32
-        except Exception:  # a character outside z85
+        except Exception:  # noqa: BLE001 - a character outside z85
             valid = False
         if not valid:
             what = "a secret key (.key_secret)" if secret else "a public key"

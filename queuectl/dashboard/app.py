@@ -105,6 +105,7 @@ def _errors(app: Flask, endpoint: str) -> None:
 
     @app.errorhandler(Exception)
     def bug(exc: Exception) -> Any:
-        log.exception("unexpected error serving %s %s", request.method, request.path)
+        # exc_info=exc: the traceback of this exception, not whatever sys.exc_info() holds.
+        log.error("unexpected error serving %s %s", request.method, request.path, exc_info=exc)
         return _reply(500, "Internal error",
                       "The stats page hit a bug; the details are in its log.")
