@@ -15,25 +15,32 @@ before judging any lease), else the time since the broker was last heard.
 
 Messages are queued and leave in one frame per loop iteration (``flush``,
 called before the loop waits; several frames when that is more than one frame
-may carry), so a result, the next job's start and a heartbeat cost one send. While a frame that carried a result waits for its
-Ack, new messages wait too (up to ``HOLD_MAX``), as Nagle's algorithm does
-for TCP: under load the results of several jobs then share one frame and one
-commit of the broker, and an idle agent still sends each result at once.
+may carry), so a result, the next job's start and a heartbeat cost one send.
+While a frame that carried a result waits for its Ack, new messages wait too
+(up to ``HOLD_MAX``), as Nagle's algorithm does for TCP: under load the results
+of several jobs then share one frame and one commit of the broker, and an idle
+agent still sends each result at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from queuectl.proto import (MAX_FRAME, ProtocolError, VersionMismatch, batches, decode_batch,
-                            encode_batch)
-from queuectl.proto import messages as m
 from queuectl.keys import ClientKeys, secure_client
+from queuectl.proto import (
+    MAX_FRAME,
+    ProtocolError,
+    VersionMismatch,
+    batches,
+    decode_batch,
+    encode_batch,
+)
+from queuectl.proto import messages as m
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +68,9 @@ class Link:
         self.cut_handshakes = 0
         self.identity = identity.encode()
         self.hello = hello
-        self.ctx = zmq.Context.instance()
-        self.socket: zmq.Socket | None = None
-        self.monitor: zmq.Socket | None = None
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.socket: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
         self.heartbeat = 0.0     # the ZMTP heartbeat the socket was opened with
         self.transport_up = False
         self.up = False          # welcomed by the broker
@@ -104,6 +111,8 @@ class Link:
 
     def on_monitor(self, now: float) -> None:
         """Apply connection events from libzmq."""
+        if self.monitor is None:  # closed: no events to apply
+            return
         while True:
             try:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
@@ -207,7 +216,9 @@ class Link:
 
     def receive(self) -> list[object]:
         """Every message waiting on the socket; malformed frames are logged and dropped."""
-        messages = []
+        messages: list[object] = []
+        if self.socket is None:  # closed: nothing waits
+            return messages
         while True:
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)
@@ -226,7 +237,8 @@ class Link:
         if self.socket is not None and linger > 0:
             self.flush()
         if self.monitor is not None:
-            self.socket.disable_monitor()
+            if self.socket is not None:  # it is: open() makes the monitor from the socket
+                self.socket.disable_monitor()
             self.monitor.close(linger=0)
             self.monitor = None
         if self.socket is not None:

@@ -10,6 +10,7 @@ import sys
 from queuectl import logsetup
 from queuectl.transport import DEFAULT_BROKER, default_endpoint
 
+
 def parse_label(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` -> (key, value); raises argparse.ArgumentTypeError."""
     key, sep, value = text.partition("=")

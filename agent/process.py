@@ -62,7 +62,7 @@ class RunningJob:
         self.stdout = StreamBuffer(output_limit)
         self.stderr = StreamBuffer(output_limit)
         self.pid = 0
-        self.proc: subprocess.Popen | None = None  # only for a job with a cwd
+        self.proc: subprocess.Popen[bytes] | None = None  # only for a job with a cwd
         self.pidfd: int | None = None
         self.pipes: dict[int, StreamBuffer] = {}
         self.started_at = time.time()
@@ -86,12 +86,13 @@ class RunningJob:
         env["QUEUECTL_ATTEMPT_ID"] = str(self.token)
         argv = [SHELL, "-c", self.dispatch.command]
         if self.dispatch.cwd:
-            self.proc = subprocess.Popen(
+            self.proc = proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 cwd=self.dispatch.cwd, env=env, start_new_session=True)
-            self.pid = self.proc.pid
+            self.pid = proc.pid
+            assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
             pipes = []
-            for pipe in (self.proc.stdout, self.proc.stderr):
+            for pipe in (proc.stdout, proc.stderr):
                 pipes.append(os.dup(pipe.fileno()))  # a bare descriptor, as posix_spawn gives
                 pipe.close()
         else:
@@ -99,7 +100,7 @@ class RunningJob:
         self.started_at, self.started_mono = time.time(), time.monotonic()
         self.deadline = self.started_mono + self.dispatch.timeout_sec
         self.pidfd = os.pidfd_open(self.pid)
-        for fd, buffer in zip(pipes, (self.stdout, self.stderr)):
+        for fd, buffer in zip(pipes, (self.stdout, self.stderr), strict=True):
             os.set_blocking(fd, False)
             self.pipes[fd] = buffer
 
@@ -180,8 +181,9 @@ class RunningJob:
             returncode = self.proc.wait()
         else:
             returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        os.close(self.pidfd)
-        self.pidfd = None
+        if self.pidfd is not None:  # it is: the pidfd is what said the shell had exited
+            os.close(self.pidfd)
+            self.pidfd = None
         return returncode
 
     def result(self, returncode: int) -> m.Result:

@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,14 @@ class Watchdog:
     the current limit and process groups, so jobs stay supervised.
     """
 
+    # The pipes of ``proc``, both asked for, hence never None while it runs.
+    _stdin: IO[bytes]
+    _stdout: IO[bytes]
+
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.groups: set[int] = set()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._pending = bytearray()
         self._notices = b""
         self._early_kills: set[int] = set()
@@ -145,23 +150,26 @@ class Watchdog:
         self._backoff = RESPAWN_BACKOFF[0]
         self._spawn()
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self._started = time.monotonic()
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-c", "from queuectl.agent.watchdog import main; main()"],
             # cwd "/": with -c, Python imports from the working directory first,
             # which must not shadow the installed package (say, a source checkout).
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, cwd="/")
-        os.set_blocking(self.proc.stdin.fileno(), False)
-        os.set_blocking(self.proc.stdout.fileno(), False)
+        assert proc.stdin is not None and proc.stdout is not None  # both are PIPE
+        self.proc, self._stdin, self._stdout = proc, proc.stdin, proc.stdout
+        os.set_blocking(self._stdin.fileno(), False)
+        os.set_blocking(self._stdout.fileno(), False)
         self._pending = bytearray(b"=%r\n" % self.limit)
         self._pending += b"".join(b"+%d\n" % pgid for pgid in sorted(self.groups))
+        return proc
 
-    def _died(self) -> None:
+    def _died(self, proc: subprocess.Popen[bytes]) -> None:
         self._early_kills |= self.killed()  # what it said before it died still counts
-        status = self.proc.wait()
-        self.proc.stdin.close()
-        self.proc.stdout.close()
+        status = proc.wait()
+        self._stdin.close()
+        self._stdout.close()
         self.proc = None
         self._retry_at = time.monotonic() + self._backoff
         log.error("the watchdog process died (status %s); starting a new one in %.1fs; until "
@@ -173,17 +181,18 @@ class Watchdog:
         self._flush()
 
     def _flush(self) -> None:
-        if self.proc is None:
+        proc = self.proc
+        if proc is None:
             if time.monotonic() < self._retry_at:
                 return
-            self._spawn()
+            proc = self._spawn()
         while self._pending:
             try:
-                written = os.write(self.proc.stdin.fileno(), self._pending)
+                written = os.write(self._stdin.fileno(), self._pending)
             except BlockingIOError:
                 return  # the watchdog is not reading (stopped?): keep the lines
             except BrokenPipeError:
-                self._died()
+                self._died(proc)
                 return
             del self._pending[:written]
         if (self._backoff > RESPAWN_BACKOFF[0]
@@ -196,7 +205,7 @@ class Watchdog:
         if self.proc is None:
             return killed
         try:
-            self._notices += os.read(self.proc.stdout.fileno(), 65536)
+            self._notices += os.read(self._stdout.fileno(), 65536)
         except (BlockingIOError, OSError):
             pass
         *lines, self._notices = self._notices.split(b"\n")
@@ -225,11 +234,11 @@ class Watchdog:
         if self.proc is None:
             return
         try:
-            self.proc.stdin.close()
+            self._stdin.close()
         except BrokenPipeError:
             pass
         self.proc.wait()
-        self.proc.stdout.close()
+        self._stdout.close()
 
 
 if __name__ == "__main__":

@@ -15,14 +15,15 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
+from queuectl.keys import ClientKeys
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
-from queuectl.keys import ClientKeys
 from queuectl.proto.states import Outcome
 
 from .link import Link
@@ -121,6 +122,13 @@ class Agent:
         self.progress_at = now
 
     @property
+    def _watchdog(self) -> Watchdog:
+        """The watchdog, which run() starts before the loop handles anything."""
+        if self.watchdog is None:
+            raise RuntimeError("the agent's watchdog is used before run() started it")
+        return self.watchdog
+
+    @property
     def cutoff(self) -> float:
         """Seconds without the broker after which running jobs must die: the broker
         judges the lease lost after ``lease`` seconds and runs the job elsewhere;
@@ -188,8 +196,9 @@ class Agent:
         if self.jobs:
             wake = min(wake, now + FLUSH_EVERY)
             for job in self.jobs.values():
-                # A job being killed waits for its SIGKILL time, not its past deadline.
-                wake = min(wake, job.kill_at if job.forced is not None else job.deadline)
+                # A job being killed (kill() sets forced and kill_at) waits for its
+                # SIGKILL time, not its past deadline.
+                wake = min(wake, job.kill_at if job.kill_at is not None else job.deadline)
         return max(0, int((wake - now) * 1000) + 1)
 
     def _finished(self, now: float) -> bool:
@@ -247,7 +256,7 @@ class Agent:
             rewound = {self._rewind_stream(entry) for entry in msg.rewind}
             for token in msg.tokens:
                 self.held.pop(token, None)
-            for token in rewound & set(self.held):  # output the broker lost, then the result
+            for token in set(self.held) & rewound:  # output the broker lost, then the result
                 self._deliver(token)
         elif isinstance(msg, m.Cancel):
             job = self.jobs.get(msg.token)
@@ -283,7 +292,7 @@ class Agent:
             self._open_link()
             return
         self.link.welcomed()
-        self.watchdog.set_limit(self.cutoff)
+        self._watchdog.set_limit(self.cutoff)
         for token in msg.cancel:
             job = self.jobs.get(token)
             if job is not None:
@@ -354,9 +363,10 @@ class Agent:
             self._deliver(token)
             return
         self.jobs[token] = job
-        self.watchdog.watch(job.pgid)
+        self._watchdog.watch(job.pgid)
         for fd in job.pipes:
             self._watch(fd, job, False)
+        assert job.pidfd is not None  # spawn() opened it
         self._watch(job.pidfd, job, True)
         self.link.send(m.Started(token=token, pid=job.pid, started_at=job.started_at))
         self.link.flush()  # now, before the job can act (see link.URGENT)
@@ -366,13 +376,13 @@ class Agent:
         for fd in [fd for fd, (owner, _) in self.fds.items() if owner is job]:
             self._unwatch(fd)
         running = {other.pgid for other in self.jobs.values()}
-        self.killed_by_watchdog = (self.killed_by_watchdog | self.watchdog.killed()) & running
+        self.killed_by_watchdog = (self.killed_by_watchdog | self._watchdog.killed()) & running
         if job.pgid in self.killed_by_watchdog:
             self.killed_by_watchdog.discard(job.pgid)
             if not job.exited_by_itself():
                 self._lost_by_freeze(job)  # a stall shorter than our own check saw
         returncode = job.reap()
-        self.watchdog.forget(job.pgid)
+        self._watchdog.forget(job.pgid)
         del self.jobs[job.token]
         result = job.result(returncode)
         log.debug("job %s (attempt %d) ended: %s", job.job_id, job.token, result.outcome)
@@ -392,7 +402,7 @@ class Agent:
     def _send_output(self, token: int, *buffers: StreamBuffer, windowed: bool = True) -> bool:
         """Send what the buffers hold beyond what was sent; stops when the link refuses
         or the send window is full (the buffers then keep only the newest bytes)."""
-        for stream, buffer in zip((m.STDOUT, m.STDERR), buffers):
+        for stream, buffer in zip((m.STDOUT, m.STDERR), buffers, strict=True):
             while buffer.unsent():
                 if windowed and self.output_inflight >= OUTPUT_WINDOW:
                     return False
@@ -416,7 +426,7 @@ class Agent:
             (owner.stdout if stream == m.STDOUT else owner.stderr).rewind(end)
         return token
 
-    def _rewind(self, offsets: list) -> None:
+    def _rewind(self, offsets: Iterable[Any]) -> None:
         """Apply how far the broker stored each attempt's output (from Welcome,
         ``[token, stdout_end, stderr_end]``): a broker that crashed may have lost
         chunks it was sent."""
@@ -439,12 +449,13 @@ class Agent:
         self.link.tick(now)
         if self.link.up and now - self.link.last_sent >= self.heartbeat:
             self.link.send(m.Heartbeat())
-        self.watchdog.alive(now)
+        self._watchdog.alive(now)
         silence = self.link.unheard_for(now)
         for job in list(self.jobs.values()):
             if job.forced is None and silence > self.cutoff:
                 log.warning("job %s (attempt %d): cut off from the broker for %.1fs, past the "
-                            "lease; killing it so it cannot run twice", job.job_id, job.token, silence)
+                            "lease; killing it so it cannot run twice",
+                            job.job_id, job.token, silence)
                 job.kill(Outcome.LEASE_LOST, 0)
             elif job.forced is None and now >= job.deadline:
                 log.info("job %s (attempt %d): timed out after %ss; killing its process group",

@@ -7,7 +7,7 @@ a plain ``enqueue``.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,7 +19,8 @@ from .visible import visible
 try:  # typer >= 0.17 vendors click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
+    # the same module, from click itself: mypy checks against the typer installed
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="queuectl", add_completion=False, no_args_is_help=True,
@@ -29,7 +30,7 @@ app = typer.Typer(
 
 
 @app.callback()
-def _global(ctx: typer.Context, broker: Annotated[Optional[str], typer.Option(
+def _global(ctx: typer.Context, broker: Annotated[str | None, typer.Option(
         "--broker", envvar="QUEUECTL_BROKER", help="broker endpoint for every command")] = None,
 ) -> None:
     ctx.obj = {"broker": broker}

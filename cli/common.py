@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,12 +15,12 @@ if TYPE_CHECKING:
 
 # Only the global option reads QUEUECTL_BROKER, so a command's own --broker
 # given on the command line always wins over the environment.
-BrokerOpt = Annotated[Optional[str], typer.Option(
+BrokerOpt = Annotated[str | None, typer.Option(
     "--broker", help="broker endpoint [default: $QUEUECTL_BROKER or tcp://127.0.0.1:5555]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 
 
-def client(ctx: typer.Context, broker: str | None) -> "Client":
+def client(ctx: typer.Context, broker: str | None) -> Client:
     """A client for ``--broker`` (the command's, else the global one, else the default)."""
     from queuectl.client import Client
 

@@ -5,7 +5,7 @@ Flask and waitress load only when the command runs (``queuectl --help`` stays fa
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,7 +21,7 @@ def dashboard(
         "--host", help="address to listen on; any but loopback needs --token")] = "127.0.0.1",
     port: Annotated[int, typer.Option(
         "--port", min=0, max=65535, help="port to listen on (0 picks a free one)")] = 8080,
-    token: Annotated[Optional[str], typer.Option(
+    token: Annotated[str | None, typer.Option(
         "--token", envvar=TOKEN_ENV, show_envvar=True,
         help="access token every request must carry (Authorization: Bearer, or ?token= once)")]
     = None,

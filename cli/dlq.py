@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,7 +22,7 @@ def dlq_list(ctx: typer.Context, broker: BrokerOpt = None, as_json: JsonOpt = Fa
 @app.command("retry")
 def dlq_retry(
     ctx: typer.Context,
-    job_ids: Annotated[Optional[list[str]], typer.Argument(metavar="[ID]...")] = None,
+    job_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", help="retry every dead job")] = False,
     broker: BrokerOpt = None, as_json: JsonOpt = False,
 ) -> None:

@@ -15,7 +15,8 @@ import contextlib
 import itertools
 import json
 import sys
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 from .visible import visible
 
@@ -26,7 +27,8 @@ def _invalid(message: str) -> Exception:
     return InvalidInput(message)
 
 
-_scan = json.JSONDecoder().scan_once  # the C scanner, without json.loads' Python layers
+# The C scanner, without json.loads' Python layers (typeshed does not declare the attribute).
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _loads(text: str) -> Any:
@@ -91,7 +93,8 @@ def _open(path: str) -> Iterator[IO[str]]:
         yield sys.stdin
         return
     try:
-        handle = open(path, encoding="utf-8")
+        # Not in the with: only open()'s own OSError is a file the user named badly.
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise _cannot_read(path, exc) from None
     with handle:
@@ -150,6 +153,7 @@ def run(endpoint: str | None, job: str | None, file: str | None, as_json: bool) 
             result = qc.enqueue(parse_object(job))
             _print(result, as_json, f"Enqueued job: {result['id']}")
             return
+        assert file is not None  # one of job and file, checked above
         _enqueue_file(qc, file, as_json)
 
 

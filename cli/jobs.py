@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,9 +19,9 @@ def _invalid(message: str) -> Exception:
 
 def enqueue(
     ctx: typer.Context,
-    job: Annotated[Optional[str], typer.Argument(
+    job: Annotated[str | None, typer.Argument(
         metavar="JSON", help='the job, e.g. \'{"id":"job1","command":"echo hi"}\'')] = None,
-    file: Annotated[Optional[str], typer.Option(
+    file: Annotated[str | None, typer.Option(
         "--file", "-f", help="JSON Lines file of jobs, all or none ('-' reads stdin)")] = None,
     broker: BrokerOpt = None, as_json: JsonOpt = False,
 ) -> None:
@@ -37,10 +37,10 @@ def status(ctx: typer.Context, broker: BrokerOpt = None, as_json: JsonOpt = Fals
 
 def list_jobs(
     ctx: typer.Context,
-    state: Annotated[Optional[str], typer.Option("--state", help="only jobs in this state")] = None,
-    queue: Annotated[Optional[str], typer.Option("--queue", help="only jobs of this queue")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="only jobs in this state")] = None,
+    queue: Annotated[str | None, typer.Option("--queue", help="only jobs of this queue")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 100,
-    search: Annotated[Optional[str], typer.Option(
+    search: Annotated[str | None, typer.Option(
         "--search", help="only jobs whose id or command contains this text (any case)")] = None,
     broker: BrokerOpt = None, as_json: JsonOpt = False,
 ) -> None:
@@ -62,7 +62,8 @@ def show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")
 
 def logs(
     ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="stream until the job ends")] = False,
     raw: Annotated[bool, typer.Option(
         "--raw", help="write the output byte for byte even to a terminal (by default a "
                       "terminal gets colours, but other control sequences escaped)")] = False,

@@ -8,7 +8,7 @@ moment (it re-reads the allow-list when it changes).
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -17,17 +17,20 @@ from queuectl.proto.states import Role
 from .common import JsonOpt, emit_json, note, say
 from .visible import visible
 
+if TYPE_CHECKING:
+    from queuectl.keys import KeyStore  # imported where used: no I/O at import time
+
 app = typer.Typer(help="CURVE keys: the broker's own, and who may connect (run on the broker's "
                        "host; edits $QUEUECTL_HOME/keys).", no_args_is_help=True)
 
 
-def _store():
+def _store() -> KeyStore:
     from queuectl.keys import KeyStore, keys_dir
 
     return KeyStore(keys_dir())
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     sys.stderr.write(f"queuectl: {visible(message)}\n")
     raise typer.Exit(code)
 

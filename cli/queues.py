@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,7 +14,7 @@ app = typer.Typer(help="Named queues: list them, pause and resume them, limit ho
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="the queue's name")]
 
 
-def _show(document: dict, as_json: bool, text: str) -> None:
+def _show(document: dict[str, Any], as_json: bool, text: str) -> None:
     if as_json:
         emit_json(document)
     else:

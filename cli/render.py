@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -51,7 +52,8 @@ def state(value: str) -> Text:
 
 
 def status(doc: dict[str, Any]) -> None:
-    rows = [(state(name), count) for name, count in doc["counts"].items()]
+    rows: list[tuple[Text | str, Any]] = [(state(name), count)
+                                          for name, count in doc["counts"].items()]
     rows += [("dlq", doc["dlq"]), ("avg_duration_sec", f"{doc['avg_duration_sec']:.3f}"),
              ("agents", doc["agents"]),
              ("slots busy/total", f"{doc['slots']['busy']}/{doc['slots']['total']}")]
@@ -78,7 +80,8 @@ def job(doc: dict[str, Any]) -> None:
 
 def dlq(items: list[dict[str, Any]]) -> None:
     table("Dead letter queue", ("ID", "Command", "Reason", "Attempts", "Dead at"),
-          [(d["id"], d["command"], d["reason"], d["attempts"], _short(d["dead_at"])) for d in items])
+          [(d["id"], d["command"], d["reason"], d["attempts"], _short(d["dead_at"]))
+           for d in items])
 
 
 def config(doc: dict[str, Any]) -> None:
@@ -86,7 +89,8 @@ def config(doc: dict[str, Any]) -> None:
 
 
 def agents(items: list[dict[str, Any]]) -> None:
-    table("Agents", ("ID", "Host", "Labels", "Slots busy/total", "Last heartbeat", "State", "Running"),
+    table("Agents",
+          ("ID", "Host", "Labels", "Slots busy/total", "Last heartbeat", "State", "Running"),
           [(a["id"], a["host"], ",".join(f"{k}={v}" for k, v in a["labels"].items()),
             f"{a['slots']['busy']}/{a['slots']['total']}", _short(a["last_heartbeat"]),
             a["state"], " ".join(a["running"])) for a in items])

@@ -1,4 +1,5 @@
-"""``queuectl up``: a broker, local agent slots and the stats page in the foreground, for one machine."""
+"""``queuectl up``: a broker, local agent slots and the stats page in the foreground,
+for one machine."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,14 +32,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawn(module: str, *args: str) -> subprocess.Popen:
+def _spawn(module: str, *args: str) -> subprocess.Popen[bytes]:
     # Own session: the terminal's Ctrl-C reaches only `up`, which then stops
     # the agents first and the broker last, so every result is delivered.
     return subprocess.Popen([sys.executable, "-m", module, *args], start_new_session=True,
                             preexec_fn=_die_with_parent)
 
 
-def _stop(proc: subprocess.Popen, name: str, patience: float) -> None:
+def _stop(proc: subprocess.Popen[bytes], name: str, patience: float) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -53,7 +54,8 @@ def _stop(proc: subprocess.Popen, name: str, patience: float) -> None:
 def _page_address(http: str | None, no_http: bool) -> tuple[str, int] | None:
     """Where the stats page listens (``--http HOST:PORT``), or None with ``--no-http``."""
     from queuectl.client import InvalidInput
-    from queuectl.dashboard.server import TOKEN_ENV, check_token, is_loopback
+    from queuectl.dashboard import TOKEN_ENV
+    from queuectl.dashboard.server import check_token, is_loopback
 
     if no_http:
         if http is not None:
@@ -94,7 +96,7 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _page_listening(page: subprocess.Popen, host: str, port: int, stopping: list[int],
+def _page_listening(page: subprocess.Popen[bytes], host: str, port: int, stopping: list[int],
                     timeout: float = 20) -> bool:
     """Wait until the stats page accepts connections; False if it exits first."""
     deadline = time.monotonic() + timeout
@@ -108,7 +110,7 @@ def _page_listening(page: subprocess.Popen, host: str, port: int, stopping: list
 
 
 def _start_page(address: tuple[str, int], endpoint: str,
-                stopping: list[int]) -> subprocess.Popen | None:
+                stopping: list[int]) -> subprocess.Popen[bytes] | None:
     """The stats page as a child; None (after one warning line) if it cannot listen."""
     host, port = address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -130,15 +132,15 @@ def _start_page(address: tuple[str, int], endpoint: str,
 
 def up(
     ctx: typer.Context,
-    agents: Annotated[Optional[int], typer.Option(
+    agents: Annotated[int | None, typer.Option(
         "--agents", "-n", min=1, max=10_000,
         help="local agent slots [default: number of CPUs]")] = None,
-    bind: Annotated[Optional[str], typer.Option(
+    bind: Annotated[str | None, typer.Option(
         "--bind", help="broker endpoint [default: --broker, else $QUEUECTL_BROKER, "
                        "else tcp://127.0.0.1:5555]")] = None,
-    db: Annotated[Optional[str], typer.Option(
+    db: Annotated[str | None, typer.Option(
         "--db", help="SQLite store [default: $QUEUECTL_HOME/queue.db]")] = None,
-    http: Annotated[Optional[str], typer.Option(
+    http: Annotated[str | None, typer.Option(
         "--http", metavar="HOST:PORT",
         help="where the stats page listens [default: 127.0.0.1:8080]; an address other than "
              "loopback needs QUEUECTL_DASHBOARD_TOKEN")] = None,
@@ -172,7 +174,7 @@ def up(
         signal.signal(signum, lambda signum, _frame: stopping.append(signum))
     page = _start_page(address, endpoint, stopping) if address else None
     where = ""
-    if page is not None:
+    if page is not None and address is not None:  # a page is started only for an address
         from queuectl.dashboard.server import url
 
         where = f", stats page {url(*address)}"

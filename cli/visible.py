@@ -25,7 +25,7 @@ _LOG_TOKEN = re.compile("(\x1b\\[[0-9;:]*m|\r\n|[\n\t])|[\x00-\x1f\x7f-\x9f]")
 _UNFINISHED = re.compile("(\x1b(\\[[0-9;:]{0,64})?|\r)\\Z")
 
 
-def _log_token(match: re.Match) -> str:
+def _log_token(match: re.Match[str]) -> str:
     return match.group(1) or _escape(match.group())
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,7 +19,7 @@ def worker_start(
     ctx: typer.Context,
     count: Annotated[int, typer.Option("--count", "-c", min=1, max=10_000,
                                        help="execution slots (jobs run at once)")] = 1,
-    label: Annotated[Optional[list[str]], typer.Option(
+    label: Annotated[list[str] | None, typer.Option(
         "--label", metavar="KEY=VALUE", help="a label jobs can require (repeatable)")] = None,
     grace: Annotated[float, typer.Option("--grace", min=0,
                                          help="seconds running jobs may finish on stop")] = 30.0,

@@ -3,8 +3,17 @@
 Depends on nothing but the standard library and msgpack.
 """
 
-from .codec import (MAX_FRAME, VERSION, ProtocolError, VersionMismatch, batches, decode,
-                    decode_batch, encode, encode_batch)
+from .codec import (
+    MAX_FRAME,
+    VERSION,
+    ProtocolError,
+    VersionMismatch,
+    batches,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+)
 from .states import ALL_STATES, TERMINAL_STATES, ErrorCode, JobState, Outcome
 
 __all__ = [

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -83,14 +84,22 @@ def _accepted_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
     return tuple(accepted), optional
 
 
-def message(type_name: str) -> Callable[[type], type]:
+_Message = TypeVar("_Message")
+
+
+# dataclass_transform tells type checkers that a decorated class is a frozen
+# dataclass (its fields become the __init__ parameters), as the decorator makes it.
+@typing.dataclass_transform(frozen_default=True)
+def message(type_name: str) -> Callable[[type[_Message]], type[_Message]]:
     """Class decorator: register a frozen dataclass as wire message ``type_name``."""
 
-    def register(cls: type) -> type:
+    def register(cls: type[_Message]) -> type[_Message]:
         cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
         hints = typing.get_type_hints(cls)
-        _CHECKS[cls] = {f.name: _accepted_types(hints[f.name]) for f in dataclasses.fields(cls)}
-        cls.TYPE = type_name  # type: ignore[attr-defined]
+        # dataclass() has just made cls one, which type[_Message] cannot say to mypy
+        fields = dataclasses.fields(typing.cast(Any, cls))
+        _CHECKS[cls] = {f.name: _accepted_types(hints[f.name]) for f in fields}
+        cls.TYPE = type_name  # type: ignore[attr-defined]  # set here, declared by no class
         if type_name in _REGISTRY:
             raise RuntimeError(f"duplicate message type {type_name}")
         _REGISTRY[type_name] = cls
@@ -104,7 +113,9 @@ def _pair(msg: Any) -> tuple[str, dict[str, Any]]:
 
 
 def encode(msg: Any) -> bytes:
-    return msgpack.packb([VERSION, *_pair(msg)], use_bin_type=True)
+    # msgpack has no type hints: packb returns Any, so the result is annotated here
+    frame: bytes = msgpack.packb([VERSION, *_pair(msg)], use_bin_type=True)
+    return frame
 
 
 def encode_batch(msgs: list[Any]) -> bytes:
@@ -112,7 +123,8 @@ def encode_batch(msgs: list[Any]) -> bytes:
     envelope: list[Any] = [VERSION]
     for msg in msgs:
         envelope.extend(_pair(msg))
-    return msgpack.packb(envelope, use_bin_type=True)
+    frame: bytes = msgpack.packb(envelope, use_bin_type=True)
+    return frame
 
 
 FRAME_BUDGET = MAX_FRAME // 4  # bytes a sender puts in one frame, by estimate
@@ -175,7 +187,7 @@ def _decode(frame: bytes) -> list[Any]:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
     try:
         envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types on garbage
         raise ProtocolError(f"not a msgpack frame: {exc.__class__.__name__}") from None
     if not isinstance(envelope, list) or len(envelope) < 3 or len(envelope) % 2 == 0:
         if isinstance(envelope, list) and envelope and type(envelope[0]) is int \
@@ -205,9 +217,9 @@ def _message(type_name: Any, body: Any) -> Any:
         if value is None:
             if not optional:
                 raise ProtocolError(f"{type_name}: field {key!r} must not be null")
-        elif isinstance(value, bool) and bool not in accepted and object not in accepted:
-            raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
-        elif not isinstance(value, accepted):
+        # A bool is an int to isinstance: it fits only a field that takes bools (or anything).
+        elif (isinstance(value, bool) and bool not in accepted and object not in accepted) \
+                or not isinstance(value, accepted):
             raise ProtocolError(f"{type_name}: field {key!r} has the wrong type")
         elif type(value) is int and object not in accepted and value not in INT64:
             raise ProtocolError(f"{type_name}: field {key!r} is out of range")

@@ -9,8 +9,9 @@ early errors and by the broker, which is the authority.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 class ConfigError(ValueError):

@@ -58,8 +58,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean",
-            type(None): "null", int: "integer", float: "number"}.get(type(value), type(value).__name__)
+    names = {dict: "object", list: "array", str: "string", bool: "boolean",
+             type(None): "null", int: "integer", float: "number"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _check_text(field: str, value: str) -> int:
@@ -71,7 +72,8 @@ def _check_text(field: str, value: str) -> int:
         try:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
-            raise SpecError(field, "is not valid Unicode text (it holds a lone surrogate)") from None
+            raise SpecError(field,
+                            "is not valid Unicode text (it holds a lone surrogate)") from None
     if "\0" in value:
         raise SpecError(field, "must not contain a NUL byte")
     return size
@@ -115,7 +117,7 @@ def _string_map(field: str, value: Any, *, exec_room: int | None = None) -> dict
     return dict(value)
 
 
-def _check_compat(raw: dict) -> None:
+def _check_compat(raw: dict[str, Any]) -> None:
     if "state" in raw and raw["state"] != "pending":
         raise SpecError("state", "only 'pending' is accepted; the queue sets the state")
     if "attempts" in raw and not (_is_int(raw["attempts"]) and raw["attempts"] == 0):
@@ -167,7 +169,8 @@ def validate(raw: Any) -> dict[str, Any]:
         raise SpecError("delay", "give either run_at or delay, not both")
     if "run_at" in raw:
         if not isinstance(raw["run_at"], str):
-            raise SpecError("run_at", f"expected an ISO-8601 string, got {_type_name(raw['run_at'])}")
+            raise SpecError("run_at",
+                            f"expected an ISO-8601 string, got {_type_name(raw['run_at'])}")
         try:
             run_at = to_iso(parse_iso(raw["run_at"]))
         except (ValueError, OverflowError, OSError) as exc:

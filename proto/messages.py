@@ -9,9 +9,17 @@ A *token* is the id of one attempt: the lease that fences stale results.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .codec import message
+
+if TYPE_CHECKING:
+    # A list field left at its default holds (), as a frozen dataclass takes no
+    # mutable default. Only mypy sees this union: at run time the annotation is
+    # the plain ``list`` that the codec (and the tests) read as the wire schema.
+    Array = list[Any] | tuple[()]
+else:
+    Array = list
 
 STDOUT = 1
 STDERR = 2
@@ -28,7 +36,7 @@ class Hello:
     labels: dict
     # Attempts this agent still runs or holds an unacknowledged result for;
     # after a reconnect the broker adopts them or tells the agent to cancel.
-    tokens: list = ()
+    tokens: Array = ()
     # Counts this agent's Hellos; the Welcome echoes it, so an answer to an
     # older Hello (several can be in flight) is recognised and ignored.
     seq: int = 0
@@ -61,9 +69,9 @@ class Output:
 class Result:
     token: int
     outcome: str  # one of proto.states.Outcome
-    exit_code: Optional[int]
+    exit_code: int | None
     detail: str
-    started_at: Optional[float]
+    started_at: float | None
     finished_at: float
     # Where stdout and stderr ended: the broker applies the result only once it
     # has stored the output up to there (else it asks for a resend first).
@@ -71,7 +79,7 @@ class Result:
     stderr_end: int = 0
     # The process id, also in Started; the Result repeats it for a broker that
     # missed the Started (a failed store batch).
-    pid: Optional[int] = None
+    pid: int | None = None
 
 
 @message("heartbeat")
@@ -104,10 +112,10 @@ class Welcome:
     lease_sec: float
     kill_grace_sec: float
     output_limit: int
-    cancel: list = ()  # tokens from Hello that the broker no longer leases to this agent
+    cancel: Array = ()  # tokens from Hello that the broker no longer leases to this agent
     # [token, stdout_end, stderr_end] for the other tokens from Hello: how far
     # the broker stored their output; the agent resends what follows.
-    offsets: list = ()
+    offsets: Array = ()
     hello_seq: int = 0  # the ``seq`` of the Hello this answers
 
 
@@ -118,8 +126,8 @@ class Dispatch:
     attempt: int
     command: str
     timeout_sec: float
-    env: Optional[dict] = None
-    cwd: Optional[str] = None
+    env: dict | None = None
+    cwd: str | None = None
 
 
 @message("cancel")
@@ -143,7 +151,7 @@ class Ack:
     output_bytes: int = 0
     # [token, stream, stored_end] for chunks refused because one before them
     # was lost (a failed batch): the agent resends from stored_end.
-    rewind: list = ()
+    rewind: Array = ()
 
 
 @message("stop")
@@ -171,5 +179,5 @@ class Reply:
     req_id: int
     ok: bool
     result: Any = None
-    error_code: Optional[str] = None
-    error: Optional[str] = None
+    error_code: str | None = None
+    error: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-_UTC = _dt.timezone.utc
+_UTC = _dt.UTC
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -32,7 +32,8 @@ def parse_iso(text: str) -> float:
     try:
         moment = _dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r} is not an ISO-8601 timestamp (e.g. 2030-01-31T09:00:00Z)") from None
+        raise ValueError(
+            f"{text!r} is not an ISO-8601 timestamp (e.g. 2030-01-31T09:00:00Z)") from None
     if moment.tzinfo is None:
         moment = moment.astimezone()  # naive: the local time of whoever wrote it
     return moment.timestamp()

@@ -18,19 +18,34 @@ broker restart. The transport (timeouts, reconnection) is in
 
 from __future__ import annotations
 
+import builtins
+import functools
 import itertools
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from queuectl.proto import config as config_keys
 from queuectl.proto import jobspec
 from queuectl.proto.states import TERMINAL_STATES
 
 from . import streaming
-from .transport import (BrokerError, BrokerUnreachable, Conflict, Connection, InvalidInput,
-                        NotFound, ProtocolMismatch, QueueError, Refused, Unavailable,
-                        default_endpoint, default_timeout, size_allowance)
+from .transport import (
+    BrokerError,
+    BrokerUnreachable,
+    Conflict,
+    Connection,
+    InvalidInput,
+    NotFound,
+    ProtocolMismatch,
+    QueueError,
+    Refused,
+    Unavailable,
+    default_endpoint,
+    default_timeout,
+    size_allowance,
+)
 
 __all__ = [
     "BrokerError", "BrokerUnreachable", "Client", "Conflict", "InvalidInput", "LogChunk",
@@ -61,7 +76,7 @@ class Client:
         self._conn = Connection(endpoint, timeout, key=key, broker_key=broker_key)
         self.endpoint, self.timeout = self._conn.endpoint, self._conn.timeout
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -153,7 +168,7 @@ class Client:
                 args["attempt"] = attempt
             if follow:
                 result = self._conn.survive_restarts(
-                    lambda args=args: self.call("logs", hold=HOLD, **args))
+                    functools.partial(self.call, "logs", hold=HOLD, **args))
             else:
                 result = self.call("logs", **args)
             if result["attempt"] != attempt:
@@ -170,10 +185,10 @@ class Client:
 
     # --- the dead-letter queue, config, agents ---------------------------------
 
-    def dlq_list(self, limit: int | None = None) -> list[dict[str, Any]]:
+    def dlq_list(self, limit: int | None = None) -> builtins.list[dict[str, Any]]:
         return self.call("dlq_list", extra=size_allowance(limit or 0), limit=limit)
 
-    def dlq_retry(self, job_ids: list[str] | None = None) -> list[str]:
+    def dlq_retry(self, job_ids: builtins.list[str] | None = None) -> builtins.list[str]:
         """Move dead jobs back to pending with attempts reset; None retries them all."""
         if job_ids is None:
             return self.call("dlq_retry", extra=DLQ_RETRY_ALL_EXTRA, all=True)["retried"]
@@ -202,10 +217,10 @@ class Client:
         except config_keys.ConfigError as exc:
             raise InvalidInput(str(exc)) from None
 
-    def agents(self) -> list[dict[str, Any]]:
+    def agents(self) -> builtins.list[dict[str, Any]]:
         return self.call("agents")
 
-    def stop_agents(self, wait: bool = True) -> list[str]:
+    def stop_agents(self, wait: bool = True) -> builtins.list[str]:
         """Ask every agent to stop gracefully; with ``wait``, return once they exited."""
         ids = self.call("stop_agents")["stopping"]
         while wait and ids:
@@ -217,7 +232,7 @@ class Client:
 
     # --- queues -------------------------------------------------------------------
 
-    def queues(self) -> list[dict[str, Any]]:
+    def queues(self) -> builtins.list[dict[str, Any]]:
         """Queues with a rule or unfinished jobs: name, paused, limit, pending, processing."""
         return self.call("queue_list")
 

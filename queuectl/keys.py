@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import zmq
 
@@ -51,6 +52,12 @@ def keys_dir(base: Path | None = None) -> Path:
     return (base or home()) / "keys"
 
 
+@overload
+def load(path: Path, secret: Literal[True]) -> tuple[bytes, bytes]: ...
+@overload
+def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]: ...
+
+
 def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     """(public, secret) z85 keys of a certificate file; raises KeyFileError for a
     file that is missing, unreadable, or does not hold valid CURVE keys."""
@@ -61,14 +68,14 @@ def load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
         public, secret_key = zmq.auth.load_certificate(str(path))
     except OSError as exc:
         raise KeyFileError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
-    except Exception:  # pyzmq's parser raises IndexError, ValueError... on a damaged file
+    except Exception:  # noqa: BLE001 - pyzmq's parser raises IndexError, ValueError... on damage
         raise KeyFileError(f"the key file {path} is damaged: it is not a CURVE "
                            "certificate (make a new one with queuectl keys)") from None
     keys = [public] + ([secret_key] if secret else [])
     for key in keys:
         try:
             valid = key is not None and len(key) == 40 and len(z85.decode(key)) == 32
-        except Exception:  # a character outside z85
+        except Exception:  # noqa: BLE001 - a character outside z85
             valid = False
         if not valid:
             what = "a secret key (.key_secret)" if secret else "a public key"
@@ -184,10 +191,10 @@ class KeyStore:
                 result.setdefault(public, Principal(path.stem, role))
         return result
 
-    def stamp(self) -> tuple:
+    def stamp(self) -> tuple[object, ...]:
         """Changes whenever the allow-list may have changed: a file added, removed,
         or written over in place (each file's inode, size and mtime)."""
-        stamps = []
+        stamps: list[object] = []
         for role in ROLES:
             folder = self.dir / "allowed" / role
             try:
@@ -232,7 +239,7 @@ def _existing(path: Path) -> str | None:
     return str(path) if path.exists() else None
 
 
-def secure_client(sock: zmq.Socket, keys: ClientKeys | None) -> None:
+def secure_client(sock: zmq.Socket[bytes], keys: ClientKeys | None) -> None:
     """Before ``connect``: speak CURVE with these keys (nothing for None)."""
     if keys is not None:
         sock.curve_secretkey = keys.secret

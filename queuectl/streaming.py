@@ -14,10 +14,17 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-from .transport import (BrokerUnreachable, Conflict, Connection, InvalidInput, QueueError,
-                        size_allowance)
+from .transport import (
+    BrokerUnreachable,
+    Conflict,
+    Connection,
+    InvalidInput,
+    QueueError,
+    size_allowance,
+)
 
 CHUNK_JOBS = 5_000  # jobs per request; the broker takes up to 10,000 (broker/admin.py)
 # Estimated bytes per request: far below the 64 MiB frame limit even when the
@@ -46,7 +53,7 @@ def chunks(jobs: Iterable[Any], labels: Iterable[str],
     names: list[str] = []
     first: dict[str, str] = {}
     size, started, sent = 0, time.monotonic(), False
-    for job, label in zip(jobs, labels):
+    for job, label in zip(jobs, labels, strict=False):  # labels may be endless (job 1, 2, ...)
         spec = check(job, label)
         job_id = spec.get("id")
         if job_id is not None:

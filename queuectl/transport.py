@@ -13,14 +13,15 @@ import itertools
 import math
 import os
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import zmq
 
+from queuectl.keys import ClientKeys, KeyFileError, client_keys, secure_client
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import messages as m
 from queuectl.proto import ops
-from queuectl.keys import ClientKeys, KeyFileError, client_keys, secure_client
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0
@@ -69,8 +70,10 @@ class Unavailable(BrokerError):
     cannot write. The same request may work later."""
 
 
-ERRORS = {"invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
-          "version": ProtocolMismatch, "unavailable": Unavailable, "forbidden": Refused}
+# Keyed by a Reply's error_code, which may be None (the lookup then gives the default).
+ERRORS: dict[str | None, type[QueueError]] = {
+    "invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
+    "version": ProtocolMismatch, "unavailable": Unavailable, "forbidden": Refused}
 # Handshake failures the socket monitor reports: the peers' keys do not match.
 # AUTH (the broker refused our key) and PROTOCOL (we speak no CURVE, it does)
 # are certain. NO_DETAIL is a connection cut during the handshake: what a wrong
@@ -117,32 +120,35 @@ class Connection:
         self.timeout = default_timeout() if timeout is None else timeout
         self.answered = False  # a broker has answered this connection at least once
         self.answered_at = -PING_FRESH  # monotonic time of the latest answer
-        self._ctx = zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._socket: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
         self._poller: zmq.Poller | None = None
         self._failures: list[int] = []  # handshake failures on this socket
         self._key_files = (key, broker_key)
-        self._keys: ClientKeys | None | bool = False  # False: not read yet
+        self._keys: ClientKeys | None = None
+        self._keys_read = False
         self._ids = itertools.count(1)
 
     def close(self) -> None:
         if self._socket is not None:
             self._socket.disable_monitor()
-            self._monitor.close(linger=0)
+            if self._monitor is not None:  # it is: _connect opens both
+                self._monitor.close(linger=0)
             self._socket.close(linger=0)
             self._socket = self._monitor = None
 
     def _curve(self) -> ClientKeys | None:
         """This client's CURVE keys (read once), or None to connect without."""
-        if self._keys is False:
+        if not self._keys_read:
             try:
                 self._keys = client_keys(*self._key_files)
             except KeyFileError as exc:
                 raise InvalidInput(str(exc)) from None
+            self._keys_read = True
         return self._keys
 
-    def _connect(self) -> zmq.Socket:
+    def _connect(self) -> zmq.Socket[bytes]:
         if self._socket is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -177,7 +183,7 @@ class Connection:
         # Imported here: it loads asyncio (25 ms), and the CLI starts fast.
         from zmq.utils.monitor import recv_monitor_message
 
-        while True:
+        while self._monitor is not None:  # None: closed, nothing more to read
             try:
                 self._failures.append(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"])
             except zmq.Again:
@@ -252,6 +258,8 @@ class Connection:
 
     def _await(self, req_id: int, wait: float) -> Any:
         sock = self._connect()
+        poller = self._poller
+        assert poller is not None  # _connect made it with the socket
         deadline = time.monotonic() + wait
         while True:
             remaining = deadline - time.monotonic()
@@ -263,7 +271,7 @@ class Connection:
                 raise BrokerUnreachable(
                     f"no broker answered at {self.endpoint} within {wait:g}s "
                     "(is queuectl-broker running? set --broker or QUEUECTL_BROKER)")
-            events = dict(self._poller.poll(int(min(remaining, POLL_SLICE) * 1000) + 1))
+            events = dict(poller.poll(int(min(remaining, POLL_SLICE) * 1000) + 1))
             if self._monitor in events:
                 refusal = self._refusal(final=False)
                 if refusal:

@@ -11,7 +11,8 @@ import sys
 
 from queuectl.client import QueueError, default_endpoint
 
-from .server import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, run
+from . import TOKEN_ENV
+from .server import DEFAULT_HOST, DEFAULT_PORT, run
 
 
 def main(argv: list[str] | None = None) -> int:

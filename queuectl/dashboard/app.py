@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -33,10 +34,14 @@ log = logging.getLogger(__name__)
 OUT_OF_DATE = "This page is out of date; reload it."
 
 
+class UnsortedJSON(DefaultJSONProvider):
+    sort_keys = False  # the same key order as `queuectl ... --json`
+
+
 def create_app(endpoint: str, token: str | None = None, timeout: float = 2.0) -> Flask:
     """The stats page for the broker at ``endpoint``; with ``token``, every request needs it."""
     app = Flask(__name__)
-    app.json.sort_keys = False  # the same key order as `queuectl ... --json`
+    app.json = UnsortedJSON(app)
     source = Source(endpoint, timeout)
     app.extensions["queuectl_source"] = source
     app.extensions["queuectl_registry"] = metrics.registry_for(source)
@@ -100,6 +105,7 @@ def _errors(app: Flask, endpoint: str) -> None:
 
     @app.errorhandler(Exception)
     def bug(exc: Exception) -> Any:
-        log.exception("unexpected error serving %s %s", request.method, request.path)
+        # exc_info=exc: the traceback of this exception, not whatever sys.exc_info() holds.
+        log.error("unexpected error serving %s %s", request.method, request.path, exc_info=exc)
         return _reply(500, "Internal error",
                       "The stats page hit a bug; the details are in its log.")

@@ -19,8 +19,9 @@ import hmac
 import secrets
 from urllib.parse import quote, urlencode
 
-from flask import Flask, Response, current_app, redirect, render_template, request
+from flask import Flask, Response, jsonify, redirect, render_template, request
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.wrappers import Response as BaseResponse
 
 from .server import is_loopback
 
@@ -47,8 +48,7 @@ def _same(given: str, expected: str) -> bool:
 def _unauthorized() -> Response:
     wants_json = request.path.startswith("/api/") or "json" in request.headers.get("Accept", "")
     if wants_json:
-        response = current_app.json.response({"error": "unauthorized",
-                                               "detail": "this stats page needs its token"})
+        response = jsonify({"error": "unauthorized", "detail": "this stats page needs its token"})
     elif request.path == "/metrics" or request.path.startswith("/static/"):
         response = Response("unauthorized: give Authorization: Bearer TOKEN\n",
                             mimetype="text/plain")
@@ -96,7 +96,7 @@ def install(app: Flask, token: str | None) -> None:
         expected_cookie = cookie_value(token)
 
         @app.before_request
-        def check_token() -> Response | None:
+        def check_token() -> BaseResponse | None:  # redirect() gives werkzeug's Response
             cookie_name = app.config["QUEUECTL_TOKEN_COOKIE"]
             given = request.args.get("token")
             if given is not None:

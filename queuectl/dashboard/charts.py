@@ -89,7 +89,8 @@ def throughput(per_minute: dict[str, Any] | None) -> Throughput:
         start = parse_iso(per_minute["start"]) if per_minute.get("start") else None
     except ValueError:
         start = None
-    top, step = nice_ceiling(max((c + f for c, f in zip(completed, failed)), default=0))
+    top, step = nice_ceiling(max((c + f for c, f in zip(completed, failed, strict=True)),
+                                 default=0))
     plot_h = chart.bottom - chart.top
     slot = (chart.right - chart.left) / minutes
     scale = plot_h / top
@@ -97,7 +98,7 @@ def throughput(per_minute: dict[str, Any] | None) -> Throughput:
     while tick <= top + 1e-9:
         chart.y_ticks.append((round(chart.bottom - tick * scale, 2), compact(tick)))
         tick += step
-    for i, (done, bad) in enumerate(zip(completed, failed)):
+    for i, (done, bad) in enumerate(zip(completed, failed, strict=True)):
         x = chart.left + i * slot + slot * 0.14
         done_h = round(done * scale, 2)
         bad_h = round(bad * scale, 2)
@@ -150,7 +151,7 @@ def distribution(counts: dict[str, int] | None) -> Distribution:
     # Keep tiny but non-empty states visible, taking the room from the largest.
     short = sum(MIN_SEGMENT - w for s, w in widths.items() if counts[s] and w < MIN_SEGMENT)
     if short:
-        widest = max(widths, key=widths.get)
+        widest = max(widths, key=widths.__getitem__)
         for state, width in widths.items():
             if counts[state] and width < MIN_SEGMENT:
                 widths[state] = MIN_SEGMENT

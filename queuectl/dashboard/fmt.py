@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from queuectl.proto.timefmt import parse_iso
@@ -28,7 +29,8 @@ def number(value: Any) -> str:
 
 
 def duration(seconds: Any) -> str:
-    """``0.034`` -> ``34 ms``, ``1.24`` -> ``1.2 s``, ``184`` -> ``3 m 4 s``, ``7500`` -> ``2 h 5 m``."""
+    """``0.034`` -> ``34 ms``, ``1.24`` -> ``1.2 s``, ``184`` -> ``3 m 4 s``,
+    ``7500`` -> ``2 h 5 m``."""
     if seconds is None:
         return DASH
     seconds = max(0.0, float(seconds))
@@ -81,10 +83,10 @@ def visible(text: Any, oneline: bool = False) -> str:
     newlines and tabs for a table cell."""
     if text is None:
         return ""
-    text = _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text))
+    shown = _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text))
     if oneline:
-        text = text.replace("\n", " \u23ce ").replace("\t", " ")
-    return text
+        shown = shown.replace("\n", " \u23ce ").replace("\t", " ")
+    return shown
 
 
 def output(text: str) -> str:
@@ -99,15 +101,15 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour and cursor sequences
 
 def clip(text: Any, limit: int = 60) -> str:
     """One line of at most ``limit`` characters (an ellipsis marks the cut)."""
-    text = visible(text, oneline=True)
-    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+    shown = visible(text, oneline=True)
+    return shown if len(shown) <= limit else shown[:limit - 1] + "\u2026"
 
 
 def tip(text: Any, limit: int = 1000) -> str:
     """A hover title: the value, visible, cut at ``limit`` characters. Tables
     refresh every 2 s, so a 100 KiB command must not ride along in every row."""
-    text = visible(text)
-    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+    shown = visible(text)
+    return shown if len(shown) <= limit else shown[:limit - 1] + "\u2026"
 
 
 def labels(mapping: dict[str, str] | None) -> list[str]:
@@ -115,5 +117,6 @@ def labels(mapping: dict[str, str] | None) -> list[str]:
     return [f"{visible(k, True)}={visible(v, True)}" for k, v in sorted((mapping or {}).items())]
 
 
-FILTERS = {"number": number, "duration": duration, "ago": ago, "visible": visible,
-           "clip": clip, "tip": tip, "labels": labels}
+FILTERS: dict[str, Callable[..., str | list[str]]] = {
+    "number": number, "duration": duration, "ago": ago, "visible": visible,
+    "clip": clip, "tip": tip, "labels": labels}

@@ -89,8 +89,9 @@ def _event_metrics(metrics: dict[str, Any]) -> Iterator[Metric]:
     histogram = metrics.get("duration")
     if histogram:
         cumulative = list(accumulate(histogram["counts"]))
+        # One count more than bounds (the last is above every bound): +Inf, below.
         buckets = [(floatToGoString(bound), count)
-                   for bound, count in zip(histogram["bounds"], cumulative)]
+                   for bound, count in zip(histogram["bounds"], cumulative, strict=False)]
         buckets.append(("+Inf", cumulative[-1] if cumulative else histogram.get("count", 0)))
         yield HistogramMetricFamily(
             "queuectl_job_duration_seconds",

@@ -71,7 +71,7 @@ def run(host: str, port: int, endpoint: str, token: str | None = None) -> int:
     logsetup.configure(os.environ.get("QUEUECTL_LOG_LEVEL", "WARNING"),
                        "queuectl-dashboard: %(levelname)s %(name)s: %(message)s")
     _check_endpoint(endpoint)
-    from waitress import create_server
+    from waitress.server import MultiSocketServer, create_server  # where the stubs declare it
 
     from .app import create_app
 
@@ -85,7 +85,10 @@ def run(host: str, port: int, endpoint: str, token: str | None = None) -> int:
         sys.stderr.write(f"queuectl: the stats page could not listen on {host}:{port} "
                          f"({reason})\n")
         return 1
-    bound = getattr(server, "effective_port", None) or server.effective_listen[0][1]
+    if isinstance(server, MultiSocketServer):  # a name that resolved to several addresses
+        bound = server.effective_listen[0][1]
+    else:
+        bound = server.effective_port  # type: ignore[attr-defined]  # types-waitress omits it
     # Cookies ignore the port: two pages on one host must not overwrite each other's.
     app.config["SESSION_COOKIE_NAME"] = f"queuectl_session_{bound}"
     app.config["QUEUECTL_TOKEN_COOKIE"] = f"queuectl_token_{bound}"

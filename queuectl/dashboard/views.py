@@ -54,7 +54,8 @@ def job_url(endpoint: str, job_id: str, **query: Any) -> str:
 
 
 def source() -> Source:
-    return current_app.extensions["queuectl_source"]
+    found: Source = current_app.extensions["queuectl_source"]  # put there by create_app
+    return found
 
 
 def wants_json() -> bool:
