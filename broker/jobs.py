@@ -16,12 +16,10 @@ from queuectl.proto.states import JobState, Outcome
 from queuectl.proto.timefmt import parse_iso
 
 from . import lifecycle
+from .rows import FROM_CONFIG, JOBS
 from .store import DuplicateId, Job, NewJob, Store
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PRIORITY = 100
-DEFAULT_QUEUE = "default"
 
 
 class JobError(Exception):
@@ -80,29 +78,29 @@ class JobService:
 
         In a batch, an error names the job as ``job N: `` (counted from 1), which
         the client turns into the user's own label (a line number). A spec
-        becomes a row with today's defaults; this loop is the enqueue rate's
-        hot path, hence the locals.
+        becomes a row of the fields it gives (rows.Job, ``given``) with today's
+        defaults; this loop is the enqueue rate's hot path, hence the locals.
         """
         validate, numbers = jobspec.validate, self.ids.numbers(now)
-        timeout_sec, max_retries = self.config["timeout_sec"], self.config["max_retries"]
+        names = [name for name, _ in JOBS.given]
+        defaults = [self.config[name] if default is FROM_CONFIG else default
+                    for name, default in JOBS.given]  # the config is read once per request
+        make = NewJob._make
         jobs = []
         for number, raw in enumerate(specs, 1):
             try:
-                spec = validate(raw)
+                spec = validate(raw)  # a new dict: the resolved fields are set in it
                 if "run_at" in spec:
-                    run_at = parse_iso(spec["run_at"])
+                    spec["run_at"] = parse_iso(spec["run_at"])
                 else:
-                    run_at = now + spec.get("delay", 0.0)
+                    spec["run_at"] = now + spec.get("delay", 0.0)
             except jobspec.SpecError as exc:
                 if not batch:
                     raise
                 raise jobspec.SpecError(None, f"job {number}: {exc}") from None
-            get = spec.get
-            jobs.append(NewJob(get("id") or format(next(numbers), "016x"), spec["command"],
-                               get("queue", DEFAULT_QUEUE), get("priority", DEFAULT_PRIORITY),
-                               run_at, get("timeout_sec", timeout_sec),
-                               get("max_retries", max_retries), get("env"), get("cwd"),
-                               get("requires")))
+            if "id" not in spec:
+                spec["id"] = format(next(numbers), "016x")
+            jobs.append(make(map(spec.get, names, defaults)))
         self.ids.used(numbers)
         for retry in range(3):
             try:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
-from dataclasses import dataclass
-from enum import Enum
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import apsw
 import apsw.bestpractice
@@ -32,26 +31,34 @@ from queuectl.proto.states import ALL_STATES, JobState
 from . import lifecycle
 from .intake import Lease
 from .migrations import MIGRATIONS, migrate  # noqa: F401  (MIGRATIONS: for tests)
+from .rows import ATTEMPTS, BATCHES, JOBS, Attempt, Batch, BatchState, Chunk, Job, NewJob
 
 log = logging.getLogger(__name__)
 
-JOB_COLUMNS = (
-    "seq", "id", "command", "state", "queue", "priority", "run_at", "timeout_sec",
-    "max_retries", "attempts", "env", "cwd", "requires", "created_at", "updated_at",
-    "started_at", "finished_at", "exit_code", "last_error", "lease", "agent",
-    "cancel_requested",
-)
-ATTEMPT_COLUMNS = (
-    "id", "job_seq", "number", "agent", "dispatched_at", "started_at", "finished_at",
-    "pid", "exit_code", "reason", "late_result", "stale",
-)
-_JOB_SELECT = ", ".join(JOB_COLUMNS)
-_ATTEMPT_SELECT = ", ".join(ATTEMPT_COLUMNS)
-# Columns a transition may set besides state/updated_at/due.
-_SETTABLE = frozenset({
-    "run_at", "attempts", "started_at", "finished_at", "exit_code", "last_error",
-    "lease", "agent", "cancel_requested",
-})
+_JOB = JOBS.select
+# A new job's row: the fields its spec gives (rows.Job), then these.
+_NEW_JOB_EXTRA = ("state", "due", "created_at", "updated_at", "batch")
+_INSERT_JOB = JOBS.insert_sql(_NEW_JOB_EXTRA)
+_CLAIM_JOB = (
+    "UPDATE jobs SET state = :state, due = 0, lease = :lease, agent = :agent,"
+    " updated_at = :updated_at, started_at = NULL, finished_at = NULL, exit_code = NULL"
+    f" WHERE seq = :seq AND state = :was RETURNING {_JOB}")
+_LEASE_SELECT = ", ".join(Lease._fields)
+
+
+@functools.lru_cache(maxsize=None)
+def _job_update(names: tuple[str, ...], fixed: str) -> tuple[str, tuple]:
+    """The guarded UPDATE that sets ``fixed`` and the columns ``names`` (each
+    bound by its name), and the dumps those columns need. Raises ValueError for
+    a column a caller may not set. Cached: the call sites pass a few fixed sets."""
+    unknown = set(names) - JOBS.settable
+    if unknown:
+        raise ValueError(f"cannot set {sorted(unknown)}")
+    assignments = ", ".join(part for part in (fixed, JOBS.assignments(names)) if part)
+    dumps = tuple((name, JOBS.dumps[name]) for name in names if name in JOBS.dumps)
+    return (f"UPDATE jobs SET {assignments} WHERE seq = :seq AND state = :was"
+            f" RETURNING {_JOB}", dumps)
+
 
 # Rows of closed queues a claim walks past before it takes each open queue's head.
 CLOSED_SKIP = 64
@@ -72,108 +79,6 @@ class DuplicateId(Exception):
 
 class StaleState(Exception):
     """The job was not in the state the caller read; nothing was changed."""
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    seq: int
-    id: str
-    command: str
-    state: JobState
-    queue: str
-    priority: int
-    run_at: float
-    timeout_sec: float
-    max_retries: int
-    attempts: int
-    env: dict | None
-    cwd: str | None
-    requires: dict | None
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    exit_code: int | None
-    last_error: str | None
-    lease: int | None
-    agent: str | None
-    cancel_requested: bool
-
-    @classmethod
-    def from_row(cls, row: tuple) -> "Job":
-        values = list(row)
-        values[3] = JobState(values[3])
-        values[10] = json.loads(values[10]) if values[10] is not None else None
-        values[12] = json.loads(values[12]) if values[12] is not None else None
-        values[21] = bool(values[21])
-        return cls(*values)
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    id: int
-    job_seq: int
-    number: int
-    agent: str
-    dispatched_at: float
-    started_at: float | None
-    finished_at: float | None
-    pid: int | None
-    exit_code: int | None
-    reason: str | None
-    late_result: str | None
-    stale: bool
-
-
-class BatchState(str, Enum):
-    """A streamed batch (broker/batches.py): ``open`` takes chunks; ``committed``
-    rows are being made visible, then it is ``done``; ``aborted`` rows are
-    being deleted (or are gone)."""
-
-    OPEN = "open"
-    COMMITTED = "committed"
-    DONE = "done"
-    ABORTED = "aborted"
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    id: int
-    state: BatchState
-    rows: int
-    first_seq: int
-    last_seq: int
-    next_seq: int | None
-    reason: str | None
-    key: bytes | None  # digest of the secret its client must show
-
-    @property
-    def unfinished(self) -> bool:
-        """Rows are still to be made visible (committed) or deleted (aborted)."""
-        return self.next_seq is not None and self.next_seq <= self.last_seq
-
-
-class NewJob(NamedTuple):
-    """A job to insert. A tuple, not a frozen dataclass: a batch builds 100,000 of
-    them, and a frozen dataclass's __init__ costs a setattr call per field."""
-
-    id: str
-    command: str
-    queue: str
-    priority: int
-    run_at: float
-    timeout_sec: float
-    max_retries: int
-    env: dict | None
-    cwd: str | None
-    requires: dict | None
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    stream: int
-    offset: int
-    data: bytes
 
 
 def _labels_match(requires: str | None, labels: str | None) -> int:
@@ -238,21 +143,15 @@ class Store:
             if job.id in seen:
                 raise DuplicateId(job.id, in_batch=True)
             seen.add(job.id)
-        rows = [
-            (j.id, j.command, j.queue, j.priority, j.run_at,
-             2 if stage is not None else 1 if j.run_at <= now else 0,
-             j.timeout_sec, j.max_retries,
-             json.dumps(j.env) if j.env is not None else None, j.cwd,
-             json.dumps(j.requires, sort_keys=True) if j.requires else None,  # {}: anywhere
-             now, now, stage)
+        dump, pending = JOBS.dump_given, JobState.PENDING.value
+        rows = [  # in the order of _INSERT_JOB's columns: given, then _NEW_JOB_EXTRA
+            dump(j) + [pending, 2 if stage is not None else 1 if j.run_at <= now else 0,
+                       now, now, stage]
             for j in jobs
         ]
         try:
             with self.conn:
-                self.conn.executemany(
-                    "INSERT INTO jobs (id, command, state, queue, priority, run_at, due,"
-                    " timeout_sec, max_retries, env, cwd, requires, created_at, updated_at, batch)"
-                    " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self.conn.executemany(_INSERT_JOB, rows)
                 if stage is None:
                     self.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'",
                                       (len(rows),))
@@ -271,13 +170,12 @@ class Store:
             self._placed_generation += 1
 
     def job(self, job_id: str) -> Job | None:
-        row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE id = ? AND batch IS NULL",
-                        (job_id,))
-        return Job.from_row(row) if row else None
+        row = self._one(f"SELECT {_JOB} FROM jobs WHERE id = ? AND batch IS NULL", (job_id,))
+        return JOBS.load(row) if row else None
 
     def job_by_lease(self, token: int) -> Job | None:
-        row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE lease = ?", (token,))
-        return Job.from_row(row) if row else None
+        row = self._one(f"SELECT {_JOB} FROM jobs WHERE lease = ?", (token,))
+        return JOBS.load(row) if row else None
 
     def list_jobs(self, state: str | None = None, queue: str | None = None,
                   limit: int = 100, search: str | None = None) -> list[Job]:
@@ -295,8 +193,8 @@ class Store:
             params += [pattern, pattern]
         clause = f"WHERE {' AND '.join(where)}"
         params.append(limit)
-        sql = f"SELECT {_JOB_SELECT} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
-        return [Job.from_row(row) for row in self.conn.execute(sql, params)]
+        sql = f"SELECT {_JOB} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
+        return [JOBS.load(row) for row in self.conn.execute(sql, params)]
 
     def _next_free(self, closed: frozenset[str]) -> tuple | None:
         """The best due job that needs no labels, from a queue not in ``closed``
@@ -378,56 +276,51 @@ class Store:
         with self.conn:
             self.conn.execute(
                 "INSERT INTO attempts (job_seq, number, agent, owner, dispatched_at)"
-                " VALUES (?, ?, ?, ?, ?)", (seq, attempts + 1, agent_id, owner, now))
+                " VALUES (:job_seq, :number, :agent, :owner, :dispatched_at)",
+                {"job_seq": seq, "number": attempts + 1, "agent": agent_id, "owner": owner,
+                 "dispatched_at": now})
             token = self.conn.last_insert_rowid()
-            job_row = self._one(
-                f"UPDATE jobs SET state = 'processing', due = 0, lease = ?, agent = ?,"
-                f" updated_at = ?, started_at = NULL, finished_at = NULL, exit_code = NULL"
-                f" WHERE seq = ? AND state = ? RETURNING {_JOB_SELECT}",
-                (token, agent_id, now, seq, state))
+            job_row = self._one(_CLAIM_JOB, {
+                "state": JobState.PROCESSING.value, "lease": token, "agent": agent_id,
+                "updated_at": now, "seq": seq, "was": state})
         assert job_row is not None  # single writer: the row we just read is unchanged
-        return Job.from_row(job_row), token
+        return JOBS.load(job_row), token
 
     def transition(self, job: Job, new: JobState, now: float, **fields: Any) -> Job:
         """Move ``job`` from the state it was read in to ``new``, setting ``fields``.
 
-        One ``UPDATE ... WHERE seq = ? AND state = ?``: raises InvalidTransition
-        when the lifecycle forbids the change, StaleState when the job is no
-        longer in ``job.state``.
+        One ``UPDATE ... WHERE seq = :seq AND state = :was``: raises
+        InvalidTransition when the lifecycle forbids the change, StaleState when
+        the job is no longer in ``job.state``, ValueError for a column that is
+        not settable (rows.Job).
         """
         lifecycle.check(job.state, new)
-        unknown = set(fields) - _SETTABLE
-        if unknown:
-            raise ValueError(f"cannot set {sorted(unknown)}")
+        sql, dumps = _job_update(tuple(fields), "state = :state, updated_at = :updated_at,"
+                                                " due = :due")
         run_at = fields.get("run_at", job.run_at)
         due = 1 if new in lifecycle.RUNNABLE and run_at <= now else 0
-        assignments = ["state = ?", "updated_at = ?", "due = ?"]
-        params: list[Any] = [new.value, now, due]
-        for column, value in fields.items():
-            assignments.append(f"{column} = ?")
-            params.append(value)
-        params += [job.seq, job.state.value]
-        row = self._one(
-            f"UPDATE jobs SET {', '.join(assignments)} WHERE seq = ? AND state = ?"
-            f" RETURNING {_JOB_SELECT}", params)
+        for name, dump in dumps:
+            if fields[name] is not None:
+                fields[name] = dump(fields[name])
+        fields.update(state=new.value, updated_at=now, due=due, seq=job.seq, was=job.state.value)
+        row = self._one(sql, fields)
         if row is None:
             raise StaleState(f"job {job.id} is no longer {job.state.value}")
         if due and job.requires is not None:
             self._placed_generation += 1
-        return Job.from_row(row)
+        return JOBS.load(row)
 
     def set_fields(self, job: Job, now: float, **fields: Any) -> Job:
         """Change bookkeeping fields of a job without changing its state."""
-        unknown = set(fields) - _SETTABLE
-        if unknown:
-            raise ValueError(f"cannot set {sorted(unknown)}")
-        assignments = ", ".join(f"{column} = ?" for column in fields)
-        row = self._one(
-            f"UPDATE jobs SET {assignments}, updated_at = ? WHERE seq = ? AND state = ?"
-            f" RETURNING {_JOB_SELECT}", [*fields.values(), now, job.seq, job.state.value])
+        sql, dumps = _job_update(tuple(fields), "updated_at = :updated_at")
+        for name, dump in dumps:
+            if fields[name] is not None:
+                fields[name] = dump(fields[name])
+        fields.update(updated_at=now, seq=job.seq, was=job.state.value)
+        row = self._one(sql, fields)
         if row is None:
             raise StaleState(f"job {job.id} is no longer {job.state.value}")
-        return Job.from_row(row)
+        return JOBS.load(row)
 
     def promote_due(self, now: float) -> int:
         """Make every waiting job whose run_at has come claimable; returns how many."""
@@ -501,8 +394,8 @@ class Store:
         return row[0] if row else None
 
     def leased_jobs(self) -> list[Job]:
-        return [Job.from_row(r) for r in self.conn.execute(
-            f"SELECT {_JOB_SELECT} FROM jobs WHERE lease IS NOT NULL")]
+        return [JOBS.load(r) for r in self.conn.execute(
+            f"SELECT {_JOB} FROM jobs WHERE lease IS NOT NULL")]
 
     def leases(self) -> list[tuple[int, str | None, bytes | None, bool]]:
         """(token, agent id, owner, started?) of every job being processed."""
@@ -513,8 +406,8 @@ class Store:
                     " WHERE j.lease IS NOT NULL")]
 
     def dead_jobs(self, limit: int | None = None) -> list[Job]:
-        return [Job.from_row(r) for r in self.conn.execute(
-            f"SELECT {_JOB_SELECT} FROM jobs WHERE state = 'dead' ORDER BY finished_at DESC, seq DESC"
+        return [JOBS.load(r) for r in self.conn.execute(
+            f"SELECT {_JOB} FROM jobs WHERE state = 'dead' ORDER BY finished_at DESC, seq DESC"
             f" LIMIT ?", (limit if limit is not None else -1,))]
 
     # --- attempts ---------------------------------------------------------
@@ -531,31 +424,33 @@ class Store:
             " AND NOT (j.state = 'canceled' AND j.finished_at IS a.finished_at)", (since,))]
 
     def attempt(self, token: int) -> Attempt | None:
-        row = self._one(f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE id = ?", (token,))
-        return Attempt(*row[:-1], bool(row[-1])) if row else None
+        row = self._one(f"SELECT {ATTEMPTS.select} FROM attempts WHERE id = ?", (token,))
+        return ATTEMPTS.load(row) if row else None
 
     def attempts(self, job_seq: int) -> list[Attempt]:
-        return [Attempt(*r[:-1], bool(r[-1])) for r in self.conn.execute(
-            f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE job_seq = ? ORDER BY id", (job_seq,))]
+        return [ATTEMPTS.load(r) for r in self.conn.execute(
+            f"SELECT {ATTEMPTS.select} FROM attempts WHERE job_seq = ? ORDER BY id", (job_seq,))]
 
     def latest_attempt(self, job_seq: int) -> Attempt | None:
-        row = self._one(f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE job_seq = ?"
+        row = self._one(f"SELECT {ATTEMPTS.select} FROM attempts WHERE job_seq = ?"
                         f" ORDER BY id DESC LIMIT 1", (job_seq,))
-        return Attempt(*row[:-1], bool(row[-1])) if row else None
+        return ATTEMPTS.load(row) if row else None
 
     def start_attempt(self, token: int, pid: int, started_at: float) -> None:
-        self.conn.execute("UPDATE attempts SET pid = ?, started_at = ? WHERE id = ?",
-                          (pid, started_at, token))
-        self.conn.execute("UPDATE jobs SET started_at = ? WHERE lease = ?", (started_at, token))
+        self.conn.execute("UPDATE attempts SET pid = :pid, started_at = :started_at WHERE id = :id",
+                          {"pid": pid, "started_at": started_at, "id": token})
+        self.conn.execute("UPDATE jobs SET started_at = :started_at WHERE lease = :lease",
+                          {"started_at": started_at, "lease": token})
 
     def end_attempt(self, token: int, *, started_at: float | None, finished_at: float,
                     exit_code: int | None, reason: str | None, stale: bool = False,
                     pid: int | None = None) -> None:
         self.conn.execute(
-            "UPDATE attempts SET started_at = coalesce(?, started_at), finished_at = ?,"
-            " exit_code = ?, reason = ?, stale = ?, pid = coalesce(?, pid)"
-            " WHERE id = ? AND finished_at IS NULL",
-            (started_at, finished_at, exit_code, reason, int(stale), pid, token))
+            "UPDATE attempts SET started_at = coalesce(:started_at, started_at),"
+            " finished_at = :finished_at, exit_code = :exit_code, reason = :reason,"
+            " stale = :stale, pid = coalesce(:pid, pid) WHERE id = :id AND finished_at IS NULL",
+            {"started_at": started_at, "finished_at": finished_at, "exit_code": exit_code,
+             "reason": reason, "stale": stale, "pid": pid, "id": token})
 
     def record_late_result(self, token: int, text: str) -> None:
         """Keep what an already ended attempt reported too late (its first end stands)."""
@@ -565,8 +460,7 @@ class Store:
     def lease(self, token: int) -> Lease | None:
         """What an agent's message about attempt ``token`` is checked against: who
         may report it, when it was dispatched and started, how far its output is stored."""
-        row = self._one("SELECT owner, dispatched_at, started_at, stdout_end, stderr_end"
-                        " FROM attempts WHERE id = ?", (token,))
+        row = self._one(f"SELECT {_LEASE_SELECT} FROM attempts WHERE id = ?", (token,))
         return Lease(*row) if row else None
 
     def output_ends(self, token: int) -> tuple[int, int] | None:
@@ -657,15 +551,14 @@ class Store:
         return self.conn.last_insert_rowid()
 
     def batch(self, batch_id: int) -> Batch | None:
-        row = self._one("SELECT id, state, rows, first_seq, last_seq, next_seq, reason, key"
-                        " FROM batches WHERE id = ?", (batch_id,))
-        return Batch(row[0], BatchState(row[1]), *row[2:]) if row else None
+        row = self._one(f"SELECT {BATCHES.select} FROM batches WHERE id = ?", (batch_id,))
+        return BATCHES.load(row) if row else None
 
     def live_batches(self) -> list[Batch]:
         """Batches that are open, or whose rows are still being made visible or deleted."""
-        return [Batch(row[0], BatchState(row[1]), *row[2:]) for row in self.conn.execute(
-            "SELECT id, state, rows, first_seq, last_seq, next_seq, reason, key FROM batches"
-            " WHERE state = ? OR next_seq <= last_seq", (BatchState.OPEN.value,))]
+        return [BATCHES.load(row) for row in self.conn.execute(
+            f"SELECT {BATCHES.select} FROM batches WHERE state = ? OR next_seq <= last_seq",
+            (BatchState.OPEN.value,))]
 
     def end_batch(self, batch_id: int, state: BatchState, now: float,
                   reason: str | None = None) -> None:
