@@ -84,7 +84,13 @@ class Table:
         self.dumps = {f.name: f.metadata["dump"] for f in fields if "dump" in f.metadata}
         self.settable = frozenset(f.name for f in fields if f.metadata.get("settable"))
         # (name, default) of the fields an enqueued job's spec gives, in column order
-        self.given = tuple((f.name, f.metadata["given"]) for f in fields if "given" in f.metadata)
+        given = [f for f in fields if "given" in f.metadata]
+        self.given = tuple((f.name, f.metadata["given"]) for f in given)
+        self.optional_given = 0  # how many of the last given fields may be NULL
+        for f in reversed(given):
+            if not str(f.type).endswith("| None"):
+                break
+            self.optional_given += 1
         self._given_dumps = tuple((i, self.dumps[name]) for i, (name, _) in enumerate(self.given)
                                   if name in self.dumps)
 
@@ -206,7 +212,8 @@ JOBS = Table("jobs", Job)
 ATTEMPTS = Table("attempts", Attempt)
 BATCHES = Table("batches", Batch)
 
-# A job to insert: the fields its spec gives. A tuple, not a frozen dataclass:
-# a batch builds 100,000 of them, and a frozen dataclass's __init__ costs a
-# setattr call per field.
-NewJob = namedtuple("NewJob", [name for name, _ in JOBS.given])
+# A job to insert: the fields its spec gives; the optional ones at the end
+# default to None. A tuple, not a frozen dataclass: a batch builds 100,000 of
+# them, and a frozen dataclass's __init__ costs a setattr call per field.
+NewJob = namedtuple("NewJob", [name for name, _ in JOBS.given],
+                    defaults=[None] * JOBS.optional_given)
