@@ -21,6 +21,9 @@ from .store import DuplicateId, Job, NewJob, Store
 
 log = logging.getLogger(__name__)
 
+# What a job canceled before it ran shows as its last error: a canceled run's reason.
+CANCELED_REASON = lifecycle.reason_text(Outcome.CANCELED, None, "")
+
 
 class JobError(Exception):
     """A user-caused error: unknown job, wrong state, duplicate id."""
@@ -175,7 +178,7 @@ class JobService:
             return None
         if job.cancel_requested:
             job = self.store.transition(job, JobState.CANCELED, now, lease=None,
-                                        last_error="canceled")
+                                        last_error=CANCELED_REASON)
         else:
             job = self.store.transition(job, JobState.PENDING, now, lease=None, agent=None)
         return self._changed(job)
@@ -193,7 +196,7 @@ class JobService:
         job = self.get(job_id)
         if job.state in (JobState.PENDING, JobState.FAILED):
             return self._changed(self.store.transition(
-                job, JobState.CANCELED, now, last_error="canceled"))
+                job, JobState.CANCELED, now, last_error=CANCELED_REASON))
         if job.state is JobState.PROCESSING:
             if not job.cancel_requested:
                 job = self.store.set_fields(job, now, cancel_requested=1)

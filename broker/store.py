@@ -26,14 +26,23 @@ from typing import Any, Iterator
 import apsw
 import apsw.bestpractice
 
-from queuectl.proto.states import ALL_STATES, JobState
+from queuectl.proto import messages as m
+from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
 
 from . import lifecycle
 from .intake import Lease
 from .migrations import MIGRATIONS, migrate  # noqa: F401  (MIGRATIONS: for tests)
-from .rows import ATTEMPTS, BATCHES, JOBS, Attempt, Batch, BatchState, Chunk, Job, NewJob
+from .rows import (ATTEMPTS, BATCHES, JOBS, Attempt, Batch, BatchState, Chunk, Job, NewJob,
+                   literal, one_of)
 
 log = logging.getLogger(__name__)
+
+# States in SQL text come from the enums, never retyped. Literals, not bound
+# parameters, where the planner must match a partial index's WHERE.
+_PENDING, _PROCESSING, _DEAD, _CANCELED = (
+    literal(s) for s in (JobState.PENDING, JobState.PROCESSING, JobState.DEAD, JobState.CANCELED))
+_RUNNABLE = one_of(lifecycle.RUNNABLE)  # as in jobs_timer's WHERE (tests/unit/test_rows.py)
+_ACTIVE = one_of(s for s in JobState if s not in TERMINAL_STATES)
 
 _JOB = JOBS.select
 # A new job's row: the fields its spec gives (rows.Job), then these.
@@ -153,7 +162,7 @@ class Store:
             with self.conn:
                 self.conn.executemany(_INSERT_JOB, rows)
                 if stage is None:
-                    self.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'",
+                    self.conn.execute(f"UPDATE counts SET n = n + ? WHERE state = {_PENDING}",
                                       (len(rows),))
                 else:  # new rows take seqs above every row there is: the range grows
                     self.conn.execute(
@@ -325,7 +334,7 @@ class Store:
     def promote_due(self, now: float) -> int:
         """Make every waiting job whose run_at has come claimable; returns how many."""
         self.conn.execute(
-            "UPDATE jobs SET due = 1 WHERE due = 0 AND state IN ('pending', 'failed')"
+            f"UPDATE jobs SET due = 1 WHERE due = 0 AND state IN {_RUNNABLE}"
             " AND run_at <= ?", (now,))
         promoted = self.conn.changes()
         if promoted:
@@ -365,14 +374,14 @@ class Store:
     def running_by_queue(self) -> dict[str, int]:
         """Leased jobs per queue (at most the fleet's slots and prefetch: cheap)."""
         return dict(self.conn.execute(
-            "SELECT queue, count(*) FROM jobs WHERE state = 'processing' GROUP BY queue"))
+            f"SELECT queue, count(*) FROM jobs WHERE state = {_PROCESSING} GROUP BY queue"))
 
     def active_by_queue(self) -> dict[str, dict[str, int]]:
         """Jobs not yet finished, per queue and state."""
         result: dict[str, dict[str, int]] = {}
         for queue, state, n in self.conn.execute(
                 "SELECT queue, state, count(*) FROM jobs"
-                " WHERE state IN ('pending', 'failed', 'processing') AND batch IS NULL"
+                f" WHERE state IN {_ACTIVE} AND batch IS NULL"
                 " GROUP BY queue, state"):
             result.setdefault(queue, {})[state] = n
         return result
@@ -390,7 +399,7 @@ class Store:
         left to itself the planner walked ``jobs_state`` over every pending job
         (74 ms with 300,000 due jobs, against 0.01 ms)."""
         row = self._one("SELECT min(run_at) FROM jobs INDEXED BY jobs_timer"
-                        " WHERE due = 0 AND state IN ('pending', 'failed')")
+                        f" WHERE due = 0 AND state IN {_RUNNABLE}")
         return row[0] if row else None
 
     def leased_jobs(self) -> list[Job]:
@@ -407,7 +416,7 @@ class Store:
 
     def dead_jobs(self, limit: int | None = None) -> list[Job]:
         return [JOBS.load(r) for r in self.conn.execute(
-            f"SELECT {_JOB} FROM jobs WHERE state = 'dead' ORDER BY finished_at DESC, seq DESC"
+            f"SELECT {_JOB} FROM jobs WHERE state = {_DEAD} ORDER BY finished_at DESC, seq DESC"
             f" LIMIT ?", (limit if limit is not None else -1,))]
 
     # --- attempts ---------------------------------------------------------
@@ -421,7 +430,7 @@ class Store:
             "SELECT a.finished_at, a.reason IS NULL FROM attempts a JOIN jobs j"
             " ON j.seq = a.job_seq WHERE a.finished_at >= ? AND a.stale = 0"
             " AND coalesce(a.reason, '') != 'canceled'"
-            " AND NOT (j.state = 'canceled' AND j.finished_at IS a.finished_at)", (since,))]
+            f" AND NOT (j.state = {_CANCELED} AND j.finished_at IS a.finished_at)", (since,))]
 
     def attempt(self, token: int) -> Attempt | None:
         row = self._one(f"SELECT {ATTEMPTS.select} FROM attempts WHERE id = ?", (token,))
@@ -482,7 +491,7 @@ class Store:
         past the stored end is refused unless ``gap_ok`` (the agent dropped
         those bytes): returns the stored end then, so the agent can resend.
         """
-        name = "stdout" if stream == 1 else "stderr"
+        name = "stdout" if stream == m.STDOUT else "stderr"
         with self.conn:
             row = self._one(f"SELECT {name}_end, {name}_bytes FROM attempts WHERE id = ?", (token,))
             if row is None:
@@ -590,7 +599,8 @@ class Store:
                               " WHERE seq BETWEEN ? AND ? AND batch = ?",
                               (now, low, high, batch.id))
             visible = self.conn.changes()
-            self.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'", (visible,))
+            self.conn.execute(f"UPDATE counts SET n = n + ? WHERE state = {_PENDING}",
+                              (visible,))
             self._placed_generation += 1  # some of them may require labels
             # (not next_due(): the planner reads it through jobs_state, O(pending jobs))
             waiting = self._one("SELECT min(run_at) FROM jobs WHERE seq BETWEEN ? AND ?"

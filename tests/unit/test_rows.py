@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import apsw
 import pytest
 
 from queuectl.broker.jobs import JobService
+from queuectl.broker.lifecycle import RUNNABLE
 from queuectl.broker.rows import (ATTEMPTS, BATCHES, DEFAULT_PRIORITY, DEFAULT_QUEUE, JOBS, Job,
                                   NewJob, literal, one_of)
 from queuectl.proto.states import JobState, Outcome
@@ -71,3 +73,16 @@ def test_sql_literals_come_from_the_enums_and_are_quoted():
     assert literal(JobState.PENDING) == "'pending'"
     assert one_of([JobState.PENDING, JobState.FAILED]) == "('pending', 'failed')"
     assert literal(Outcome.CANCELED) == "'canceled'"
+
+
+def test_the_timer_index_covers_the_runnable_states_the_store_names(store):
+    """jobs_timer was created by migration 1 with its states spelled out; the timer's
+    queries name them from lifecycle.RUNNABLE and must match it to use the index."""
+    [sql] = store.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_timer'").fetchall()[0]
+    assert f"state IN {one_of(RUNNABLE)}" in sql
+    # INDEXED BY fails ("no query solution") unless the WHERE implies the index's
+    store.conn.execute(f"SELECT min(run_at) FROM jobs INDEXED BY jobs_timer WHERE due = 0"
+                       f" AND state IN {one_of(RUNNABLE)}").fetchall()
+    with pytest.raises(apsw.SQLError, match="no query solution"):
+        store.conn.execute("SELECT min(run_at) FROM jobs INDEXED BY jobs_timer WHERE due = 0"
+                           " AND state IN ('pending')").fetchall()
