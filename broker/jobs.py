@@ -140,8 +140,9 @@ class JobService:
             if attempt is None:
                 return None
             if attempt.finished_at is None:
-                self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
-                                       exit_code=exit_code, reason=reason, stale=True)
+                self.store.end_attempt(token, outcome=outcome, started_at=started_at,
+                                       finished_at=finished_at, exit_code=exit_code,
+                                       reason=reason, stale=True)
             elif attempt.finished_at == finished_at:
                 return None  # the result that ended it, resent (its Ack was lost)
             else:
@@ -149,8 +150,9 @@ class JobService:
             log.info("stale result for attempt %d recorded and dropped (%s)", token,
                      reason or "ok")
             return None
-        self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
-                               exit_code=exit_code, reason=reason, pid=pid)
+        self.store.end_attempt(token, outcome=outcome, started_at=started_at,
+                               finished_at=finished_at, exit_code=exit_code, reason=reason,
+                               pid=pid)
         attempts = job.attempts + 1
         ended = dict(attempts=attempts, lease=None, exit_code=exit_code,
                      started_at=started_at if started_at is not None else job.started_at,

@@ -14,11 +14,24 @@ import logging
 
 import apsw
 
-from queuectl.proto.states import ALL_STATES
+from queuectl.proto.states import ALL_STATES, Outcome
 
 from .intake import EXIT_CODES, MAX_PID
+from .rows import literal
 
 log = logging.getLogger(__name__)
+
+# (GLOB pattern of a stored reason, the outcome that wrote it): schema version 9.
+_OUTCOMES_OF_REASONS = (
+    ("exit code *", Outcome.EXIT),
+    ("killed by signal *", Outcome.SIGNAL),
+    ("killed by a signal", Outcome.SIGNAL),
+    ("timeout", Outcome.TIMEOUT),
+    ("canceled", Outcome.CANCELED),
+    ("could not start: *", Outcome.SPAWN_ERROR),
+    ("agent lost", Outcome.LEASE_LOST),
+    ("agent stopped before the job finished", Outcome.STOPPED),
+)
 
 # Epoch seconds the views can show (year 1970 to 9999).
 LATEST_TIME = 253402300799
@@ -239,6 +252,17 @@ MIGRATIONS = [
     CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs WHEN OLD.batch IS NULL BEGIN
         UPDATE counts SET n = n - 1 WHERE state = OLD.state;
     END;
+    """,
+    # version 9: an attempt stores how it ended as an Outcome value, which code
+    # matches (a cancel, a success); ``reason`` stays the text users read, with
+    # its details (the signal, why it could not start). Attempts that ended
+    # before get theirs from that text, as lifecycle.reason_text wrote it.
+    f"""
+    ALTER TABLE attempts ADD COLUMN outcome TEXT;
+    UPDATE attempts SET outcome = CASE WHEN reason IS NULL THEN {literal(Outcome.OK)}
+        {" ".join(f"WHEN reason GLOB '{text}' THEN {literal(outcome)}"
+                  for text, outcome in _OUTCOMES_OF_REASONS)}
+    END WHERE finished_at IS NOT NULL;
     """,
 ]
 

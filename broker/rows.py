@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Iterable
 
-from queuectl.proto.states import JobState
+from queuectl.proto.states import JobState, Outcome
 
 DEFAULT_PRIORITY = 100
 DEFAULT_QUEUE = "default"
@@ -168,7 +168,8 @@ class Attempt:
     finished_at: float | None
     pid: int | None
     exit_code: int | None
-    reason: str | None
+    outcome: Outcome | None = column(load=Outcome)  # None while it runs
+    reason: str | None  # what users read (lifecycle.reason_text): None when ok
     late_result: str | None
     stale: bool = column(load=bool)
 

@@ -27,7 +27,7 @@ import apsw
 import apsw.bestpractice
 
 from queuectl.proto import messages as m
-from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
+from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState, Outcome
 
 from . import lifecycle
 from .intake import Lease
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # parameters, where the planner must match a partial index's WHERE.
 _PENDING, _PROCESSING, _DEAD, _CANCELED = (
     literal(s) for s in (JobState.PENDING, JobState.PROCESSING, JobState.DEAD, JobState.CANCELED))
+_OK, _CANCELED_RUN = literal(Outcome.OK), literal(Outcome.CANCELED)
 _RUNNABLE = one_of(lifecycle.RUNNABLE)  # as in jobs_timer's WHERE (tests/unit/test_rows.py)
 _ACTIVE = one_of(s for s in JobState if s not in TERMINAL_STATES)
 
@@ -427,9 +428,9 @@ class Store:
         with another reason, such as a timeout while the cancel was pending): as
         the broker counts them live (broker/metrics.py)."""
         return [(finished_at, bool(ok)) for finished_at, ok in self.conn.execute(
-            "SELECT a.finished_at, a.reason IS NULL FROM attempts a JOIN jobs j"
+            f"SELECT a.finished_at, a.outcome = {_OK} FROM attempts a JOIN jobs j"
             " ON j.seq = a.job_seq WHERE a.finished_at >= ? AND a.stale = 0"
-            " AND coalesce(a.reason, '') != 'canceled'"
+            f" AND a.outcome IS NOT {_CANCELED_RUN}"
             f" AND NOT (j.state = {_CANCELED} AND j.finished_at IS a.finished_at)", (since,))]
 
     def attempt(self, token: int) -> Attempt | None:
@@ -451,15 +452,17 @@ class Store:
         self.conn.execute("UPDATE jobs SET started_at = :started_at WHERE lease = :lease",
                           {"started_at": started_at, "lease": token})
 
-    def end_attempt(self, token: int, *, started_at: float | None, finished_at: float,
-                    exit_code: int | None, reason: str | None, stale: bool = False,
-                    pid: int | None = None) -> None:
+    def end_attempt(self, token: int, *, outcome: Outcome, started_at: float | None,
+                    finished_at: float, exit_code: int | None, reason: str | None,
+                    stale: bool = False, pid: int | None = None) -> None:
         self.conn.execute(
             "UPDATE attempts SET started_at = coalesce(:started_at, started_at),"
-            " finished_at = :finished_at, exit_code = :exit_code, reason = :reason,"
-            " stale = :stale, pid = coalesce(:pid, pid) WHERE id = :id AND finished_at IS NULL",
+            " finished_at = :finished_at, exit_code = :exit_code, outcome = :outcome,"
+            " reason = :reason, stale = :stale, pid = coalesce(:pid, pid)"
+            " WHERE id = :id AND finished_at IS NULL",
             {"started_at": started_at, "finished_at": finished_at, "exit_code": exit_code,
-             "reason": reason, "stale": stale, "pid": pid, "id": token})
+             "outcome": outcome.value, "reason": reason, "stale": stale, "pid": pid,
+             "id": token})
 
     def record_late_result(self, token: int, text: str) -> None:
         """Keep what an already ended attempt reported too late (its first end stands)."""

@@ -78,7 +78,7 @@ def test_sql_literals_come_from_the_enums_and_are_quoted():
 def test_the_timer_index_covers_the_runnable_states_the_store_names(store):
     """jobs_timer was created by migration 1 with its states spelled out; the timer's
     queries name them from lifecycle.RUNNABLE and must match it to use the index."""
-    [sql] = store.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_timer'").fetchall()[0]
+    [sql] = store.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_timer'").fetchone()
     assert f"state IN {one_of(RUNNABLE)}" in sql
     # INDEXED BY fails ("no query solution") unless the WHERE implies the index's
     store.conn.execute(f"SELECT min(run_at) FROM jobs INDEXED BY jobs_timer WHERE due = 0"
