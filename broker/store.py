@@ -1,5 +1,9 @@
-"""The broker's SQLite store (APSW): every SQL statement (the migrations are in
-broker/migrations.py).
+"""The broker's SQLite store (APSW): the one ``Store`` every caller uses.
+
+Its SQL for jobs, claiming, queues, counts and config is here; attempts and
+output are in store_attempts.py, streamed batches in store_batches.py, the
+loop's transaction and store failures in store_failures.py (all parts of
+``Store``), the schema in migrations.py and the row types in rows.py.
 
 Only the broker process opens this file. Methods return dataclasses, never
 rows. Timestamps are epoch seconds (UTC) in REAL columns.
@@ -16,32 +20,31 @@ the same transactions that change the jobs, so ``status`` is O(1).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
 import re
-from typing import Any, Iterator
+from typing import Any
 
 import apsw
 import apsw.bestpractice
 
-from queuectl.proto import messages as m
-from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState, Outcome
+from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
 
 from . import lifecycle
-from .intake import Lease
 from .migrations import MIGRATIONS, migrate  # noqa: F401  (MIGRATIONS: for tests)
-from .rows import (ATTEMPTS, BATCHES, JOBS, Attempt, Batch, BatchState, Chunk, Job, NewJob,
-                   literal, one_of)
+from .rows import JOBS, Job, NewJob, literal, one_of
+from .rows import Attempt, Batch, BatchState, Chunk  # noqa: F401  (callers import them from here)
+from .store_attempts import AttemptStore
+from .store_batches import BatchStore
+from .store_failures import StoreFailures, StoreUnavailable, copy_store  # noqa: F401  (callers)
 
 log = logging.getLogger(__name__)
 
 # States in SQL text come from the enums, never retyped. Literals, not bound
 # parameters, where the planner must match a partial index's WHERE.
-_PENDING, _PROCESSING, _DEAD, _CANCELED = (
-    literal(s) for s in (JobState.PENDING, JobState.PROCESSING, JobState.DEAD, JobState.CANCELED))
-_OK, _CANCELED_RUN = literal(Outcome.OK), literal(Outcome.CANCELED)
+_PENDING, _PROCESSING, _DEAD = (
+    literal(s) for s in (JobState.PENDING, JobState.PROCESSING, JobState.DEAD))
 _RUNNABLE = one_of(lifecycle.RUNNABLE)  # as in jobs_timer's WHERE (tests/unit/test_rows.py)
 _ACTIVE = one_of(s for s in JobState if s not in TERMINAL_STATES)
 
@@ -53,7 +56,6 @@ _CLAIM_JOB = (
     "UPDATE jobs SET state = :state, due = 0, lease = :lease, agent = :agent,"
     " updated_at = :updated_at, started_at = NULL, finished_at = NULL, exit_code = NULL"
     f" WHERE seq = :seq AND state = :was RETURNING {_JOB}")
-_LEASE_SELECT = ", ".join(Lease._fields)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,11 +74,6 @@ def _job_update(names: tuple[str, ...], fixed: str) -> tuple[str, tuple]:
 
 # Rows of closed queues a claim walks past before it takes each open queue's head.
 CLOSED_SKIP = 64
-
-# Errors that mean the store cannot write right now (disk full, read-only,
-# locked by another process, I/O failure), as opposed to bugs in our SQL.
-UNAVAILABLE_ERRORS = (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.BusyError,
-                      apsw.LockedError, apsw.CantOpenError, apsw.CorruptError, apsw.NotADBError)
 
 
 class DuplicateId(Exception):
@@ -100,7 +97,12 @@ def _labels_match(requires: str | None, labels: str | None) -> int:
     return int(all(have.get(key) == value for key, value in needed.items()))
 
 
-class Store:
+class Store(AttemptStore, BatchStore, StoreFailures):
+    """The broker's store: jobs, claiming, queues, counts and config here; attempts
+    and output (store_attempts.py), streamed batches (store_batches.py) and the
+    loop's transaction with its failures (store_failures.py) are parts of it, so
+    callers see one object."""
+
     def __init__(self, path: str, synchronous: str = "NORMAL"):
         self.path = path
         self.conn = apsw.Connection(path)
@@ -420,201 +422,6 @@ class Store:
             f"SELECT {_JOB} FROM jobs WHERE state = {_DEAD} ORDER BY finished_at DESC, seq DESC"
             f" LIMIT ?", (limit if limit is not None else -1,))]
 
-    # --- attempts ---------------------------------------------------------
-
-    def finished_since(self, since: float) -> list[tuple[float, bool]]:
-        """(finished_at, completed?) of attempts that ended at or after ``since``,
-        leaving out stale ones and those that ended their job as canceled (even
-        with another reason, such as a timeout while the cancel was pending): as
-        the broker counts them live (broker/metrics.py)."""
-        return [(finished_at, bool(ok)) for finished_at, ok in self.conn.execute(
-            f"SELECT a.finished_at, a.outcome = {_OK} FROM attempts a JOIN jobs j"
-            " ON j.seq = a.job_seq WHERE a.finished_at >= ? AND a.stale = 0"
-            f" AND a.outcome IS NOT {_CANCELED_RUN}"
-            f" AND NOT (j.state = {_CANCELED} AND j.finished_at IS a.finished_at)", (since,))]
-
-    def attempt(self, token: int) -> Attempt | None:
-        row = self._one(f"SELECT {ATTEMPTS.select} FROM attempts WHERE id = ?", (token,))
-        return ATTEMPTS.load(row) if row else None
-
-    def attempts(self, job_seq: int) -> list[Attempt]:
-        return [ATTEMPTS.load(r) for r in self.conn.execute(
-            f"SELECT {ATTEMPTS.select} FROM attempts WHERE job_seq = ? ORDER BY id", (job_seq,))]
-
-    def latest_attempt(self, job_seq: int) -> Attempt | None:
-        row = self._one(f"SELECT {ATTEMPTS.select} FROM attempts WHERE job_seq = ?"
-                        f" ORDER BY id DESC LIMIT 1", (job_seq,))
-        return ATTEMPTS.load(row) if row else None
-
-    def start_attempt(self, token: int, pid: int, started_at: float) -> None:
-        self.conn.execute("UPDATE attempts SET pid = :pid, started_at = :started_at WHERE id = :id",
-                          {"pid": pid, "started_at": started_at, "id": token})
-        self.conn.execute("UPDATE jobs SET started_at = :started_at WHERE lease = :lease",
-                          {"started_at": started_at, "lease": token})
-
-    def end_attempt(self, token: int, *, outcome: Outcome, started_at: float | None,
-                    finished_at: float, exit_code: int | None, reason: str | None,
-                    stale: bool = False, pid: int | None = None) -> None:
-        self.conn.execute(
-            "UPDATE attempts SET started_at = coalesce(:started_at, started_at),"
-            " finished_at = :finished_at, exit_code = :exit_code, outcome = :outcome,"
-            " reason = :reason, stale = :stale, pid = coalesce(:pid, pid)"
-            " WHERE id = :id AND finished_at IS NULL",
-            {"started_at": started_at, "finished_at": finished_at, "exit_code": exit_code,
-             "outcome": outcome.value, "reason": reason, "stale": stale, "pid": pid,
-             "id": token})
-
-    def record_late_result(self, token: int, text: str) -> None:
-        """Keep what an already ended attempt reported too late (its first end stands)."""
-        self.conn.execute("UPDATE attempts SET late_result = ? WHERE id = ?"
-                          " AND finished_at IS NOT NULL AND late_result IS NULL", (text, token))
-
-    def lease(self, token: int) -> Lease | None:
-        """What an agent's message about attempt ``token`` is checked against: who
-        may report it, when it was dispatched and started, how far its output is stored."""
-        row = self._one(f"SELECT {_LEASE_SELECT} FROM attempts WHERE id = ?", (token,))
-        return Lease(*row) if row else None
-
-    def output_ends(self, token: int) -> tuple[int, int] | None:
-        """Stream offsets after the last stored byte of stdout and stderr."""
-        return self._one("SELECT stdout_end, stderr_end FROM attempts WHERE id = ?", (token,))
-
-    def delete_attempt(self, token: int) -> None:
-        """Forget an attempt that never started (rejected or undeliverable)."""
-        self.conn.execute("DELETE FROM attempts WHERE id = ?", (token,))
-
-    # --- output -----------------------------------------------------------
-
-    def append_output(self, token: int, stream: int, offset: int, data: bytes, limit: int,
-                      gap_ok: bool = False) -> int | None:
-        """Store a chunk and drop the oldest bytes beyond ``limit`` for this stream.
-
-        Bytes before the stream's stored end were stored already (an agent
-        resends output after a reconnect) and are skipped. A chunk that starts
-        past the stored end is refused unless ``gap_ok`` (the agent dropped
-        those bytes): returns the stored end then, so the agent can resend.
-        """
-        name = "stdout" if stream == m.STDOUT else "stderr"
-        with self.conn:
-            row = self._one(f"SELECT {name}_end, {name}_bytes FROM attempts WHERE id = ?", (token,))
-            if row is None:
-                return None
-            end, stored = row
-            if offset > end and not gap_ok:
-                return end
-            if offset + len(data) <= end:
-                return None
-            if offset < end:
-                data, offset = data[end - offset:], end
-            self.conn.execute("INSERT INTO output (attempt_id, stream, offset, data)"
-                              " VALUES (?, ?, ?, ?)", (token, stream, offset, data))
-            stored += len(data)
-            while stored > limit:
-                first_offset, size = self._one(
-                    "SELECT offset, length(data) FROM output WHERE attempt_id = ? AND stream = ?"
-                    " ORDER BY offset LIMIT 1", (token, stream))
-                excess = stored - limit
-                if size <= excess:
-                    self.conn.execute("DELETE FROM output WHERE attempt_id = ? AND stream = ?"
-                                      " AND offset = ?", (token, stream, first_offset))
-                    stored -= size
-                else:
-                    self.conn.execute(
-                        "UPDATE output SET data = substr(data, ?), offset = offset + ?"
-                        " WHERE attempt_id = ? AND stream = ? AND offset = ?",
-                        (excess + 1, excess, token, stream, first_offset))
-                    stored -= excess
-            self.conn.execute(f"UPDATE attempts SET {name}_bytes = ?, {name}_end = ? WHERE id = ?",
-                              (stored, offset + len(data), token))
-        return None
-
-    def output(self, token: int, after: dict[int, int] | None = None,
-               max_bytes: int = 8 * 1024 * 1024) -> list[Chunk]:
-        """Chunks of one attempt in arrival order, skipping bytes before ``after[stream]``."""
-        after = after or {}
-        chunks, total = [], 0
-        for stream, offset, data in self.conn.execute(
-                "SELECT stream, offset, data FROM output WHERE attempt_id = ?"
-                " ORDER BY rowid", (token,)):
-            start = after.get(stream, 0)
-            end = offset + len(data)
-            if end <= start:
-                continue
-            if offset < start:
-                data, offset = data[start - offset:], start
-            chunks.append(Chunk(stream, offset, bytes(data)))
-            total += len(data)
-            if total >= max_bytes:
-                break
-        return chunks
-
-    # --- streamed batches (broker/batches.py) -------------------------------
-
-    def open_batch(self, now: float, keep: float, key: bytes) -> int:
-        """A new open batch, for the client that holds the secret behind ``key``; its
-        rows will take seqs above every row there is now. Forgets batches whose rows
-        were all handled more than ``keep`` seconds ago."""
-        self.conn.execute("DELETE FROM batches WHERE ended_at < ? AND next_seq > last_seq",
-                          (now - keep,))
-        self.conn.execute(
-            "INSERT INTO batches (state, first_seq, last_seq, created_at, key)"
-            " SELECT ?, coalesce(max(seq), 0) + 1, coalesce(max(seq), 0), ?, ? FROM jobs",
-            (BatchState.OPEN.value, now, key))
-        return self.conn.last_insert_rowid()
-
-    def batch(self, batch_id: int) -> Batch | None:
-        row = self._one(f"SELECT {BATCHES.select} FROM batches WHERE id = ?", (batch_id,))
-        return BATCHES.load(row) if row else None
-
-    def live_batches(self) -> list[Batch]:
-        """Batches that are open, or whose rows are still being made visible or deleted."""
-        return [BATCHES.load(row) for row in self.conn.execute(
-            f"SELECT {BATCHES.select} FROM batches WHERE state = ? OR next_seq <= last_seq",
-            (BatchState.OPEN.value,))]
-
-    def end_batch(self, batch_id: int, state: BatchState, now: float,
-                  reason: str | None = None) -> None:
-        """Commit or abort an open batch: its rows are then walked from the first."""
-        self.conn.execute("UPDATE batches SET state = ?, next_seq = first_seq, reason = ?,"
-                          " ended_at = ? WHERE id = ? AND state = ?",
-                          (state.value, reason, now, batch_id, BatchState.OPEN.value))
-
-    def abort_open_batches(self, now: float, reason: str) -> list[int]:
-        return [batch_id for (batch_id,) in self.conn.execute(
-            "UPDATE batches SET state = ?, next_seq = first_seq, reason = ?, ended_at = ?"
-            " WHERE state = ? RETURNING id",
-            (BatchState.ABORTED.value, reason, now, BatchState.OPEN.value))]
-
-    def advance_batch(self, batch: Batch, now: float,
-                      span: int) -> tuple[Batch, int, float | None]:
-        """One slice of a committed or aborted batch: its rows among the next ``span``
-        seqs become visible (and counted) or are deleted. Returns the batch as it
-        now is, how many rows became visible, and the earliest run_at among those
-        that wait for the timer (or None)."""
-        low = batch.next_seq
-        high = min(low + span - 1, batch.last_seq)
-        visible, waiting = 0, None
-        if batch.state is BatchState.ABORTED:
-            self.conn.execute("DELETE FROM jobs WHERE seq BETWEEN ? AND ? AND batch = ?",
-                              (low, high, batch.id))
-        else:
-            self.conn.execute("UPDATE jobs SET batch = NULL, due = run_at <= ?"
-                              " WHERE seq BETWEEN ? AND ? AND batch = ?",
-                              (now, low, high, batch.id))
-            visible = self.conn.changes()
-            self.conn.execute(f"UPDATE counts SET n = n + ? WHERE state = {_PENDING}",
-                              (visible,))
-            self._placed_generation += 1  # some of them may require labels
-            # (not next_due(): the planner reads it through jobs_state, O(pending jobs))
-            waiting = self._one("SELECT min(run_at) FROM jobs WHERE seq BETWEEN ? AND ?"
-                                " AND due = 0", (low, high))[0]
-        state = batch.state
-        if high >= batch.last_seq and state is BatchState.COMMITTED:
-            state = BatchState.DONE
-        self.conn.execute("UPDATE batches SET next_seq = ?, state = ?, ended_at = ? WHERE id = ?",
-                          (high + 1, state.value, now, batch.id))
-        return dataclasses.replace(batch, state=state, next_seq=high + 1), visible, waiting
-
     # --- stats and config -------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -634,104 +441,3 @@ class Store:
         self.conn.execute("INSERT INTO config (key, value) VALUES (?, ?)"
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                           (key, json.dumps(value)))
-
-    # --- when the store itself fails -------------------------------------------
-
-    refused: str | None = None  # why writes are refused (refuse_writes), else None
-
-    @contextlib.contextmanager
-    def iteration(self) -> Iterator[None]:
-        """The transaction of one loop iteration (``store.transaction()`` nests in it).
-        A failure of the store anywhere in it comes out as StoreUnavailable (see
-        ``failure``), with nothing of it stored and no transaction left open; any
-        other exception (a bug) rolls it back and propagates."""
-        self.conn.execute("BEGIN")
-        try:
-            yield
-            self.conn.execute("COMMIT")
-        except Exception as exc:
-            failed = self.failure(exc)
-            if self.conn.in_transaction:  # SQLite may have rolled it back already
-                with contextlib.suppress(apsw.Error):
-                    self.conn.execute("ROLLBACK")
-            if failed is None or failed is exc:
-                raise
-            raise failed from exc
-
-    def failure(self, exc: BaseException) -> StoreUnavailable | None:
-        """The store failure behind ``exc``, raised inside a transaction; None for a bug.
-        On SQLITE_FULL or an I/O error in a large statement SQLite rolls the whole
-        transaction back itself: APSW then reports "no such savepoint" (or "cannot
-        commit - no transaction is active") over the error that caused it, so the
-        cause is looked for in the chain, and any error once the transaction is
-        gone is a store failure too."""
-        for err in _chain(exc):
-            if isinstance(err, StoreUnavailable):
-                return err
-            if isinstance(err, UNAVAILABLE_ERRORS):
-                return StoreUnavailable(self.refused or str(err), err)
-        if not self.conn.in_transaction:
-            return StoreUnavailable(f"SQLite rolled the transaction back ({exc})")
-        return None
-
-    def reclaim_space(self, failed: StoreUnavailable) -> None:
-        """After a batch failed on a full disk: its pages stay in the WAL file, which
-        SQLite reuses but never shrinks while the store is open, so the disk would
-        stay full. Copy the committed pages into the store file and truncate the
-        WAL. Best effort: the store file may need room to grow first."""
-        if isinstance(failed.cause, apsw.FullError):
-            with contextlib.suppress(apsw.Error):
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-    def refuse_writes(self, why: str | None) -> None:
-        """While ``why`` is set, every write fails (SQLite's query_only: reads still
-        work) and the failure reports ``why``; None accepts writes again."""
-        self.refused = why
-        self.conn.pragma("query_only", why is not None)
-
-    def renew_wal(self) -> None:
-        """Copy every commit into the store file and start a new WAL file (leaving WAL
-        mode checkpoints and closes the old one). Outside a transaction; raises
-        apsw.BusyError while another connection has the store open."""
-        self.conn.pragma("journal_mode", "delete")
-        self.conn.pragma("journal_mode", "wal")
-        self.conn.pragma("user_version")  # the first read creates the new WAL file
-
-
-def copy_store(source_path: str, target_path: str) -> int:
-    """Copy the store at ``source_path`` to a new file, with SQLite's online backup,
-    while its broker may keep writing; returns how many jobs the copy holds.
-    Raises RuntimeError if the copy fails its check."""
-    source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READWRITE)  # reads only
-    try:
-        source.set_busy_timeout(5000)
-        copy = apsw.Connection(target_path)
-        try:
-            with copy.backup("main", source, "main") as step:
-                step.step(-1)  # every page, in one read transaction: one consistent instant
-            problems = [row[0] for row in copy.execute("PRAGMA quick_check")]
-            if problems != ["ok"]:
-                raise RuntimeError(f"the copy failed its check: {problems[:3]}")
-            return copy.execute("SELECT count(*) FROM jobs").fetchall()[0][0]
-        finally:
-            copy.close()
-    finally:
-        source.close()
-
-
-class StoreUnavailable(Exception):
-    """The store could not write: the batch it happened in is rolled back whole.
-    ``cause`` is the SQLite error behind it (None: SQLite had rolled back on its own)."""
-
-    def __init__(self, why: str, cause: BaseException | None = None):
-        super().__init__(why)
-        self.cause = cause
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the exceptions it was raised from or while handling, newest first."""
-    chain: list[BaseException] = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return chain
