@@ -44,7 +44,7 @@ def test_an_enqueued_job_reads_back_field_by_field_with_its_defaults(store):
         DEFAULT_QUEUE, DEFAULT_PRIORITY, 30.0, 4)
     assert (job.env, job.requires, job.run_at, job.state) == (
         {"K": "v"}, {"arch": "x86", "gpu": "1"}, NOW, JobState.PENDING)
-    assert job.cancel_requested is False
+    assert job.cancel_requested is False and job.created_at == job.updated_at == NOW
     stored = store.conn.execute("SELECT requires FROM jobs WHERE id = 'a'").fetchall()[0][0]
     assert stored == '{"arch": "x86", "gpu": "1"}'  # sorted: qc_labels_match compares JSON
     assert {name: getattr(job, name) for name in new._fields} == new._asdict()
