@@ -16,12 +16,13 @@ from queuectl.proto.states import JobState, Outcome
 from queuectl.proto.timefmt import parse_iso
 
 from . import lifecycle
+from .rows import FROM_CONFIG, JOBS
 from .store import DuplicateId, Job, NewJob, Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRIORITY = 100
-DEFAULT_QUEUE = "default"
+# What a job canceled before it ran shows as its last error: a canceled run's reason.
+CANCELED_REASON = lifecycle.reason_text(Outcome.CANCELED, None, "")
 
 
 class JobError(Exception):
@@ -80,29 +81,29 @@ class JobService:
 
         In a batch, an error names the job as ``job N: `` (counted from 1), which
         the client turns into the user's own label (a line number). A spec
-        becomes a row with today's defaults; this loop is the enqueue rate's
-        hot path, hence the locals.
+        becomes a row of the fields it gives (rows.Job, ``given``) with today's
+        defaults; this loop is the enqueue rate's hot path, hence the locals.
         """
         validate, numbers = jobspec.validate, self.ids.numbers(now)
-        timeout_sec, max_retries = self.config["timeout_sec"], self.config["max_retries"]
+        names = [name for name, _ in JOBS.given]
+        defaults = [self.config[name] if default is FROM_CONFIG else default
+                    for name, default in JOBS.given]  # the config is read once per request
+        make = NewJob._make
         jobs = []
         for number, raw in enumerate(specs, 1):
             try:
-                spec = validate(raw)
+                spec = validate(raw)  # a new dict: the resolved fields are set in it
                 if "run_at" in spec:
-                    run_at = parse_iso(spec["run_at"])
+                    spec["run_at"] = parse_iso(spec["run_at"])
                 else:
-                    run_at = now + spec.get("delay", 0.0)
+                    spec["run_at"] = now + spec.get("delay", 0.0)
             except jobspec.SpecError as exc:
                 if not batch:
                     raise
                 raise jobspec.SpecError(None, f"job {number}: {exc}") from None
-            get = spec.get
-            jobs.append(NewJob(get("id") or format(next(numbers), "016x"), spec["command"],
-                               get("queue", DEFAULT_QUEUE), get("priority", DEFAULT_PRIORITY),
-                               run_at, get("timeout_sec", timeout_sec),
-                               get("max_retries", max_retries), get("env"), get("cwd"),
-                               get("requires")))
+            if "id" not in spec:
+                spec["id"] = format(next(numbers), "016x")
+            jobs.append(make(map(spec.get, names, defaults)))
         self.ids.used(numbers)
         for retry in range(3):
             try:
@@ -139,8 +140,9 @@ class JobService:
             if attempt is None:
                 return None
             if attempt.finished_at is None:
-                self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
-                                       exit_code=exit_code, reason=reason, stale=True)
+                self.store.end_attempt(token, outcome=outcome, started_at=started_at,
+                                       finished_at=finished_at, exit_code=exit_code,
+                                       reason=reason, stale=True)
             elif attempt.finished_at == finished_at:
                 return None  # the result that ended it, resent (its Ack was lost)
             else:
@@ -148,8 +150,9 @@ class JobService:
             log.info("stale result for attempt %d recorded and dropped (%s)", token,
                      reason or "ok")
             return None
-        self.store.end_attempt(token, started_at=started_at, finished_at=finished_at,
-                               exit_code=exit_code, reason=reason, pid=pid)
+        self.store.end_attempt(token, outcome=outcome, started_at=started_at,
+                               finished_at=finished_at, exit_code=exit_code, reason=reason,
+                               pid=pid)
         attempts = job.attempts + 1
         ended = dict(attempts=attempts, lease=None, exit_code=exit_code,
                      started_at=started_at if started_at is not None else job.started_at,
@@ -177,7 +180,7 @@ class JobService:
             return None
         if job.cancel_requested:
             job = self.store.transition(job, JobState.CANCELED, now, lease=None,
-                                        last_error="canceled")
+                                        last_error=CANCELED_REASON)
         else:
             job = self.store.transition(job, JobState.PENDING, now, lease=None, agent=None)
         return self._changed(job)
@@ -195,7 +198,7 @@ class JobService:
         job = self.get(job_id)
         if job.state in (JobState.PENDING, JobState.FAILED):
             return self._changed(self.store.transition(
-                job, JobState.CANCELED, now, last_error="canceled"))
+                job, JobState.CANCELED, now, last_error=CANCELED_REASON))
         if job.state is JobState.PROCESSING:
             if not job.cancel_requested:
                 job = self.store.set_fields(job, now, cancel_requested=1)

@@ -1,4 +1,9 @@
-"""The broker's SQLite store (APSW): every SQL statement and the migrations.
+"""The broker's SQLite store (APSW): the one ``Store`` every caller uses.
+
+Its SQL for jobs, claiming, queues, counts and config is here; attempts and
+output are in store_attempts.py, streamed batches in store_batches.py, the
+loop's transaction and store failures in store_failures.py (all parts of
+``Store``), the schema in migrations.py and the row types in rows.py.
 
 Only the broker process opens this file. Methods return dataclasses, never
 rows. Timestamps are epoch seconds (UTC) in REAL columns.
@@ -15,272 +20,60 @@ the same transactions that change the jobs, so ``status`` is O(1).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import json
 import logging
 import re
-from dataclasses import dataclass
-from enum import Enum
-from typing import Any, Iterator, NamedTuple
+from typing import Any
 
 import apsw
 import apsw.bestpractice
 
-from queuectl.proto.states import ALL_STATES, JobState
+from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
 
 from . import lifecycle
-from .intake import EXIT_CODES, MAX_PID, Lease
+from .migrations import MIGRATIONS, migrate  # noqa: F401  (MIGRATIONS: for tests)
+from .rows import JOBS, Job, NewJob, literal, one_of
+from .rows import Attempt, Batch, BatchState, Chunk  # noqa: F401  (callers import them from here)
+from .store_attempts import AttemptStore
+from .store_batches import BatchStore
+from .store_failures import StoreFailures, StoreUnavailable, copy_store  # noqa: F401  (callers)
 
 log = logging.getLogger(__name__)
 
-JOB_COLUMNS = (
-    "seq", "id", "command", "state", "queue", "priority", "run_at", "timeout_sec",
-    "max_retries", "attempts", "env", "cwd", "requires", "created_at", "updated_at",
-    "started_at", "finished_at", "exit_code", "last_error", "lease", "agent",
-    "cancel_requested",
-)
-ATTEMPT_COLUMNS = (
-    "id", "job_seq", "number", "agent", "dispatched_at", "started_at", "finished_at",
-    "pid", "exit_code", "reason", "late_result", "stale",
-)
-_JOB_SELECT = ", ".join(JOB_COLUMNS)
-_ATTEMPT_SELECT = ", ".join(ATTEMPT_COLUMNS)
-# Columns a transition may set besides state/updated_at/due.
-_SETTABLE = frozenset({
-    "run_at", "attempts", "started_at", "finished_at", "exit_code", "last_error",
-    "lease", "agent", "cancel_requested",
-})
+# States in SQL text come from the enums, never retyped. Literals, not bound
+# parameters, where the planner must match a partial index's WHERE.
+_PENDING, _PROCESSING, _DEAD = (
+    literal(s) for s in (JobState.PENDING, JobState.PROCESSING, JobState.DEAD))
+_RUNNABLE = one_of(lifecycle.RUNNABLE)  # as in jobs_timer's WHERE (tests/unit/test_rows.py)
+_ACTIVE = one_of(s for s in JobState if s not in TERMINAL_STATES)
 
-# Epoch seconds the views can show (year 1970 to 9999).
-LATEST_TIME = 253402300799
-EXIT_LOW, EXIT_HIGH = EXIT_CODES.start, EXIT_CODES.stop - 1
+_JOB = JOBS.select
+# A new job's row: the fields its spec gives (rows.Job), then these.
+_NEW_JOB_EXTRA = ("state", "due", "created_at", "updated_at", "batch")
+_INSERT_JOB = JOBS.insert_sql(_NEW_JOB_EXTRA)
+_CLAIM_JOB = (
+    "UPDATE jobs SET state = :state, due = 0, lease = :lease, agent = :agent,"
+    " updated_at = :updated_at, started_at = NULL, finished_at = NULL, exit_code = NULL"
+    f" WHERE seq = :seq AND state = :was RETURNING {_JOB}")
 
 
-def _sane(column: str) -> str:
-    """SQL: ``column`` is unset or a time the views can show."""
-    return f"coalesce({column} BETWEEN 0 AND {LATEST_TIME}, 1)"
-
-
-MIGRATIONS = [
-    # version 1
-    f"""
-    CREATE TABLE jobs (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        command TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in ALL_STATES)})),
-        queue TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        run_at REAL NOT NULL,
-        due INTEGER NOT NULL DEFAULT 0,
-        timeout_sec REAL NOT NULL,
-        max_retries INTEGER NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        env TEXT,
-        cwd TEXT,
-        requires TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        exit_code INTEGER,
-        last_error TEXT,
-        lease INTEGER,
-        agent TEXT,
-        cancel_requested INTEGER NOT NULL DEFAULT 0
-    );
-    -- claim-next: lowest priority value, then oldest run_at, then insertion order.
-    -- Jobs that require labels have their own index, so a backlog that no
-    -- agent can take never slows down claiming the others.
-    CREATE INDEX jobs_claim ON jobs(priority, run_at, seq) WHERE due = 1 AND requires IS NULL;
-    CREATE INDEX jobs_claim_placed ON jobs(priority, run_at, seq)
-        WHERE due = 1 AND requires IS NOT NULL;
-    -- the timer: the earliest run_at among jobs that are waiting for it
-    CREATE INDEX jobs_timer ON jobs(run_at) WHERE due = 0 AND state IN ('pending', 'failed');
-    CREATE INDEX jobs_state ON jobs(state, seq);
-    CREATE INDEX jobs_queue ON jobs(queue, seq);
-    CREATE INDEX jobs_lease ON jobs(lease) WHERE lease IS NOT NULL;
-
-    CREATE TABLE attempts (
-        id INTEGER PRIMARY KEY,
-        job_seq INTEGER NOT NULL REFERENCES jobs(seq) ON DELETE CASCADE,
-        number INTEGER NOT NULL,
-        agent TEXT NOT NULL,
-        dispatched_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        pid INTEGER,
-        exit_code INTEGER,
-        reason TEXT,
-        stale INTEGER NOT NULL DEFAULT 0,
-        stdout_bytes INTEGER NOT NULL DEFAULT 0,   -- stored (after trimming)
-        stderr_bytes INTEGER NOT NULL DEFAULT 0,
-        stdout_end INTEGER NOT NULL DEFAULT 0,     -- stream offset after the last stored byte
-        stderr_end INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX attempts_job ON attempts(job_seq, id);
-
-    CREATE TABLE output (
-        attempt_id INTEGER NOT NULL REFERENCES attempts(id) ON DELETE CASCADE,
-        stream INTEGER NOT NULL,
-        offset INTEGER NOT NULL,
-        data BLOB NOT NULL,
-        PRIMARY KEY (attempt_id, stream, offset)
-    );
-
-    CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-
-    CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
-    INSERT INTO counts (state, n) VALUES {", ".join(f"('{s}', 0)" for s in ALL_STATES)};
-    CREATE TABLE totals (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
-    INSERT INTO totals (name, value) VALUES ('completed_n', 0), ('completed_seconds', 0);
-
-    CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
-        UPDATE counts SET n = n + 1 WHERE state = NEW.state;
-    END;
-    CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
-    WHEN OLD.state != NEW.state BEGIN
-        UPDATE counts SET n = n - 1 WHERE state = OLD.state;
-        UPDATE counts SET n = n + 1 WHERE state = NEW.state;
-    END;
-    CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
-        UPDATE counts SET n = n - 1 WHERE state = OLD.state;
-    END;
-    CREATE TRIGGER jobs_completed AFTER UPDATE OF state ON jobs
-    WHEN NEW.state = 'completed' AND OLD.state != 'completed'
-         AND NEW.started_at IS NOT NULL AND NEW.finished_at IS NOT NULL BEGIN
-        UPDATE totals SET value = value + 1 WHERE name = 'completed_n';
-        UPDATE totals SET value = value + (NEW.finished_at - NEW.started_at)
-            WHERE name = 'completed_seconds';
-    END;
-    """,
-    # version 2: a result that arrives after its attempt was ended by the
-    # broker (agent lost) is kept here, so users can see what the old run did.
-    """
-    ALTER TABLE attempts ADD COLUMN late_result TEXT;
-    """,
-    # version 3: attempt ids are fencing tokens and must never be issued twice.
-    # A plain INTEGER PRIMARY KEY reuses the highest id after its row is
-    # deleted (a released dispatch); AUTOINCREMENT never does.
-    """
-    CREATE TABLE attempts_v3 (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_seq INTEGER NOT NULL REFERENCES jobs(seq) ON DELETE CASCADE,
-        number INTEGER NOT NULL,
-        agent TEXT NOT NULL,
-        dispatched_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        pid INTEGER,
-        exit_code INTEGER,
-        reason TEXT,
-        stale INTEGER NOT NULL DEFAULT 0,
-        stdout_bytes INTEGER NOT NULL DEFAULT 0,
-        stderr_bytes INTEGER NOT NULL DEFAULT 0,
-        stdout_end INTEGER NOT NULL DEFAULT 0,
-        stderr_end INTEGER NOT NULL DEFAULT 0,
-        late_result TEXT
-    );
-    INSERT INTO attempts_v3 (id, job_seq, number, agent, dispatched_at, started_at, finished_at,
-                             pid, exit_code, reason, stale, stdout_bytes, stderr_bytes,
-                             stdout_end, stderr_end, late_result)
-        SELECT id, job_seq, number, agent, dispatched_at, started_at, finished_at, pid,
-               exit_code, reason, stale, stdout_bytes, stderr_bytes, stdout_end, stderr_end,
-               late_result FROM attempts;
-    -- past the highest token the jobs table still names, too (its attempt row
-    -- may be gone)
-    INSERT INTO sqlite_sequence (name, seq) SELECT 'attempts_v3', 0
-        WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'attempts_v3');
-    UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT max(lease) FROM jobs), 0))
-        WHERE name = 'attempts_v3';
-    DROP TABLE attempts;
-    ALTER TABLE attempts_v3 RENAME TO attempts;
-    CREATE INDEX attempts_job ON attempts(job_seq, id);
-    """,
-    # version 4: the stats page's per-minute chart is seeded at start from the
-    # attempts that ended in the last hour.
-    """
-    CREATE INDEX attempts_finished ON attempts(finished_at) WHERE finished_at IS NOT NULL;
-    """,
-    # version 5: new jobs are counted once per batch by insert_jobs (the only
-    # place that inserts them): a trigger per row halved the enqueue rate.
-    """
-    DROP TRIGGER jobs_count_insert;
-    """,
-    # version 6: queues can be paused or limited (queuectl queue ...). While
-    # any queue has a rule, a second claim index exists (Store.use_queue_index).
-    """
-    CREATE TABLE queues (
-        name TEXT PRIMARY KEY,
-        paused INTEGER NOT NULL DEFAULT 0,
-        max_running INTEGER
-    ) WITHOUT ROWID;
-    """,
-    # version 7: an attempt records the connection it was leased to (its owner
-    # digest, broker/intake.py), so only that agent may report it or adopt it
-    # after a restart. Times and numbers that agents could once report without
-    # a check (1e300, inf, a pid of 2**40) are repaired: they made every read
-    # of their job fail. A time that is no time becomes the broker's own
-    # nearest one; a number out of range becomes unknown.
-    f"""
-    ALTER TABLE attempts ADD COLUMN owner BLOB;
-    UPDATE attempts SET
-        started_at = CASE WHEN {_sane("started_at")} THEN started_at END,
-        finished_at = CASE WHEN {_sane("finished_at")} THEN finished_at
-                           ELSE coalesce(CASE WHEN {_sane("started_at")} THEN started_at END,
-                                         dispatched_at) END,
-        pid = CASE WHEN pid BETWEEN 1 AND {MAX_PID} THEN pid END,
-        exit_code = CASE WHEN exit_code BETWEEN {EXIT_LOW} AND {EXIT_HIGH} THEN exit_code END
-    WHERE NOT ({_sane("started_at")} AND {_sane("finished_at")})
-       OR NOT coalesce(pid BETWEEN 1 AND {MAX_PID}, 1)
-       OR NOT coalesce(exit_code BETWEEN {EXIT_LOW} AND {EXIT_HIGH}, 1);
-    UPDATE jobs SET
-        started_at = CASE WHEN {_sane("started_at")} THEN started_at END,
-        finished_at = CASE WHEN {_sane("finished_at")} THEN finished_at ELSE updated_at END,
-        exit_code = CASE WHEN exit_code BETWEEN {EXIT_LOW} AND {EXIT_HIGH} THEN exit_code END
-    WHERE NOT ({_sane("started_at")} AND {_sane("finished_at")})
-       OR NOT coalesce(exit_code BETWEEN {EXIT_LOW} AND {EXIT_HIGH}, 1);
-    UPDATE totals SET value = (SELECT total(max(0, finished_at - started_at)) FROM jobs
-                               WHERE state = 'completed' AND started_at IS NOT NULL
-                               AND finished_at IS NOT NULL)
-        WHERE name = 'completed_seconds' AND NOT (value BETWEEN 0 AND 1e15);
-    """,
-    # A batch streamed in chunks (enqueue --file, broker/batches.py) is staged in
-    # jobs: its rows carry the batch id and due = 2, which no claim or timer
-    # index covers, and every read leaves them out until the batch is
-    # committed. Every staged row's seq lies in [first_seq, last_seq]; a commit
-    # or an abort walks that range a slice at a time, next_seq being how far it
-    # got. No index on jobs.batch: a plain enqueue pays one NULL column.
-    """
-    ALTER TABLE jobs ADD COLUMN batch INTEGER;
-    CREATE TABLE batches (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        state TEXT NOT NULL CHECK (state IN ('open', 'committed', 'done', 'aborted')),
-        rows INTEGER NOT NULL DEFAULT 0,
-        first_seq INTEGER NOT NULL,
-        last_seq INTEGER NOT NULL,
-        next_seq INTEGER,
-        reason TEXT,
-        created_at REAL NOT NULL,
-        ended_at REAL,
-        key BLOB  -- digest of the secret its client holds (broker/batches.py)
-    );
-    -- staged rows were never counted, so deleting them (an abort) must not uncount
-    DROP TRIGGER jobs_count_delete;
-    CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs WHEN OLD.batch IS NULL BEGIN
-        UPDATE counts SET n = n - 1 WHERE state = OLD.state;
-    END;
-    """,
-]
+@functools.lru_cache(maxsize=None)
+def _job_update(names: tuple[str, ...], fixed: str) -> tuple[str, tuple]:
+    """The guarded UPDATE that sets ``fixed`` and the columns ``names`` (each
+    bound by its name), and the dumps those columns need. Raises ValueError for
+    a column a caller may not set. Cached: the call sites pass a few fixed sets."""
+    unknown = set(names) - JOBS.settable
+    if unknown:
+        raise ValueError(f"cannot set {sorted(unknown)}")
+    assignments = ", ".join(part for part in (fixed, JOBS.assignments(names)) if part)
+    dumps = tuple((name, JOBS.dumps[name]) for name in names if name in JOBS.dumps)
+    return (f"UPDATE jobs SET {assignments} WHERE seq = :seq AND state = :was"
+            f" RETURNING {_JOB}", dumps)
 
 
 # Rows of closed queues a claim walks past before it takes each open queue's head.
 CLOSED_SKIP = 64
-
-# Errors that mean the store cannot write right now (disk full, read-only,
-# locked by another process, I/O failure), as opposed to bugs in our SQL.
-UNAVAILABLE_ERRORS = (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.BusyError,
-                      apsw.LockedError, apsw.CantOpenError, apsw.CorruptError, apsw.NotADBError)
 
 
 class DuplicateId(Exception):
@@ -295,108 +88,6 @@ class StaleState(Exception):
     """The job was not in the state the caller read; nothing was changed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    seq: int
-    id: str
-    command: str
-    state: JobState
-    queue: str
-    priority: int
-    run_at: float
-    timeout_sec: float
-    max_retries: int
-    attempts: int
-    env: dict | None
-    cwd: str | None
-    requires: dict | None
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    exit_code: int | None
-    last_error: str | None
-    lease: int | None
-    agent: str | None
-    cancel_requested: bool
-
-    @classmethod
-    def from_row(cls, row: tuple) -> "Job":
-        values = list(row)
-        values[3] = JobState(values[3])
-        values[10] = json.loads(values[10]) if values[10] is not None else None
-        values[12] = json.loads(values[12]) if values[12] is not None else None
-        values[21] = bool(values[21])
-        return cls(*values)
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    id: int
-    job_seq: int
-    number: int
-    agent: str
-    dispatched_at: float
-    started_at: float | None
-    finished_at: float | None
-    pid: int | None
-    exit_code: int | None
-    reason: str | None
-    late_result: str | None
-    stale: bool
-
-
-class BatchState(str, Enum):
-    """A streamed batch (broker/batches.py): ``open`` takes chunks; ``committed``
-    rows are being made visible, then it is ``done``; ``aborted`` rows are
-    being deleted (or are gone)."""
-
-    OPEN = "open"
-    COMMITTED = "committed"
-    DONE = "done"
-    ABORTED = "aborted"
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    id: int
-    state: BatchState
-    rows: int
-    first_seq: int
-    last_seq: int
-    next_seq: int | None
-    reason: str | None
-    key: bytes | None  # digest of the secret its client must show
-
-    @property
-    def unfinished(self) -> bool:
-        """Rows are still to be made visible (committed) or deleted (aborted)."""
-        return self.next_seq is not None and self.next_seq <= self.last_seq
-
-
-class NewJob(NamedTuple):
-    """A job to insert. A tuple, not a frozen dataclass: a batch builds 100,000 of
-    them, and a frozen dataclass's __init__ costs a setattr call per field."""
-
-    id: str
-    command: str
-    queue: str
-    priority: int
-    run_at: float
-    timeout_sec: float
-    max_retries: int
-    env: dict | None
-    cwd: str | None
-    requires: dict | None
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    stream: int
-    offset: int
-    data: bytes
-
-
 def _labels_match(requires: str | None, labels: str | None) -> int:
     """SQL function: does an agent with ``labels`` satisfy ``requires``? (both JSON)"""
     if requires is None:
@@ -406,7 +97,12 @@ def _labels_match(requires: str | None, labels: str | None) -> int:
     return int(all(have.get(key) == value for key, value in needed.items()))
 
 
-class Store:
+class Store(AttemptStore, BatchStore, StoreFailures):
+    """The broker's store: jobs, claiming, queues, counts and config here; attempts
+    and output (store_attempts.py), streamed batches (store_batches.py) and the
+    loop's transaction with its failures (store_failures.py) are parts of it, so
+    callers see one object."""
+
     def __init__(self, path: str, synchronous: str = "NORMAL"):
         self.path = path
         self.conn = apsw.Connection(path)
@@ -428,28 +124,12 @@ class Store:
         # no due placed job, and the generation of placed jobs they were checked against.
         self._placed_generation = 0
         self._no_placed_match: dict[tuple[str, frozenset[str]], int] = {}
-        self._migrate()
+        migrate(self.conn, path)
 
     def close(self) -> None:
         with contextlib.suppress(apsw.Error):
             apsw.bestpractice.connection_optimize(self.conn)
         self.conn.close()
-
-    def _migrate(self) -> None:
-        version = self.conn.pragma("user_version")
-        if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"{self.path} has schema version {version}; this QueueCTL knows up to "
-                f"{len(MIGRATIONS)}. Upgrade QueueCTL.")
-        # Off while migrating: rebuilding a table (drop the old one, rename the
-        # new) must not cascade to the rows that reference it.
-        self.conn.pragma("foreign_keys", 0)
-        for number in range(version, len(MIGRATIONS)):
-            with self.conn:
-                self.conn.execute(MIGRATIONS[number])
-                self.conn.pragma("user_version", number + 1)
-            log.info("store %s migrated to schema version %d", self.path, number + 1)
-        self.conn.pragma("foreign_keys", 1)
 
     def transaction(self) -> apsw.Connection:
         """A transaction, or a savepoint when nested inside one: ``with store.transaction():``.
@@ -475,23 +155,17 @@ class Store:
             if job.id in seen:
                 raise DuplicateId(job.id, in_batch=True)
             seen.add(job.id)
-        rows = [
-            (j.id, j.command, j.queue, j.priority, j.run_at,
-             2 if stage is not None else 1 if j.run_at <= now else 0,
-             j.timeout_sec, j.max_retries,
-             json.dumps(j.env) if j.env is not None else None, j.cwd,
-             json.dumps(j.requires, sort_keys=True) if j.requires else None,  # {}: anywhere
-             now, now, stage)
+        dump, pending = JOBS.dump_given, JobState.PENDING.value
+        rows = [  # in the order of _INSERT_JOB's columns: given, then _NEW_JOB_EXTRA
+            dump(j) + [pending, 2 if stage is not None else 1 if j.run_at <= now else 0,
+                       now, now, stage]
             for j in jobs
         ]
         try:
             with self.conn:
-                self.conn.executemany(
-                    "INSERT INTO jobs (id, command, state, queue, priority, run_at, due,"
-                    " timeout_sec, max_retries, env, cwd, requires, created_at, updated_at, batch)"
-                    " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self.conn.executemany(_INSERT_JOB, rows)
                 if stage is None:
-                    self.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'",
+                    self.conn.execute(f"UPDATE counts SET n = n + ? WHERE state = {_PENDING}",
                                       (len(rows),))
                 else:  # new rows take seqs above every row there is: the range grows
                     self.conn.execute(
@@ -508,13 +182,12 @@ class Store:
             self._placed_generation += 1
 
     def job(self, job_id: str) -> Job | None:
-        row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE id = ? AND batch IS NULL",
-                        (job_id,))
-        return Job.from_row(row) if row else None
+        row = self._one(f"SELECT {_JOB} FROM jobs WHERE id = ? AND batch IS NULL", (job_id,))
+        return JOBS.load(row) if row else None
 
     def job_by_lease(self, token: int) -> Job | None:
-        row = self._one(f"SELECT {_JOB_SELECT} FROM jobs WHERE lease = ?", (token,))
-        return Job.from_row(row) if row else None
+        row = self._one(f"SELECT {_JOB} FROM jobs WHERE lease = ?", (token,))
+        return JOBS.load(row) if row else None
 
     def list_jobs(self, state: str | None = None, queue: str | None = None,
                   limit: int = 100, search: str | None = None) -> list[Job]:
@@ -532,8 +205,8 @@ class Store:
             params += [pattern, pattern]
         clause = f"WHERE {' AND '.join(where)}"
         params.append(limit)
-        sql = f"SELECT {_JOB_SELECT} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
-        return [Job.from_row(row) for row in self.conn.execute(sql, params)]
+        sql = f"SELECT {_JOB} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
+        return [JOBS.load(row) for row in self.conn.execute(sql, params)]
 
     def _next_free(self, closed: frozenset[str]) -> tuple | None:
         """The best due job that needs no labels, from a queue not in ``closed``
@@ -615,61 +288,56 @@ class Store:
         with self.conn:
             self.conn.execute(
                 "INSERT INTO attempts (job_seq, number, agent, owner, dispatched_at)"
-                " VALUES (?, ?, ?, ?, ?)", (seq, attempts + 1, agent_id, owner, now))
+                " VALUES (:job_seq, :number, :agent, :owner, :dispatched_at)",
+                {"job_seq": seq, "number": attempts + 1, "agent": agent_id, "owner": owner,
+                 "dispatched_at": now})
             token = self.conn.last_insert_rowid()
-            job_row = self._one(
-                f"UPDATE jobs SET state = 'processing', due = 0, lease = ?, agent = ?,"
-                f" updated_at = ?, started_at = NULL, finished_at = NULL, exit_code = NULL"
-                f" WHERE seq = ? AND state = ? RETURNING {_JOB_SELECT}",
-                (token, agent_id, now, seq, state))
+            job_row = self._one(_CLAIM_JOB, {
+                "state": JobState.PROCESSING.value, "lease": token, "agent": agent_id,
+                "updated_at": now, "seq": seq, "was": state})
         assert job_row is not None  # single writer: the row we just read is unchanged
-        return Job.from_row(job_row), token
+        return JOBS.load(job_row), token
 
     def transition(self, job: Job, new: JobState, now: float, **fields: Any) -> Job:
         """Move ``job`` from the state it was read in to ``new``, setting ``fields``.
 
-        One ``UPDATE ... WHERE seq = ? AND state = ?``: raises InvalidTransition
-        when the lifecycle forbids the change, StaleState when the job is no
-        longer in ``job.state``.
+        One ``UPDATE ... WHERE seq = :seq AND state = :was``: raises
+        InvalidTransition when the lifecycle forbids the change, StaleState when
+        the job is no longer in ``job.state``, ValueError for a column that is
+        not settable (rows.Job).
         """
         lifecycle.check(job.state, new)
-        unknown = set(fields) - _SETTABLE
-        if unknown:
-            raise ValueError(f"cannot set {sorted(unknown)}")
+        sql, dumps = _job_update(tuple(fields), "state = :state, updated_at = :updated_at,"
+                                                " due = :due")
         run_at = fields.get("run_at", job.run_at)
         due = 1 if new in lifecycle.RUNNABLE and run_at <= now else 0
-        assignments = ["state = ?", "updated_at = ?", "due = ?"]
-        params: list[Any] = [new.value, now, due]
-        for column, value in fields.items():
-            assignments.append(f"{column} = ?")
-            params.append(value)
-        params += [job.seq, job.state.value]
-        row = self._one(
-            f"UPDATE jobs SET {', '.join(assignments)} WHERE seq = ? AND state = ?"
-            f" RETURNING {_JOB_SELECT}", params)
+        for name, dump in dumps:
+            if fields[name] is not None:
+                fields[name] = dump(fields[name])
+        fields.update(state=new.value, updated_at=now, due=due, seq=job.seq, was=job.state.value)
+        row = self._one(sql, fields)
         if row is None:
             raise StaleState(f"job {job.id} is no longer {job.state.value}")
         if due and job.requires is not None:
             self._placed_generation += 1
-        return Job.from_row(row)
+        return JOBS.load(row)
 
     def set_fields(self, job: Job, now: float, **fields: Any) -> Job:
         """Change bookkeeping fields of a job without changing its state."""
-        unknown = set(fields) - _SETTABLE
-        if unknown:
-            raise ValueError(f"cannot set {sorted(unknown)}")
-        assignments = ", ".join(f"{column} = ?" for column in fields)
-        row = self._one(
-            f"UPDATE jobs SET {assignments}, updated_at = ? WHERE seq = ? AND state = ?"
-            f" RETURNING {_JOB_SELECT}", [*fields.values(), now, job.seq, job.state.value])
+        sql, dumps = _job_update(tuple(fields), "updated_at = :updated_at")
+        for name, dump in dumps:
+            if fields[name] is not None:
+                fields[name] = dump(fields[name])
+        fields.update(updated_at=now, seq=job.seq, was=job.state.value)
+        row = self._one(sql, fields)
         if row is None:
             raise StaleState(f"job {job.id} is no longer {job.state.value}")
-        return Job.from_row(row)
+        return JOBS.load(row)
 
     def promote_due(self, now: float) -> int:
         """Make every waiting job whose run_at has come claimable; returns how many."""
         self.conn.execute(
-            "UPDATE jobs SET due = 1 WHERE due = 0 AND state IN ('pending', 'failed')"
+            f"UPDATE jobs SET due = 1 WHERE due = 0 AND state IN {_RUNNABLE}"
             " AND run_at <= ?", (now,))
         promoted = self.conn.changes()
         if promoted:
@@ -709,14 +377,14 @@ class Store:
     def running_by_queue(self) -> dict[str, int]:
         """Leased jobs per queue (at most the fleet's slots and prefetch: cheap)."""
         return dict(self.conn.execute(
-            "SELECT queue, count(*) FROM jobs WHERE state = 'processing' GROUP BY queue"))
+            f"SELECT queue, count(*) FROM jobs WHERE state = {_PROCESSING} GROUP BY queue"))
 
     def active_by_queue(self) -> dict[str, dict[str, int]]:
         """Jobs not yet finished, per queue and state."""
         result: dict[str, dict[str, int]] = {}
         for queue, state, n in self.conn.execute(
                 "SELECT queue, state, count(*) FROM jobs"
-                " WHERE state IN ('pending', 'failed', 'processing') AND batch IS NULL"
+                f" WHERE state IN {_ACTIVE} AND batch IS NULL"
                 " GROUP BY queue, state"):
             result.setdefault(queue, {})[state] = n
         return result
@@ -734,12 +402,12 @@ class Store:
         left to itself the planner walked ``jobs_state`` over every pending job
         (74 ms with 300,000 due jobs, against 0.01 ms)."""
         row = self._one("SELECT min(run_at) FROM jobs INDEXED BY jobs_timer"
-                        " WHERE due = 0 AND state IN ('pending', 'failed')")
+                        f" WHERE due = 0 AND state IN {_RUNNABLE}")
         return row[0] if row else None
 
     def leased_jobs(self) -> list[Job]:
-        return [Job.from_row(r) for r in self.conn.execute(
-            f"SELECT {_JOB_SELECT} FROM jobs WHERE lease IS NOT NULL")]
+        return [JOBS.load(r) for r in self.conn.execute(
+            f"SELECT {_JOB} FROM jobs WHERE lease IS NOT NULL")]
 
     def leases(self) -> list[tuple[int, str | None, bytes | None, bool]]:
         """(token, agent id, owner, started?) of every job being processed."""
@@ -750,201 +418,9 @@ class Store:
                     " WHERE j.lease IS NOT NULL")]
 
     def dead_jobs(self, limit: int | None = None) -> list[Job]:
-        return [Job.from_row(r) for r in self.conn.execute(
-            f"SELECT {_JOB_SELECT} FROM jobs WHERE state = 'dead' ORDER BY finished_at DESC, seq DESC"
+        return [JOBS.load(r) for r in self.conn.execute(
+            f"SELECT {_JOB} FROM jobs WHERE state = {_DEAD} ORDER BY finished_at DESC, seq DESC"
             f" LIMIT ?", (limit if limit is not None else -1,))]
-
-    # --- attempts ---------------------------------------------------------
-
-    def finished_since(self, since: float) -> list[tuple[float, bool]]:
-        """(finished_at, completed?) of attempts that ended at or after ``since``,
-        leaving out stale ones and those that ended their job as canceled (even
-        with another reason, such as a timeout while the cancel was pending): as
-        the broker counts them live (broker/metrics.py)."""
-        return [(finished_at, bool(ok)) for finished_at, ok in self.conn.execute(
-            "SELECT a.finished_at, a.reason IS NULL FROM attempts a JOIN jobs j"
-            " ON j.seq = a.job_seq WHERE a.finished_at >= ? AND a.stale = 0"
-            " AND coalesce(a.reason, '') != 'canceled'"
-            " AND NOT (j.state = 'canceled' AND j.finished_at IS a.finished_at)", (since,))]
-
-    def attempt(self, token: int) -> Attempt | None:
-        row = self._one(f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE id = ?", (token,))
-        return Attempt(*row[:-1], bool(row[-1])) if row else None
-
-    def attempts(self, job_seq: int) -> list[Attempt]:
-        return [Attempt(*r[:-1], bool(r[-1])) for r in self.conn.execute(
-            f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE job_seq = ? ORDER BY id", (job_seq,))]
-
-    def latest_attempt(self, job_seq: int) -> Attempt | None:
-        row = self._one(f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE job_seq = ?"
-                        f" ORDER BY id DESC LIMIT 1", (job_seq,))
-        return Attempt(*row[:-1], bool(row[-1])) if row else None
-
-    def start_attempt(self, token: int, pid: int, started_at: float) -> None:
-        self.conn.execute("UPDATE attempts SET pid = ?, started_at = ? WHERE id = ?",
-                          (pid, started_at, token))
-        self.conn.execute("UPDATE jobs SET started_at = ? WHERE lease = ?", (started_at, token))
-
-    def end_attempt(self, token: int, *, started_at: float | None, finished_at: float,
-                    exit_code: int | None, reason: str | None, stale: bool = False,
-                    pid: int | None = None) -> None:
-        self.conn.execute(
-            "UPDATE attempts SET started_at = coalesce(?, started_at), finished_at = ?,"
-            " exit_code = ?, reason = ?, stale = ?, pid = coalesce(?, pid)"
-            " WHERE id = ? AND finished_at IS NULL",
-            (started_at, finished_at, exit_code, reason, int(stale), pid, token))
-
-    def record_late_result(self, token: int, text: str) -> None:
-        """Keep what an already ended attempt reported too late (its first end stands)."""
-        self.conn.execute("UPDATE attempts SET late_result = ? WHERE id = ?"
-                          " AND finished_at IS NOT NULL AND late_result IS NULL", (text, token))
-
-    def lease(self, token: int) -> Lease | None:
-        """What an agent's message about attempt ``token`` is checked against: who
-        may report it, when it was dispatched and started, how far its output is stored."""
-        row = self._one("SELECT owner, dispatched_at, started_at, stdout_end, stderr_end"
-                        " FROM attempts WHERE id = ?", (token,))
-        return Lease(*row) if row else None
-
-    def output_ends(self, token: int) -> tuple[int, int] | None:
-        """Stream offsets after the last stored byte of stdout and stderr."""
-        return self._one("SELECT stdout_end, stderr_end FROM attempts WHERE id = ?", (token,))
-
-    def delete_attempt(self, token: int) -> None:
-        """Forget an attempt that never started (rejected or undeliverable)."""
-        self.conn.execute("DELETE FROM attempts WHERE id = ?", (token,))
-
-    # --- output -----------------------------------------------------------
-
-    def append_output(self, token: int, stream: int, offset: int, data: bytes, limit: int,
-                      gap_ok: bool = False) -> int | None:
-        """Store a chunk and drop the oldest bytes beyond ``limit`` for this stream.
-
-        Bytes before the stream's stored end were stored already (an agent
-        resends output after a reconnect) and are skipped. A chunk that starts
-        past the stored end is refused unless ``gap_ok`` (the agent dropped
-        those bytes): returns the stored end then, so the agent can resend.
-        """
-        name = "stdout" if stream == 1 else "stderr"
-        with self.conn:
-            row = self._one(f"SELECT {name}_end, {name}_bytes FROM attempts WHERE id = ?", (token,))
-            if row is None:
-                return None
-            end, stored = row
-            if offset > end and not gap_ok:
-                return end
-            if offset + len(data) <= end:
-                return None
-            if offset < end:
-                data, offset = data[end - offset:], end
-            self.conn.execute("INSERT INTO output (attempt_id, stream, offset, data)"
-                              " VALUES (?, ?, ?, ?)", (token, stream, offset, data))
-            stored += len(data)
-            while stored > limit:
-                first_offset, size = self._one(
-                    "SELECT offset, length(data) FROM output WHERE attempt_id = ? AND stream = ?"
-                    " ORDER BY offset LIMIT 1", (token, stream))
-                excess = stored - limit
-                if size <= excess:
-                    self.conn.execute("DELETE FROM output WHERE attempt_id = ? AND stream = ?"
-                                      " AND offset = ?", (token, stream, first_offset))
-                    stored -= size
-                else:
-                    self.conn.execute(
-                        "UPDATE output SET data = substr(data, ?), offset = offset + ?"
-                        " WHERE attempt_id = ? AND stream = ? AND offset = ?",
-                        (excess + 1, excess, token, stream, first_offset))
-                    stored -= excess
-            self.conn.execute(f"UPDATE attempts SET {name}_bytes = ?, {name}_end = ? WHERE id = ?",
-                              (stored, offset + len(data), token))
-        return None
-
-    def output(self, token: int, after: dict[int, int] | None = None,
-               max_bytes: int = 8 * 1024 * 1024) -> list[Chunk]:
-        """Chunks of one attempt in arrival order, skipping bytes before ``after[stream]``."""
-        after = after or {}
-        chunks, total = [], 0
-        for stream, offset, data in self.conn.execute(
-                "SELECT stream, offset, data FROM output WHERE attempt_id = ?"
-                " ORDER BY rowid", (token,)):
-            start = after.get(stream, 0)
-            end = offset + len(data)
-            if end <= start:
-                continue
-            if offset < start:
-                data, offset = data[start - offset:], start
-            chunks.append(Chunk(stream, offset, bytes(data)))
-            total += len(data)
-            if total >= max_bytes:
-                break
-        return chunks
-
-    # --- streamed batches (broker/batches.py) -------------------------------
-
-    def open_batch(self, now: float, keep: float, key: bytes) -> int:
-        """A new open batch, for the client that holds the secret behind ``key``; its
-        rows will take seqs above every row there is now. Forgets batches whose rows
-        were all handled more than ``keep`` seconds ago."""
-        self.conn.execute("DELETE FROM batches WHERE ended_at < ? AND next_seq > last_seq",
-                          (now - keep,))
-        self.conn.execute(
-            "INSERT INTO batches (state, first_seq, last_seq, created_at, key)"
-            " SELECT ?, coalesce(max(seq), 0) + 1, coalesce(max(seq), 0), ?, ? FROM jobs",
-            (BatchState.OPEN.value, now, key))
-        return self.conn.last_insert_rowid()
-
-    def batch(self, batch_id: int) -> Batch | None:
-        row = self._one("SELECT id, state, rows, first_seq, last_seq, next_seq, reason, key"
-                        " FROM batches WHERE id = ?", (batch_id,))
-        return Batch(row[0], BatchState(row[1]), *row[2:]) if row else None
-
-    def live_batches(self) -> list[Batch]:
-        """Batches that are open, or whose rows are still being made visible or deleted."""
-        return [Batch(row[0], BatchState(row[1]), *row[2:]) for row in self.conn.execute(
-            "SELECT id, state, rows, first_seq, last_seq, next_seq, reason, key FROM batches"
-            " WHERE state = ? OR next_seq <= last_seq", (BatchState.OPEN.value,))]
-
-    def end_batch(self, batch_id: int, state: BatchState, now: float,
-                  reason: str | None = None) -> None:
-        """Commit or abort an open batch: its rows are then walked from the first."""
-        self.conn.execute("UPDATE batches SET state = ?, next_seq = first_seq, reason = ?,"
-                          " ended_at = ? WHERE id = ? AND state = ?",
-                          (state.value, reason, now, batch_id, BatchState.OPEN.value))
-
-    def abort_open_batches(self, now: float, reason: str) -> list[int]:
-        return [batch_id for (batch_id,) in self.conn.execute(
-            "UPDATE batches SET state = ?, next_seq = first_seq, reason = ?, ended_at = ?"
-            " WHERE state = ? RETURNING id",
-            (BatchState.ABORTED.value, reason, now, BatchState.OPEN.value))]
-
-    def advance_batch(self, batch: Batch, now: float,
-                      span: int) -> tuple[Batch, int, float | None]:
-        """One slice of a committed or aborted batch: its rows among the next ``span``
-        seqs become visible (and counted) or are deleted. Returns the batch as it
-        now is, how many rows became visible, and the earliest run_at among those
-        that wait for the timer (or None)."""
-        low = batch.next_seq
-        high = min(low + span - 1, batch.last_seq)
-        visible, waiting = 0, None
-        if batch.state is BatchState.ABORTED:
-            self.conn.execute("DELETE FROM jobs WHERE seq BETWEEN ? AND ? AND batch = ?",
-                              (low, high, batch.id))
-        else:
-            self.conn.execute("UPDATE jobs SET batch = NULL, due = run_at <= ?"
-                              " WHERE seq BETWEEN ? AND ? AND batch = ?",
-                              (now, low, high, batch.id))
-            visible = self.conn.changes()
-            self.conn.execute("UPDATE counts SET n = n + ? WHERE state = 'pending'", (visible,))
-            self._placed_generation += 1  # some of them may require labels
-            # (not next_due(): the planner reads it through jobs_state, O(pending jobs))
-            waiting = self._one("SELECT min(run_at) FROM jobs WHERE seq BETWEEN ? AND ?"
-                                " AND due = 0", (low, high))[0]
-        state = batch.state
-        if high >= batch.last_seq and state is BatchState.COMMITTED:
-            state = BatchState.DONE
-        self.conn.execute("UPDATE batches SET next_seq = ?, state = ?, ended_at = ? WHERE id = ?",
-                          (high + 1, state.value, now, batch.id))
-        return dataclasses.replace(batch, state=state, next_seq=high + 1), visible, waiting
 
     # --- stats and config -------------------------------------------------
 
@@ -965,104 +441,3 @@ class Store:
         self.conn.execute("INSERT INTO config (key, value) VALUES (?, ?)"
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                           (key, json.dumps(value)))
-
-    # --- when the store itself fails -------------------------------------------
-
-    refused: str | None = None  # why writes are refused (refuse_writes), else None
-
-    @contextlib.contextmanager
-    def iteration(self) -> Iterator[None]:
-        """The transaction of one loop iteration (``store.transaction()`` nests in it).
-        A failure of the store anywhere in it comes out as StoreUnavailable (see
-        ``failure``), with nothing of it stored and no transaction left open; any
-        other exception (a bug) rolls it back and propagates."""
-        self.conn.execute("BEGIN")
-        try:
-            yield
-            self.conn.execute("COMMIT")
-        except Exception as exc:
-            failed = self.failure(exc)
-            if self.conn.in_transaction:  # SQLite may have rolled it back already
-                with contextlib.suppress(apsw.Error):
-                    self.conn.execute("ROLLBACK")
-            if failed is None or failed is exc:
-                raise
-            raise failed from exc
-
-    def failure(self, exc: BaseException) -> StoreUnavailable | None:
-        """The store failure behind ``exc``, raised inside a transaction; None for a bug.
-        On SQLITE_FULL or an I/O error in a large statement SQLite rolls the whole
-        transaction back itself: APSW then reports "no such savepoint" (or "cannot
-        commit - no transaction is active") over the error that caused it, so the
-        cause is looked for in the chain, and any error once the transaction is
-        gone is a store failure too."""
-        for err in _chain(exc):
-            if isinstance(err, StoreUnavailable):
-                return err
-            if isinstance(err, UNAVAILABLE_ERRORS):
-                return StoreUnavailable(self.refused or str(err), err)
-        if not self.conn.in_transaction:
-            return StoreUnavailable(f"SQLite rolled the transaction back ({exc})")
-        return None
-
-    def reclaim_space(self, failed: StoreUnavailable) -> None:
-        """After a batch failed on a full disk: its pages stay in the WAL file, which
-        SQLite reuses but never shrinks while the store is open, so the disk would
-        stay full. Copy the committed pages into the store file and truncate the
-        WAL. Best effort: the store file may need room to grow first."""
-        if isinstance(failed.cause, apsw.FullError):
-            with contextlib.suppress(apsw.Error):
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-    def refuse_writes(self, why: str | None) -> None:
-        """While ``why`` is set, every write fails (SQLite's query_only: reads still
-        work) and the failure reports ``why``; None accepts writes again."""
-        self.refused = why
-        self.conn.pragma("query_only", why is not None)
-
-    def renew_wal(self) -> None:
-        """Copy every commit into the store file and start a new WAL file (leaving WAL
-        mode checkpoints and closes the old one). Outside a transaction; raises
-        apsw.BusyError while another connection has the store open."""
-        self.conn.pragma("journal_mode", "delete")
-        self.conn.pragma("journal_mode", "wal")
-        self.conn.pragma("user_version")  # the first read creates the new WAL file
-
-
-def copy_store(source_path: str, target_path: str) -> int:
-    """Copy the store at ``source_path`` to a new file, with SQLite's online backup,
-    while its broker may keep writing; returns how many jobs the copy holds.
-    Raises RuntimeError if the copy fails its check."""
-    source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READWRITE)  # reads only
-    try:
-        source.set_busy_timeout(5000)
-        copy = apsw.Connection(target_path)
-        try:
-            with copy.backup("main", source, "main") as step:
-                step.step(-1)  # every page, in one read transaction: one consistent instant
-            problems = [row[0] for row in copy.execute("PRAGMA quick_check")]
-            if problems != ["ok"]:
-                raise RuntimeError(f"the copy failed its check: {problems[:3]}")
-            return copy.execute("SELECT count(*) FROM jobs").fetchall()[0][0]
-        finally:
-            copy.close()
-    finally:
-        source.close()
-
-
-class StoreUnavailable(Exception):
-    """The store could not write: the batch it happened in is rolled back whole.
-    ``cause`` is the SQLite error behind it (None: SQLite had rolled back on its own)."""
-
-    def __init__(self, why: str, cause: BaseException | None = None):
-        super().__init__(why)
-        self.cause = cause
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the exceptions it was raised from or while handling, newest first."""
-    chain: list[BaseException] = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return chain

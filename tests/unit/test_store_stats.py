@@ -4,8 +4,9 @@ ended attempts that seed the per-minute chart (with the index migration)."""
 from __future__ import annotations
 
 import apsw
+from queuectl.broker.lifecycle import reason_text
 from queuectl.broker.store import MIGRATIONS, NewJob, Store
-from queuectl.proto.states import JobState
+from queuectl.proto.states import JobState, Outcome
 
 NOW = 1_700_000_000.0
 
@@ -53,22 +54,24 @@ def test_search_combines_with_state_queue_and_limit(store):
     assert ids(store.list_jobs(state="canceled", search="build")) == ["build-4"]
 
 
-def run_attempt(store: Store, job_id: str, *, finished_at: float, reason: str | None,
+def run_attempt(store: Store, job_id: str, *, finished_at: float, outcome: Outcome,
                 stale: bool = False) -> None:
     add(store, job_id, "true")
     job, token = store.claim(NOW, "agent", b"owner", None)
     assert job.id == job_id
-    store.end_attempt(token, started_at=finished_at - 1, finished_at=finished_at,
-                      exit_code=0 if reason is None else 1, reason=reason, stale=stale)
+    exit_code = {Outcome.OK: 0, Outcome.EXIT: 1}.get(outcome)
+    store.end_attempt(token, outcome=outcome, started_at=finished_at - 1,
+                      finished_at=finished_at, exit_code=exit_code, stale=stale,
+                      reason=reason_text(outcome, exit_code, ""))
 
 
 def test_finished_since_lists_recent_ended_attempts_without_cancels_or_stale_ones(store):
-    run_attempt(store, "ok", finished_at=NOW - 30, reason=None)
-    run_attempt(store, "bad", finished_at=NOW - 20, reason="exit code 1")
-    run_attempt(store, "lost", finished_at=NOW - 10, reason="agent lost")
-    run_attempt(store, "old", finished_at=NOW - 7200, reason=None)
-    run_attempt(store, "stopped", finished_at=NOW - 5, reason="canceled")
-    run_attempt(store, "late", finished_at=NOW - 5, reason=None, stale=True)
+    run_attempt(store, "ok", finished_at=NOW - 30, outcome=Outcome.OK)
+    run_attempt(store, "bad", finished_at=NOW - 20, outcome=Outcome.EXIT)
+    run_attempt(store, "lost", finished_at=NOW - 10, outcome=Outcome.LEASE_LOST)
+    run_attempt(store, "old", finished_at=NOW - 7200, outcome=Outcome.OK)
+    run_attempt(store, "stopped", finished_at=NOW - 5, outcome=Outcome.CANCELED)
+    run_attempt(store, "late", finished_at=NOW - 5, outcome=Outcome.OK, stale=True)
     add(store, "running", "sleep 9")
     store.claim(NOW, "agent", b"owner", None)  # an attempt that has not ended
     assert sorted(store.finished_since(NOW - 3600)) == [
@@ -78,13 +81,13 @@ def test_finished_since_lists_recent_ended_attempts_without_cancels_or_stale_one
 def test_an_attempt_that_ended_its_job_as_canceled_is_not_a_failure_whatever_its_reason(store):
     """A timeout while a cancel was pending ends the job canceled: live, the broker
     counts no failed attempt (broker/metrics.py), so the seed must not either."""
-    run_attempt(store, "timed-out-while-canceling", finished_at=NOW - 30, reason="timeout")
+    run_attempt(store, "timed-out-while-canceling", finished_at=NOW - 30, outcome=Outcome.TIMEOUT)
     job = store.job("timed-out-while-canceling")
     store.transition(job, JobState.CANCELED, NOW - 30, attempts=1, lease=None,
                      started_at=NOW - 31, finished_at=NOW - 30, last_error="timeout")
     # A job that died, was retried from the DLQ and then canceled while pending:
     # its failed attempt stays a failure.
-    run_attempt(store, "died-then-canceled", finished_at=NOW - 20, reason="exit code 1")
+    run_attempt(store, "died-then-canceled", finished_at=NOW - 20, outcome=Outcome.EXIT)
     job = store.job("died-then-canceled")
     job = store.transition(job, JobState.DEAD, NOW - 20, attempts=1, lease=None,
                            started_at=NOW - 21, finished_at=NOW - 20, last_error="exit code 1")
