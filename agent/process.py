@@ -30,7 +30,7 @@ from .output import StreamBuffer
 READ_SIZE = 65536
 SHELL = "/bin/sh"
 # Python sets SIGPIPE (and SIGXFSZ) to "ignore"; a command expects the default.
-RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ")
+RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ")
                       if hasattr(signal, name))
 _devnull: int | None = None
 

@@ -24,7 +24,7 @@ import zmq
 from queuectl.keys import ClientKeys
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
-from queuectl.proto.states import Outcome
+from queuectl.proto.states import ErrorCode, Outcome
 
 from .link import Link
 from .output import StreamBuffer
@@ -309,12 +309,12 @@ class Agent:
             self._deliver(token)
 
     def _error(self, msg: m.Error) -> None:
-        if msg.code == "hello_first":
+        if msg.code == ErrorCode.HELLO_FIRST:
             if self.link.up:
                 log.info("the broker does not know this agent (it restarted?); saying hello "
                          "again")
             self.link.rehello(time.monotonic())
-        elif msg.code in ("version", "forbidden"):  # nothing to retry: stop, loudly
+        elif msg.code in (ErrorCode.VERSION, ErrorCode.FORBIDDEN):  # nothing to retry: stop, loudly
             self.fatal = msg.message
         else:
             log.warning("broker error: %s", msg.message)

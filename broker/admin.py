@@ -184,9 +184,9 @@ def op_cancel(call: Call, args: ops.JobHoldArgs) -> Any:
     job = ctx.jobs.cancel(args.id, ctx.now)
     if job.state is JobState.CANCELED:
         return {"id": job.id, "state": job.state.value}
-    owner = ctx.agents.owner(job.lease)
+    owner = ctx.agents.owner(job.token)
     if owner is not None:
-        ctx.send(owner.ident, m.Cancel(token=job.lease, reason="canceled by a user"))
+        ctx.send(owner.ident, m.Cancel(token=job.token, reason="canceled by a user"))
 
     def check() -> Any:
         current = ctx.jobs.get(args.id)
@@ -290,7 +290,7 @@ def op_config_set(call: Call, args: ops.ConfigSetArgs) -> Any:
 
 def agent_view(ctx: Context, agent: AgentConn) -> dict[str, Any]:
     def ids(tokens: set[int]) -> list[str]:
-        return [job.id for job in (ctx.store.job_by_lease(t) for t in sorted(tokens)) if job]
+        return [job.id for job in (ctx.store.job_by_token(t) for t in sorted(tokens)) if job]
 
     return {
         "id": agent.agent_id, "host": agent.host, "pid": agent.pid, "labels": agent.labels,

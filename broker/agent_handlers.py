@@ -21,7 +21,6 @@ from .intake import Lease, hello_problem, output_problem, owner_of, peer_name
 
 log = logging.getLogger(__name__)
 
-HELLO_FIRST = "hello_first"
 # Connected agents at once: what a flood of Hellos can make the broker hold (up
 # to ~60 KiB each with the most labels, half of it libzmq's). A fleet of
 # thousands of processes is far beyond what one broker was measured to serve.
@@ -105,7 +104,7 @@ def on_hello(ctx: Context, ident: bytes, msg: m.Hello, key_name: str | None) -> 
     ctx.agents.add(agent)
     welcome(ctx, agent, cancel, sorted(tokens - set(cancel)))
     for token in sorted(agent.inflight):  # cancels requested while it was away
-        job = ctx.store.job_by_lease(token)
+        job = ctx.store.job_by_token(token)
         if job is not None and job.cancel_requested:
             ctx.send(ident, m.Cancel(token=token, reason="canceled by a user"))
     ctx.wake()
@@ -230,7 +229,8 @@ def _known(handler: Callable[[Context, AgentConn, Any], None]):
     def run(ctx: Context, ident: bytes, msg: Any, key_name: str | None) -> None:
         agent = ctx.agents.get(ident)
         if agent is None:
-            ctx.send(ident, m.Error(code=HELLO_FIRST, message="unknown agent: say hello first"))
+            ctx.send(ident, m.Error(code=ErrorCode.HELLO_FIRST.value,
+                                    message="unknown agent: say hello first"))
             return
         handler(ctx, agent, msg)
 

@@ -23,6 +23,8 @@ import hmac
 import logging
 import secrets
 
+from queuectl.proto.states import ErrorCode
+
 from .jobs import JobError
 from .store import Batch, BatchState, Store
 
@@ -76,7 +78,7 @@ class Batches:
             raise self._closed(batch)
         if batch.state is BatchState.OPEN:
             if batch.rows != count:
-                raise JobError("conflict", f"batch {batch_id} holds {batch.rows} jobs, not "
+                raise JobError(ErrorCode.CONFLICT, f"batch {batch_id} holds {batch.rows} jobs, not "
                                            f"{count}: a chunk is missing")
             self._end(batch_id, BatchState.COMMITTED, now)
             batch = self.get(batch_id, key)
@@ -116,9 +118,9 @@ class Batches:
     @staticmethod
     def _closed(batch: Batch) -> JobError:
         if batch.state is BatchState.ABORTED:
-            return JobError("conflict", f"batch {batch.id} was aborted ({batch.reason}); "
+            return JobError(ErrorCode.CONFLICT, f"batch {batch.id} was aborted ({batch.reason}); "
                                         "nothing from it was enqueued")
-        return JobError("conflict", f"batch {batch.id} is committed already")
+        return JobError(ErrorCode.CONFLICT, f"batch {batch.id} is committed already")
 
     def get(self, batch_id: int, key: str | None) -> Batch:
         """Batch ``batch_id``, to the client that shows its key; to anyone else it is
@@ -126,7 +128,7 @@ class Batches:
         batch = self.store.batch(batch_id)
         if batch is None or key is None or batch.key is None or \
                 not hmac.compare_digest(batch.key, _digest(key)):
-            raise JobError("not_found", f"no batch {batch_id} of this client (batches are "
+            raise JobError(ErrorCode.NOT_FOUND, f"no batch {batch_id} of this client (batches are "
                                         "forgotten an hour after they end)")
         return batch
 

@@ -74,7 +74,7 @@ def _revoke_for(ctx: Context, idle: AgentConn, holders: list[AgentConn], asked: 
         for token in sorted(holder.unstarted - holder.revoked, reverse=True):
             if wanted <= 0 or holder.held_back() <= len(holder.revoked):
                 break
-            job = ctx.store.job_by_lease(token)
+            job = ctx.store.job_by_token(token)
             if job is None or not idle.can_run(job.requires):
                 continue
             holder.revoked.add(token)

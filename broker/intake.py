@@ -100,7 +100,7 @@ def hello_problem(msg: m.Hello) -> str | None:
     if len(msg.tokens) > 3 * msg.slots:
         return "more tokens than the agent can hold (3 per slot)"
     if not all(type(t) is int and 0 < t < 2**63 for t in msg.tokens):
-        return "tokens must be attempt ids (positive 64-bit integers)"
+        return "tokens must be attempt tokens (positive 64-bit integers)"
     return None
 
 

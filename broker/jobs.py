@@ -12,7 +12,7 @@ import logging
 from typing import Any, Callable, Iterator
 
 from queuectl.proto import jobspec
-from queuectl.proto.states import JobState, Outcome
+from queuectl.proto.states import ErrorCode, JobState, Outcome
 from queuectl.proto.timefmt import parse_iso
 
 from . import lifecycle
@@ -28,7 +28,7 @@ CANCELED_REASON = lifecycle.reason_text(Outcome.CANCELED, None, "")
 class JobError(Exception):
     """A user-caused error: unknown job, wrong state, duplicate id."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
         self.code = code
 
@@ -113,8 +113,8 @@ class JobService:
                 number = next(n for n, job in enumerate(jobs, 1) if job.id == exc.job_id)
                 if "id" in specs[number - 1] or retry == 2:  # the user's own id
                     if not batch:
-                        raise JobError("conflict", str(exc)) from None
-                    raise JobError("conflict", f"job {number}: {exc}") from None
+                        raise JobError(ErrorCode.CONFLICT, str(exc)) from None
+                    raise JobError(ErrorCode.CONFLICT, f"job {number}: {exc}") from None
                 self.ids.skip()
                 jobs = [job if "id" in spec else job._replace(id=self.ids.next(now))
                         for job, spec in zip(jobs, specs)]
@@ -134,7 +134,7 @@ class JobService:
         of the result that ended the attempt changes nothing at all.
         """
         reason = lifecycle.reason_text(outcome, exit_code, detail)
-        job = self.store.job_by_lease(token)
+        job = self.store.job_by_token(token)
         if job is None or job.state is not JobState.PROCESSING:
             attempt = self.store.attempt(token)
             if attempt is None:
@@ -154,7 +154,7 @@ class JobService:
                                finished_at=finished_at, exit_code=exit_code, reason=reason,
                                pid=pid)
         attempts = job.attempts + 1
-        ended = dict(attempts=attempts, lease=None, exit_code=exit_code,
+        ended = dict(attempts=attempts, token=None, exit_code=exit_code,
                      started_at=started_at if started_at is not None else job.started_at,
                      finished_at=finished_at)
         if outcome is Outcome.OK:
@@ -174,15 +174,15 @@ class JobService:
 
     def release(self, token: int, now: float) -> Job | None:
         """Undo a lease whose job never started (rejected or undeliverable)."""
-        job = self.store.job_by_lease(token)
+        job = self.store.job_by_token(token)
         self.store.delete_attempt(token)
         if job is None or job.state is not JobState.PROCESSING:
             return None
         if job.cancel_requested:
-            job = self.store.transition(job, JobState.CANCELED, now, lease=None,
+            job = self.store.transition(job, JobState.CANCELED, now, token=None,
                                         last_error=CANCELED_REASON)
         else:
-            job = self.store.transition(job, JobState.PENDING, now, lease=None, agent=None)
+            job = self.store.transition(job, JobState.PENDING, now, token=None, agent=None)
         return self._changed(job)
 
     # --- user actions -----------------------------------------------------
@@ -190,7 +190,7 @@ class JobService:
     def get(self, job_id: str) -> Job:
         job = self.store.job(job_id)
         if job is None:
-            raise JobError("not_found", f"no job with id {job_id!r}")
+            raise JobError(ErrorCode.NOT_FOUND, f"no job with id {job_id!r}")
         return job
 
     def cancel(self, job_id: str, now: float) -> Job:
@@ -203,7 +203,7 @@ class JobService:
             if not job.cancel_requested:
                 job = self.store.set_fields(job, now, cancel_requested=1)
             return job
-        raise JobError("conflict", f"job {job_id!r} is {job.state.value}; only pending,"
+        raise JobError(ErrorCode.CONFLICT, f"job {job_id!r} is {job.state.value}; only pending,"
                                    " failed and processing jobs can be canceled")
 
     def dlq_retry(self, job_ids: list[str] | None, now: float) -> list[str]:
@@ -215,10 +215,10 @@ class JobService:
             for job_id in dict.fromkeys(job_ids):  # each id once, in the order given
                 job = self.get(job_id)
                 if job.state is not JobState.DEAD:
-                    raise JobError("conflict", f"job {job_id!r} is {job.state.value}, not in the DLQ")
+                    raise JobError(ErrorCode.CONFLICT, f"job {job_id!r} is {job.state.value}, not in the DLQ")
                 jobs.append(job)
         for job in jobs:
             self._changed(self.store.transition(
-                job, JobState.PENDING, now, attempts=0, run_at=now, lease=None,
+                job, JobState.PENDING, now, attempts=0, run_at=now, token=None,
                 exit_code=None, last_error=None, started_at=None, finished_at=None))
         return [job.id for job in jobs]

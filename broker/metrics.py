@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from queuectl.proto.states import JobState
+from queuectl.proto.states import Event, JobState
 from queuectl.proto.timefmt import to_iso
 
 from .store import Job
@@ -26,7 +26,7 @@ from .store import Job
 # milliseconds to an hour.
 BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 MINUTES = 60  # length of the per-minute series
-COUNTERS = ("enqueued", "completed", "failed", "dead", "canceled")
+COUNTERS = tuple(event.value for event in Event)
 
 
 class Metrics:
@@ -37,12 +37,12 @@ class Metrics:
         self.duration_sum = 0.0
         self.duration_count = 0
         self.minutes: dict[int, list[int]] = {}  # minute number -> [completed, failed]
-        self._staged: list[tuple[str, float | None, float | None]] = []  # name, value, when
+        self._staged: list[tuple[Event, float | None, float | None]] = []  # name, value, when
 
     # --- staging, inside a transaction ----------------------------------------
 
     def enqueued(self, n: int) -> None:
-        self._staged.append(("enqueued", float(n), None))
+        self._staged.append((Event.ENQUEUED, float(n), None))
 
     def job_changed(self, job: Job) -> None:
         """Stage what a job's new state means: an attempt ended, or the job died."""
@@ -52,13 +52,13 @@ class Metrics:
         # The minute is the broker's clock (updated_at), not the agent's: a
         # skewed agent clock must not move events out of the chart.
         if job.state is JobState.COMPLETED:
-            self._staged.append(("completed", duration, job.updated_at))
+            self._staged.append((Event.COMPLETED, duration, job.updated_at))
         elif job.state in (JobState.FAILED, JobState.DEAD):
-            self._staged.append(("failed", duration, job.updated_at))
+            self._staged.append((Event.FAILED, duration, job.updated_at))
             if job.state is JobState.DEAD:
-                self._staged.append(("dead", None, None))
+                self._staged.append((Event.DEAD, None, None))
         elif job.state is JobState.CANCELED:
-            self._staged.append(("canceled", None, None))
+            self._staged.append((Event.CANCELED, None, None))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -77,15 +77,15 @@ class Metrics:
     def commit(self) -> None:
         staged, self._staged = self._staged, []
         for name, value, when in staged:
-            if name == "enqueued":
+            if name is Event.ENQUEUED:
                 self.counters[name] += int(value)
                 continue
             self.counters[name] += 1
-            if name in ("completed", "failed"):
+            if name in (Event.COMPLETED, Event.FAILED):
                 if value is not None:
                     self._observe(value)
                 if when is not None:
-                    self._per_minute(when, name == "completed")
+                    self._per_minute(when, name is Event.COMPLETED)
 
     # --- counting ---------------------------------------------------------------
 

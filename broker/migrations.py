@@ -264,6 +264,13 @@ MIGRATIONS = [
                   for text, outcome in _OUTCOMES_OF_REASONS)}
     END WHERE finished_at IS NOT NULL;
     """,
+    # version 10: one name for an attempt's id in code, docs and the store: its
+    # token. The job's column holding the token of its current attempt was "lease".
+    """
+    DROP INDEX jobs_lease;
+    ALTER TABLE jobs RENAME COLUMN lease TO token;
+    CREATE INDEX jobs_token ON jobs(token) WHERE token IS NOT NULL;
+    """,
 ]
 
 

@@ -152,14 +152,14 @@ class Job:
     finished_at: float | None = column(settable=True)
     exit_code: int | None = column(settable=True)
     last_error: str | None = column(settable=True)
-    lease: int | None = column(settable=True)  # the attempt id (fencing token) while processing
+    token: int | None = column(settable=True)  # its current attempt's token while processing
     agent: str | None = column(settable=True)
     cancel_requested: bool = column(load=bool, settable=True)  # a bool binds as 0 or 1
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    id: int  # the lease token
+    id: int  # the attempt's token (a fencing token: never issued twice)
     job_seq: int
     number: int
     agent: str

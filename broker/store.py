@@ -12,7 +12,8 @@ Two hidden columns make the hot paths index probes:
 * ``due`` is 1 exactly when a job may be claimed now (pending or failed, and
   its run_at has come). ``promote_due`` sets it when the broker's timer
   fires, so scheduled jobs never slow down claiming.
-* ``lease`` is the attempt id (the fencing token) while a job is processing.
+* ``token`` is the token of the job's current attempt (``attempts.id``, a
+  fencing token) while it is processing.
 Per-state counts and the completed-duration totals are kept by triggers in
 the same transactions that change the jobs, so ``status`` is O(1).
 """
@@ -53,7 +54,7 @@ _JOB = JOBS.select
 _NEW_JOB_EXTRA = ("state", "due", "created_at", "updated_at", "batch")
 _INSERT_JOB = JOBS.insert_sql(_NEW_JOB_EXTRA)
 _CLAIM_JOB = (
-    "UPDATE jobs SET state = :state, due = 0, lease = :lease, agent = :agent,"
+    "UPDATE jobs SET state = :state, due = 0, token = :token, agent = :agent,"
     " updated_at = :updated_at, started_at = NULL, finished_at = NULL, exit_code = NULL"
     f" WHERE seq = :seq AND state = :was RETURNING {_JOB}")
 
@@ -185,8 +186,8 @@ class Store(AttemptStore, BatchStore, StoreFailures):
         row = self._one(f"SELECT {_JOB} FROM jobs WHERE id = ? AND batch IS NULL", (job_id,))
         return JOBS.load(row) if row else None
 
-    def job_by_lease(self, token: int) -> Job | None:
-        row = self._one(f"SELECT {_JOB} FROM jobs WHERE lease = ?", (token,))
+    def job_by_token(self, token: int) -> Job | None:
+        row = self._one(f"SELECT {_JOB} FROM jobs WHERE token = ?", (token,))
         return JOBS.load(row) if row else None
 
     def list_jobs(self, state: str | None = None, queue: str | None = None,
@@ -293,7 +294,7 @@ class Store(AttemptStore, BatchStore, StoreFailures):
                  "dispatched_at": now})
             token = self.conn.last_insert_rowid()
             job_row = self._one(_CLAIM_JOB, {
-                "state": JobState.PROCESSING.value, "lease": token, "agent": agent_id,
+                "state": JobState.PROCESSING.value, "token": token, "agent": agent_id,
                 "updated_at": now, "seq": seq, "was": state})
         assert job_row is not None  # single writer: the row we just read is unchanged
         return JOBS.load(job_row), token
@@ -407,15 +408,15 @@ class Store(AttemptStore, BatchStore, StoreFailures):
 
     def leased_jobs(self) -> list[Job]:
         return [JOBS.load(r) for r in self.conn.execute(
-            f"SELECT {_JOB} FROM jobs WHERE lease IS NOT NULL")]
+            f"SELECT {_JOB} FROM jobs WHERE token IS NOT NULL")]
 
     def leases(self) -> list[tuple[int, str | None, bytes | None, bool]]:
         """(token, agent id, owner, started?) of every job being processed."""
         return [(token, agent, owner, bool(started)) for token, agent, owner, started in
                 self.conn.execute(
-                    "SELECT j.lease, j.agent, a.owner, a.started_at IS NOT NULL"
-                    " FROM jobs j LEFT JOIN attempts a ON a.id = j.lease"
-                    " WHERE j.lease IS NOT NULL")]
+                    "SELECT j.token, j.agent, a.owner, a.started_at IS NOT NULL"
+                    " FROM jobs j LEFT JOIN attempts a ON a.id = j.token"
+                    " WHERE j.token IS NOT NULL")]
 
     def dead_jobs(self, limit: int | None = None) -> list[Job]:
         return [JOBS.load(r) for r in self.conn.execute(

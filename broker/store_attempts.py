@@ -1,6 +1,6 @@
 """The store's SQL for attempts and their output: a part of ``Store`` (broker/store.py).
 
-An attempt row is one lease of a job; its id is the lease token. Output is
+An attempt row is one lease of a job; its id is the token. Output is
 stored per attempt and stream in chunks, trimmed to the output limit.
 """
 
@@ -56,8 +56,8 @@ class AttemptStore:
     def start_attempt(self, token: int, pid: int, started_at: float) -> None:
         self.conn.execute("UPDATE attempts SET pid = :pid, started_at = :started_at WHERE id = :id",
                           {"pid": pid, "started_at": started_at, "id": token})
-        self.conn.execute("UPDATE jobs SET started_at = :started_at WHERE lease = :lease",
-                          {"started_at": started_at, "lease": token})
+        self.conn.execute("UPDATE jobs SET started_at = :started_at WHERE token = :token",
+                          {"started_at": started_at, "token": token})
 
     def end_attempt(self, token: int, *, outcome: Outcome, started_at: float | None,
                     finished_at: float, exit_code: int | None, reason: str | None,

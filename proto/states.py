@@ -22,6 +22,17 @@ ALL_STATES = tuple(s.value for s in JobState)
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELED})
 
 
+class Event(str, enum.Enum):
+    """What the broker counts since it started (``metrics``; ``/metrics`` exports
+    each as ``queuectl_jobs_<name>_total``)."""
+
+    ENQUEUED = "enqueued"    # jobs enqueued
+    COMPLETED = "completed"  # jobs completed
+    FAILED = "failed"        # attempts failed (a job's last one too)
+    DEAD = "dead"            # jobs moved to the DLQ
+    CANCELED = "canceled"    # jobs canceled
+
+
 class Outcome(str, enum.Enum):
     """How an attempt ended, as the agent reports it."""
 
@@ -46,6 +57,7 @@ class ErrorCode(str, enum.Enum):
     VERSION = "version"        # exit 1: the peer speaks another protocol version
     INTERNAL = "internal"      # exit 1: a bug in the broker
     FORBIDDEN = "forbidden"    # exit 1: this peer's key does not allow the request
+    HELLO_FIRST = "hello_first"  # to an agent the broker does not know: say Hello again
 
 
 class Role(str, enum.Enum):

@@ -20,6 +20,7 @@ import zmq
 
 from queuectl.keys import ClientKeys, KeyFileError, client_keys, secure_client
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
+from queuectl.proto import ErrorCode
 from queuectl.proto import messages as m
 from queuectl.proto import ops
 
@@ -72,8 +73,9 @@ class Unavailable(BrokerError):
 
 # Keyed by a Reply's error_code, which may be None (the lookup then gives the default).
 ERRORS: dict[str | None, type[QueueError]] = {
-    "invalid": InvalidInput, "not_found": NotFound, "conflict": Conflict,
-    "version": ProtocolMismatch, "unavailable": Unavailable, "forbidden": Refused}
+    ErrorCode.INVALID: InvalidInput, ErrorCode.NOT_FOUND: NotFound, ErrorCode.CONFLICT: Conflict,
+    ErrorCode.VERSION: ProtocolMismatch, ErrorCode.UNAVAILABLE: Unavailable,
+    ErrorCode.FORBIDDEN: Refused}
 # Handshake failures the socket monitor reports: the peers' keys do not match.
 # AUTH (the broker refused our key) and PROTOCOL (we speak no CURVE, it does)
 # are certain. NO_DETAIL is a connection cut during the handshake: what a wrong

@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from queuectl.proto.states import ALL_STATES
 from queuectl.proto.timefmt import parse_iso
 
 from .fmt import number
 
-STATES = ("pending", "processing", "completed", "failed", "dead", "canceled")
+STATES = ALL_STATES
 
 # Throughput chart (viewBox units; the SVG scales to the width of its card).
 WIDTH, HEIGHT = 720, 200

@@ -25,20 +25,21 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from queuectl.client import QueueError
+from queuectl.proto.states import Event
 
 from .charts import STATES
 from .source import Source
 
 log = logging.getLogger(__name__)
 
-COUNTERS = (
-    ("enqueued", "Jobs enqueued since the broker started."),
-    ("completed", "Jobs completed since the broker started."),
-    ("failed", ("Failed attempts since the broker started (including the last one of a job "
-                "that went to the DLQ).")),
-    ("dead", "Jobs moved to the dead-letter queue since the broker started."),
-    ("canceled", "Jobs canceled since the broker started."),
-)
+HELP = {
+    Event.ENQUEUED: "Jobs enqueued since the broker started.",
+    Event.COMPLETED: "Jobs completed since the broker started.",
+    Event.FAILED: ("Failed attempts since the broker started (including the last one of a job "
+                   "that went to the DLQ)."),
+    Event.DEAD: "Jobs moved to the dead-letter queue since the broker started.",
+    Event.CANCELED: "Jobs canceled since the broker started.",
+}
 
 
 class BrokerCollector:
@@ -83,9 +84,9 @@ def _state_gauges(status: dict[str, Any]) -> Iterator[Metric]:
 
 def _event_metrics(metrics: dict[str, Any]) -> Iterator[Metric]:
     counters = metrics.get("counters") or {}
-    for name, doc in COUNTERS:
-        yield CounterMetricFamily(f"queuectl_jobs_{name}_total", doc,
-                                  value=counters.get(name, 0))
+    for event in Event:
+        yield CounterMetricFamily(f"queuectl_jobs_{event.value}_total", HELP[event],
+                                  value=counters.get(event.value, 0))
     histogram = metrics.get("duration")
     if histogram:
         cumulative = list(accumulate(histogram["counts"]))

@@ -77,6 +77,7 @@ def read_filters() -> dict[str, Any]:
 def overview_context(filters: dict[str, Any]) -> dict[str, Any]:
     """What the live regions of the main page show; ``down`` when no broker answered."""
     context = {"filters": filters, "job_limits": JOB_LIMITS, "dlq_limit": DLQ_LIMIT,
+               "state_names": charts.STATES,
                "now": time.time()}
     try:
         data = source().overview(filters["state"] or None, filters["queue"] or None,

@@ -38,7 +38,7 @@ def rate(jobs: int, with_index: bool) -> float:
                         job, token = store.claim(now, "agent", b"owner", None)
                         store.end_attempt(token, started_at=now, finished_at=time.time(),
                                           exit_code=0, reason=None)
-                        store.transition(job, JobState.COMPLETED, now, attempts=1, lease=None,
+                        store.transition(job, JobState.COMPLETED, now, attempts=1, token=None,
                                          exit_code=0, started_at=now, finished_at=now + 0.01,
                                          last_error=None)
             return jobs / (time.perf_counter() - start)

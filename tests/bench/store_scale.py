@@ -55,7 +55,7 @@ def main() -> int:
         for _ in range(args.claims):
             with store.transaction():
                 job, token = store.claim(now, "bench", b"owner", None)
-                store.transition(job, JobState.COMPLETED, now, lease=None, attempts=1,
+                store.transition(job, JobState.COMPLETED, now, token=None, attempts=1,
                                  started_at=now, finished_at=now)
         claim_rate = args.claims / (time.perf_counter() - start)
         start = time.perf_counter()

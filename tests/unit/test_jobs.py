@@ -66,7 +66,7 @@ def test_ok_completes_the_job(svc):
     svc.store.start_attempt(token, pid=4242, started_at=NOW + 1)
     job = svc.ok(token, NOW + 3)
     assert job.state is C
-    assert (job.attempts, job.exit_code, job.last_error, job.lease) == (1, 0, None, None)
+    assert (job.attempts, job.exit_code, job.last_error, job.token) == (1, 0, None, None)
     assert (job.started_at, job.finished_at) == (NOW + 1, NOW + 3)
     assert svc.store.job("a") == job
     assert svc.changed[-1] == job
@@ -83,7 +83,7 @@ def test_a_failure_with_retries_left_schedules_a_retry_after_the_backoff(svc):
     assert job.state is F
     assert job.attempts == 1
     assert job.run_at == NOW + 10 + 2  # base_backoff 2 ** 1
-    assert (job.exit_code, job.last_error, job.lease) == (2, "exit code 2", None)
+    assert (job.exit_code, job.last_error, job.token) == (2, "exit code 2", None)
     assert svc.store.next_due() == NOW + 12
     assert svc.store.claim(NOW + 11, AGENT, b"owner", None) is None
     svc.store.promote_due(NOW + 12)
@@ -105,7 +105,7 @@ def test_a_job_that_always_fails_runs_max_retries_times_then_is_dead(svc):
     assert [b - a for a, b in zip(starts, starts[1:])] == [2.0, 4.0]
     assert job.attempts == 3 == job.max_retries
     assert job.last_error == "exit code 1"
-    assert job.lease is None
+    assert job.token is None
     attempts = svc.store.attempts(job.seq)
     assert [a.number for a in attempts] == [1, 2, 3]
     assert all(a.reason == "exit code 1" and a.finished_at is not None for a in attempts)
@@ -197,7 +197,7 @@ def test_a_late_result_from_a_lost_lease_changes_nothing(svc):
     assert svc.ok(old, lost.run_at + 1) is None  # the old agent reports success, too late
 
     assert svc.store.job("a") == running
-    assert running.state is R and running.lease == new
+    assert running.state is R and running.token == new
     late = svc.store.attempt(old)
     assert (late.finished_at, late.reason, late.exit_code) == (
         old_attempt.finished_at, "agent lost", None)  # the first recorded end stands
@@ -212,7 +212,7 @@ def test_a_result_for_a_token_that_is_not_the_lease_is_recorded_as_stale(svc):
     token = svc.claim()
     job = svc.store.job("a")
     # the job moved on without this attempt ending (e.g. a broker-side reset)
-    moved = svc.store.transition(job, P, NOW + 1, lease=None, agent=None)
+    moved = svc.store.transition(job, P, NOW + 1, token=None, agent=None)
     assert svc.jobs.finish(token, Outcome.EXIT, exit_code=3, detail="", started_at=NOW + 0.5,
                            finished_at=NOW + 2, now=NOW + 2) is None
     attempt = svc.store.attempt(token)
@@ -272,7 +272,7 @@ def test_cancel_processing_marks_it_and_its_end_cancels_it(svc):
     svc.enqueue(id="a")
     token = svc.claim()
     marked = svc.jobs.cancel("a", NOW + 1)
-    assert marked.state is R and marked.cancel_requested is True and marked.lease == token
+    assert marked.state is R and marked.cancel_requested is True and marked.token == token
     assert svc.jobs.cancel("a", NOW + 1.5).cancel_requested is True  # asking twice is fine
     job = svc.fail(token, NOW + 2, outcome=Outcome.CANCELED, exit_code=None)
     assert job.state is X and job.attempts == 1 and job.last_error == "canceled"
@@ -324,7 +324,7 @@ def test_dlq_retry_makes_the_job_pending_with_attempts_reset_and_claimable(svc):
     assert svc.jobs.dlq_retry(["doomed"], NOW + 100) == ["doomed"]
     job = svc.store.job("doomed")
     assert job.state is P
-    assert (job.attempts, job.last_error, job.exit_code, job.lease) == (0, None, None, None)
+    assert (job.attempts, job.last_error, job.exit_code, job.token) == (0, None, None, None)
     assert (job.started_at, job.finished_at) == (None, None)
     assert job.run_at == NOW + 100
     assert svc.store.dead_jobs() == []
@@ -373,7 +373,7 @@ def test_release_puts_a_never_started_job_back_and_forgets_the_attempt(svc):
     token = svc.claim()
     job = svc.jobs.release(token, NOW + 1)
     assert job.state is P
-    assert (job.lease, job.agent, job.attempts) == (None, None, 0)
+    assert (job.token, job.agent, job.attempts) == (None, None, 0)
     assert svc.store.attempt(token) is None
     assert svc.store.attempts(job.seq) == []
     assert svc.changed[-1] == job

@@ -29,7 +29,7 @@ def test_a_new_job_is_the_spec_given_fields_in_column_order():
     given = [name for name, _ in JOBS.given]
     assert list(NewJob._fields) == given
     assert given == [f.name for f in dataclasses.fields(Job) if f.name in given]
-    assert {"state", "seq", "attempts", "lease"}.isdisjoint(given)
+    assert {"state", "seq", "attempts", "token"}.isdisjoint(given)
     # the optional fields at the end may be left out (None), so a new one breaks no caller
     assert NewJob(id="x", command="true", queue="q", priority=1, run_at=NOW, timeout_sec=1.0,
                   max_retries=1) == NewJob("x", "true", "q", 1, NOW, 1.0, 1, None, None, None)

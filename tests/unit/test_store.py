@@ -43,10 +43,10 @@ def make_job_in(store: Store, state: JobState, job_id: str = "j1"):
     if state is X:
         return store.transition(job, X, NOW + 1, last_error="canceled")
     job, token = store.claim(NOW + 1, AGENT, b"owner", None)
-    assert job.id == job_id and job.state is R and job.lease == token
+    assert job.id == job_id and job.state is R and job.token == token
     if state is R:
         return job
-    ended = dict(attempts=1, lease=None, started_at=NOW + 1, finished_at=NOW + 2)
+    ended = dict(attempts=1, token=None, started_at=NOW + 1, finished_at=NOW + 2)
     if state is C:
         return store.transition(job, C, NOW + 2, exit_code=0, **ended)
     if state is F:
@@ -138,7 +138,7 @@ def test_cancel_racing_a_claim_does_not_cancel_the_running_job(store):
         store.transition(read, X, NOW + 2)
     after = store.job("j1")
     assert after == claimed
-    assert after.state is R and after.lease == token
+    assert after.state is R and after.token == token
 
 
 def test_set_fields_on_a_stale_read_raises_and_changes_nothing(store):
@@ -173,11 +173,11 @@ def test_equal_priority_and_run_at_is_fifo(store):
 def test_claim_records_an_attempt_and_a_lease(store):
     store.insert_jobs([new_job("a")], NOW)
     job, token = store.claim(NOW + 1, AGENT, b"owner", None)
-    assert job.state is R and job.lease == token and job.agent == AGENT
+    assert job.state is R and job.token == token and job.agent == AGENT
     attempt = store.attempt(token)
     assert attempt.job_seq == job.seq and attempt.number == 1 and attempt.agent == AGENT
     assert attempt.dispatched_at == NOW + 1 and attempt.finished_at is None
-    assert store.job_by_lease(token) == job
+    assert store.job_by_token(token) == job
     assert store.leased_jobs() == [job]
 
 
@@ -265,11 +265,11 @@ def test_counts_stay_exact_through_every_kind_of_change(store):
     assert store.counts()["pending"] == 10
     running = [store.claim(NOW, AGENT, b"owner", None)[0] for _ in range(5)]
     check()
-    done = store.transition(running[0], C, NOW + 1, started_at=NOW, finished_at=NOW + 1, lease=None)
-    store.transition(running[1], F, NOW + 1, run_at=NOW + 3, attempts=1, lease=None)
-    store.transition(running[2], D, NOW + 1, attempts=3, lease=None)
-    store.transition(running[3], X, NOW + 1, lease=None)
-    store.transition(running[4], P, NOW + 1, lease=None)
+    done = store.transition(running[0], C, NOW + 1, started_at=NOW, finished_at=NOW + 1, token=None)
+    store.transition(running[1], F, NOW + 1, run_at=NOW + 3, attempts=1, token=None)
+    store.transition(running[2], D, NOW + 1, attempts=3, token=None)
+    store.transition(running[3], X, NOW + 1, token=None)
+    store.transition(running[4], P, NOW + 1, token=None)
     check()
     store.transition(store.job("j9"), X, NOW + 1)
     check()
@@ -301,11 +301,11 @@ def test_completed_duration_sums_completed_jobs_only(store):
     assert store.completed_duration() == (0, 0.0)
     store.insert_jobs([new_job(f"j{n}") for n in range(4)], NOW)
     jobs = [store.claim(NOW, AGENT, b"owner", None)[0] for _ in range(4)]
-    store.transition(jobs[0], C, NOW + 10, started_at=NOW, finished_at=NOW + 10, lease=None)
-    store.transition(jobs[1], C, NOW + 3, started_at=NOW + 0.5, finished_at=NOW + 3, lease=None)
-    store.transition(jobs[2], F, NOW + 3, started_at=NOW, finished_at=NOW + 100, lease=None,
+    store.transition(jobs[0], C, NOW + 10, started_at=NOW, finished_at=NOW + 10, token=None)
+    store.transition(jobs[1], C, NOW + 3, started_at=NOW + 0.5, finished_at=NOW + 3, token=None)
+    store.transition(jobs[2], F, NOW + 3, started_at=NOW, finished_at=NOW + 100, token=None,
                      run_at=NOW + 5)
-    store.transition(jobs[3], D, NOW + 3, started_at=NOW, finished_at=NOW + 100, lease=None)
+    store.transition(jobs[3], D, NOW + 3, started_at=NOW, finished_at=NOW + 100, token=None)
     count, seconds = store.completed_duration()
     assert count == 2
     assert seconds == pytest.approx(12.5)
@@ -316,7 +316,7 @@ def test_a_job_completing_after_a_dlq_retry_adds_its_new_duration(store):
     revived = store.transition(dead, P, NOW + 10, attempts=0, run_at=NOW + 10)
     job, _ = store.claim(NOW + 10, AGENT, b"owner", None)
     assert job.id == revived.id
-    store.transition(job, C, NOW + 14, started_at=NOW + 11, finished_at=NOW + 14, lease=None)
+    store.transition(job, C, NOW + 14, started_at=NOW + 11, finished_at=NOW + 14, token=None)
     assert store.completed_duration() == (1, pytest.approx(3.0))
 
 
@@ -364,7 +364,7 @@ def test_inserted_job_keeps_what_was_enqueued(store):
             job.env, job.cwd, job.requires) == (
         "make -j4", "ci", -3, NOW + 5, 12.5, 7, {"A": "1", "B": "x y"}, "/src", {"arch": "arm64"})
     assert (job.state, job.attempts, job.created_at, job.updated_at) == (P, 0, NOW, NOW)
-    assert (job.started_at, job.finished_at, job.exit_code, job.last_error, job.lease) == (
+    assert (job.started_at, job.finished_at, job.exit_code, job.last_error, job.token) == (
         None, None, None, None, None)
 
 
@@ -632,7 +632,7 @@ def test_an_unplaceable_backlog_does_not_hide_a_job_that_becomes_placeable(store
     # A failed attempt that becomes due again is found too.
     assert claim_id(store, NOW + 61, labels=gpu) is None
     job = store.job("later")
-    store.transition(job, JobState.FAILED, NOW + 62, lease=None, attempts=1, run_at=NOW + 62)
+    store.transition(job, JobState.FAILED, NOW + 62, token=None, attempts=1, run_at=NOW + 62)
     assert claim_id(store, NOW + 62, labels=gpu) == "later"
     # Jobs without requirements were never hidden behind the backlog.
     store.insert_jobs([new_job("free", priority=500)], NOW)

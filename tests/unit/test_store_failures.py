@@ -174,7 +174,7 @@ def test_a_bye_in_a_batch_that_failed_leaves_no_job_processing(broker, store):
     broker.step([])
     assert len(broker.agents) == 0
     job = store.job("j")
-    assert (job.state.value, job.lease, job.last_error) == ("failed", None, "agent lost")
+    assert (job.state.value, job.token, job.last_error) == ("failed", None, "agent lost")
 
 
 def test_a_wait_answered_in_a_batch_that_failed_is_answered_again_later(broker, store):

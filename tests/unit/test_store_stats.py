@@ -83,13 +83,13 @@ def test_an_attempt_that_ended_its_job_as_canceled_is_not_a_failure_whatever_its
     counts no failed attempt (broker/metrics.py), so the seed must not either."""
     run_attempt(store, "timed-out-while-canceling", finished_at=NOW - 30, outcome=Outcome.TIMEOUT)
     job = store.job("timed-out-while-canceling")
-    store.transition(job, JobState.CANCELED, NOW - 30, attempts=1, lease=None,
+    store.transition(job, JobState.CANCELED, NOW - 30, attempts=1, token=None,
                      started_at=NOW - 31, finished_at=NOW - 30, last_error="timeout")
     # A job that died, was retried from the DLQ and then canceled while pending:
     # its failed attempt stays a failure.
     run_attempt(store, "died-then-canceled", finished_at=NOW - 20, outcome=Outcome.EXIT)
     job = store.job("died-then-canceled")
-    job = store.transition(job, JobState.DEAD, NOW - 20, attempts=1, lease=None,
+    job = store.transition(job, JobState.DEAD, NOW - 20, attempts=1, token=None,
                            started_at=NOW - 21, finished_at=NOW - 20, last_error="exit code 1")
     job = store.transition(job, JobState.PENDING, NOW - 15, attempts=0, run_at=NOW + 3600,
                            started_at=None, finished_at=None, last_error=None)
