@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from queuectl import __version__
-from queuectl.proto import VERSION, ErrorCode, ops
+from queuectl.proto import VERSION, ErrorCode, jobspec, ops
 from queuectl.proto import config as config_keys
-from queuectl.proto import jobspec
 from queuectl.proto import messages as m
 from queuectl.proto.jobspec import SpecError
 from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState

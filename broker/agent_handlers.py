@@ -10,7 +10,8 @@ nothing is lost.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from queuectl.proto import messages as m
 from queuectl.proto.states import ErrorCode, Outcome
@@ -76,7 +77,8 @@ def on_hello(ctx: Context, ident: bytes, msg: m.Hello, key_name: str | None) -> 
                           slots=msg.slots, labels=dict(msg.labels), connected_at=ctx.now,
                           last_seen=ctx.mono, last_seen_wall=ctx.now, key_name=key_name,
                           owner=owner)
-        log.info("agent %s connected from %s with %d slots", agent.agent_id, agent.host, agent.slots)
+        log.info("agent %s connected from %s with %d slots", agent.agent_id, agent.host,
+                 agent.slots)
     else:
         # The same agent said Hello again (it reconnected). An attempt it no
         # longer mentions never reached it, or ended without a result.
@@ -94,7 +96,8 @@ def on_hello(ctx: Context, ident: bytes, msg: m.Hello, key_name: str | None) -> 
         else:
             cancel.append(token)
     if cancel:
-        log.info("agent %s: attempts %s are no longer leased to it; canceling", agent.agent_id, cancel)
+        log.info("agent %s: attempts %s are no longer leased to it; canceling", agent.agent_id,
+                 cancel)
     # Leases a restarted broker found for this connection that its Hello does not
     # name: jobs it held but never started (it drops those at every Hello). End
     # them now, not when the orphan timer runs out.

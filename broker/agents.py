@@ -8,7 +8,8 @@ its slots (``prefetch``): it holds them ready and starts the next one the
 moment a slot frees, instead of waiting a round trip to the broker for it.
 For jobs of a few milliseconds that round trip is most of a slot's time; one
 job per slot ahead was not enough once the agent batches its results, two
-were, and more gained nothing (docs/BENCHMARKS.md). Jobs that run longer than ``PREFETCH_BELOW`` gain
+were, and more gained nothing (docs/BENCHMARKS.md). Jobs that run longer than
+``PREFETCH_BELOW`` gain
 nothing from it, so an agent running them gets no more jobs than slots, and
 no job waits behind a long one on a busy agent. The broker takes a held job
 back (Revoke) when another agent has nothing to do.

@@ -97,7 +97,8 @@ class Guard:
         return principal is not None
 
     def allows_agent(self, name: str) -> bool:
-        return any(p.name == name and p.role in (Role.ADMIN, Role.AGENT) for p in self.allowed.values())
+        return any(p.name == name and p.role in (Role.ADMIN, Role.AGENT)
+                   for p in self.allowed.values())
 
     def stop(self) -> None:
         if self._auth is not None:

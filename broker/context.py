@@ -11,8 +11,9 @@ time it likes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .agents import Registry
 from .batches import Batches

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from queuectl.proto import jobspec
 from queuectl.proto.states import ErrorCode, JobState, Outcome
@@ -117,7 +118,7 @@ class JobService:
                     raise JobError(ErrorCode.CONFLICT, f"job {number}: {exc}") from None
                 self.ids.skip()
                 jobs = [job if "id" in spec else job._replace(id=self.ids.next(now))
-                        for job, spec in zip(jobs, specs)]
+                        for job, spec in zip(jobs, specs, strict=True)]
         return jobs
 
     # --- leases -----------------------------------------------------------
@@ -154,9 +155,9 @@ class JobService:
                                finished_at=finished_at, exit_code=exit_code, reason=reason,
                                pid=pid)
         attempts = job.attempts + 1
-        ended = dict(attempts=attempts, token=None, exit_code=exit_code,
-                     started_at=started_at if started_at is not None else job.started_at,
-                     finished_at=finished_at)
+        ended = {"attempts": attempts, "token": None, "exit_code": exit_code,
+                 "started_at": started_at if started_at is not None else job.started_at,
+                 "finished_at": finished_at}
         if outcome is Outcome.OK:
             job = self.store.transition(job, JobState.COMPLETED, now, last_error=None, **ended)
         elif job.cancel_requested or outcome is Outcome.CANCELED:
@@ -215,7 +216,8 @@ class JobService:
             for job_id in dict.fromkeys(job_ids):  # each id once, in the order given
                 job = self.get(job_id)
                 if job.state is not JobState.DEAD:
-                    raise JobError(ErrorCode.CONFLICT, f"job {job_id!r} is {job.state.value}, not in the DLQ")
+                    raise JobError(ErrorCode.CONFLICT,
+                                   f"job {job_id!r} is {job.state.value}, not in the DLQ")
                 jobs.append(job)
         for job in jobs:
             self._changed(self.store.transition(

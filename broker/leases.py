@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from queuectl.proto.states import Outcome
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Leases:
-    def __init__(self, ctx: "Context", on_departed: Callable[[], None]):
+    def __init__(self, ctx: Context, on_departed: Callable[[], None]):
         self.ctx = ctx
         self.orphans = Orphans()
         self.undelivered: list[int] = []  # dispatched to an agent the socket could not reach

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 1
-    except Exception as exc:  # unreadable path, corrupt file, newer schema
+    except Exception as exc:  # noqa: BLE001 - unreadable path, corrupt file, newer schema: one line
         print(f"queuectl-broker: cannot open the store {db_path}: {exc}", file=sys.stderr)
         return 1
     broker = Broker(store, args.bind, guard)

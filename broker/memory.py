@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Callable
-
+from collections.abc import Callable
 
 EVERY = 60.0      # seconds between two trims, at most
 DEPARTED = 64     # agents gone since the last trim that call for one at once

@@ -10,8 +10,8 @@ by its owner digest (broker/intake.py), may adopt or release it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass

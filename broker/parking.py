@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 Check = Callable[[], Any]
 # What a handler returns for a request it parked: the answer comes later.

@@ -10,8 +10,9 @@ which ``show`` prints.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from queuectl.proto.states import JobState
 from queuectl.proto.timefmt import to_iso
@@ -90,7 +91,7 @@ class Queues:
         return rows
 
 
-def waiting_reason(job: Job, now: float, queues: Queues, agents: Iterable["AgentConn"],
+def waiting_reason(job: Job, now: float, queues: Queues, agents: Iterable[AgentConn],
                    store: Store) -> str | None:
     """Why a waiting job is not running yet, in a sentence; None for other states."""
     if job.state not in (JobState.PENDING, JobState.FAILED):

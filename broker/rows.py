@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import namedtuple
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from queuectl.proto.states import JobState, Outcome
 

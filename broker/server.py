@@ -25,8 +25,17 @@ from typing import Any
 import zmq
 
 from queuectl.keys import Principal
-from queuectl.proto import (MAX_FRAME, ErrorCode, ProtocolError, VersionMismatch, batches,
-                            decode_batch, encode, encode_batch, ops)
+from queuectl.proto import (
+    MAX_FRAME,
+    ErrorCode,
+    ProtocolError,
+    VersionMismatch,
+    batches,
+    decode_batch,
+    encode,
+    encode_batch,
+    ops,
+)
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
 from queuectl.proto.jobspec import SpecError
@@ -378,7 +387,7 @@ class Broker:
             return True
         first = next(why for why in refusals if why)
         agent_refusal = None
-        for msg, why in zip(msgs, refusals):
+        for msg, why in zip(msgs, refusals, strict=True):
             if isinstance(msg, m.Request):
                 ctx.outbox.reply(ident, msg.req_id, None, ErrorCode.FORBIDDEN,
                                  why or f"refused with the rest of its frame: {first}")
@@ -511,8 +520,8 @@ class Broker:
             if agent.key_name is not None and not self.guard.allows_agent(agent.key_name):
                 log.warning("agent %s lost: its key %r was revoked; %d jobs will run again",
                             agent.agent_id, agent.key_name, len(agent.inflight))
-                self.ctx.send(agent.ident, m.Error(code=ErrorCode.FORBIDDEN.value,
-                                                   message=f"the key {agent.key_name!r} was revoked"))
+                revoked = f"the key {agent.key_name!r} was revoked"
+                self.ctx.send(agent.ident, m.Error(code=ErrorCode.FORBIDDEN.value, message=revoked))
                 self.ctx.leases.drop_agent(agent, Outcome.LEASE_LOST)
 
     def _still_connected(self, agent: AgentConn) -> bool:

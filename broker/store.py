@@ -34,8 +34,7 @@ from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
 
 from . import lifecycle
 from .migrations import MIGRATIONS, migrate  # noqa: F401  (MIGRATIONS: for tests)
-from .rows import JOBS, Job, NewJob, literal, one_of
-from .rows import Attempt, Batch, BatchState, Chunk  # noqa: F401  (callers import them from here)
+from .rows import JOBS, Attempt, Batch, BatchState, Chunk, Job, NewJob, literal, one_of  # noqa: F401  (callers import them from here)
 from .store_attempts import AttemptStore
 from .store_batches import BatchStore
 from .store_failures import StoreFailures, StoreUnavailable, copy_store  # noqa: F401  (callers)
@@ -59,7 +58,7 @@ _CLAIM_JOB = (
     f" WHERE seq = :seq AND state = :was RETURNING {_JOB}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _job_update(names: tuple[str, ...], fixed: str) -> tuple[str, tuple]:
     """The guarded UPDATE that sets ``fixed`` and the columns ``names`` (each
     bound by its name), and the dumps those columns need. Raises ValueError for

@@ -6,7 +6,7 @@ stored per attempt and stream in chunks, trimmed to the output limit.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import apsw
 

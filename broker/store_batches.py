@@ -8,7 +8,7 @@ A batch's rows are staged in ``jobs`` with its id in ``batch`` and due = 2
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import apsw
 

@@ -9,7 +9,7 @@ with nothing of the iteration stored (docs/DECISIONS.md, "Other choices").
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import apsw
 
