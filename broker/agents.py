@@ -1,6 +1,6 @@
 """The broker's view of connected agents: slots, leases in flight, liveness.
 
-In memory only; the store is the truth about leases and ``Broker.resync``
+In memory only; the store is the truth about leases and ``Leases.resync``
 rebuilds ``inflight`` from it whenever the two could disagree.
 
 **Credit.** An agent whose jobs are short gets up to two jobs per slot beyond

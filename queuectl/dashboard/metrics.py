@@ -40,6 +40,8 @@ HELP = {
     Event.DEAD: "Jobs moved to the dead-letter queue since the broker started.",
     Event.CANCELED: "Jobs canceled since the broker started.",
 }
+if HELP.keys() != set(Event):  # a new counter needs its help text here
+    raise ImportError(f"no /metrics help for {sorted(set(Event) - HELP.keys())}")
 
 
 class BrokerCollector:
