@@ -19,10 +19,17 @@ from typing import Any, TypeVar
 import zmq
 
 from queuectl.keys import ClientKeys, KeyFileError, client_keys, secure_client
-from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
-from queuectl.proto import ErrorCode
+from queuectl.proto import (
+    MAX_FRAME,
+    VERSION,
+    ErrorCode,
+    ProtocolError,
+    VersionMismatch,
+    decode,
+    encode,
+    ops,
+)
 from queuectl.proto import messages as m
-from queuectl.proto import ops
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 5.0
