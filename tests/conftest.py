@@ -7,6 +7,7 @@ import os
 import pytest
 from hypothesis import settings
 
+import harness
 from harness import Agent, Broker, Processes
 
 # Property tests draw the same examples on every run, so CI is repeatable; set
@@ -47,21 +48,15 @@ def broker(procs, tmp_path):
 
 @pytest.fixture
 def start_agent(procs, broker):
-    """start_agent(count=2, labels={}, grace=None) -> Agent, connected to ``broker``."""
-    started = []
+    """start_agent(count=2, labels=None, grace=None, wait=True) -> Agent for ``broker``:
+    harness.start_agent, with each agent of the test named agent-1, agent-2, ..."""
+    started = 0
 
     def start(count: int = 2, labels: dict[str, str] | None = None,
               grace: float | None = None, wait: bool = True) -> Agent:
-        agent = Agent(procs, broker, count, labels or {}, grace, f"agent-{len(started) + 1}")
-        started.append(agent)
-        if wait:
-            from harness import wait_until
-
-            def connected() -> bool:
-                with broker.client() as qc:
-                    return any(a["pid"] == agent.pid for a in qc.agents())
-
-            wait_until(connected, 15, message=f"agent pid {agent.pid} to connect")
-        return agent
+        nonlocal started
+        started += 1
+        return harness.start_agent(procs, broker, count, labels=labels, grace=grace,
+                                   name=f"agent-{started}", wait=wait)
 
     return start

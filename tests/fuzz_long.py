@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "integration")]
 
-from harness import Agent, Broker, Processes, wait_until  # noqa: E402
+from harness import Broker, Processes, start_agent  # noqa: E402
 import test_wire_fuzz_broker as fuzz  # noqa: E402
 
 ROUND = 200  # hypothesis examples (batches of up to 40 frames) between two checks
@@ -40,13 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     survived, problem = False, ""
     try:
         broker = Broker(procs, workdir / "home").start()
-        agent = Agent(procs, broker, 1, {}, None, "agent")
-
-        def connected() -> bool:
-            with broker.client() as qc:
-                return any(a["pid"] == agent.pid for a in qc.agents())
-
-        wait_until(connected, 15, message="the agent to connect")
+        agent = start_agent(procs, broker, 1, name="agent")
         pid = broker.proc.pid
         rss_start = fuzz.vm_kib(pid)
         attacker = fuzz.Attacker(broker.endpoint, broker)

@@ -1,5 +1,7 @@
 """Helpers for integration tests: real processes, free loopback ports, deadlines.
 
+The one home of the helpers tests share (``start_agent``, ``wait_state``,
+``kill_if_alive`` and the rest): a test file defines only what is its own.
 Every process is started in its own session and registered with a
 ``Processes`` owner, which kills each process group at teardown even when
 the test failed. Waiting is ``wait_until(condition, timeout)``: poll a
@@ -195,6 +197,73 @@ class Agent:
 
     def log(self) -> str:
         return Path(self.proc.log_path).read_text(errors="replace")[-4000:]
+
+
+def start_agent(procs: Processes, broker: Broker, count: int = 2, *,
+                labels: dict[str, str] | None = None, grace: float | None = None,
+                name: str = "agent-1", env: dict[str, str] | None = None,
+                wait: bool = True, timeout: float = 15) -> Agent:
+    """A real agent of ``count`` slots for ``broker``, its log in ``NAME.log``.
+
+    With ``wait`` it returns once the broker lists the agent (by its PID), within
+    ``timeout`` seconds; without, at once (an agent the broker should refuse, or
+    many started together and waited for as a fleet)."""
+    agent = Agent(procs, broker, count, labels or {}, grace, name, env=env)
+    if wait:
+        def connected() -> bool:
+            with broker.client() as qc:
+                return any(a["pid"] == agent.pid for a in qc.agents())
+
+        wait_until(connected, timeout, message=f"agent {name} (pid {agent.pid}) to connect")
+    return agent
+
+
+def get_job(broker: Broker, job_id: str) -> dict:
+    with broker.client() as qc:
+        return qc.get(job_id)
+
+
+def state_of(broker: Broker, job_id: str) -> str:
+    return get_job(broker, job_id)["state"]
+
+
+def wait_state(broker: Broker, job_id: str, *states: str, timeout: float = 15,
+               interval: float = 0.05) -> dict:
+    """The job, once it is in one of ``states``; fails after ``timeout`` seconds."""
+    def reached() -> dict | None:
+        job = get_job(broker, job_id)
+        return job if job["state"] in states else None
+
+    return wait_until(reached, timeout, interval=interval,
+                      message=f"job {job_id} to be {' or '.join(states)}")
+
+
+def wait_done(broker: Broker, job_id: str, timeout: float = 15) -> dict:
+    """The job once it is finished (the broker's ``wait``: completed, dead or canceled)."""
+    with broker.client() as qc:
+        return qc.wait(job_id, timeout=timeout)
+
+
+def read_pid(path: Path, timeout: float = 15) -> int:
+    """The PID a job wrote to ``path`` (waits for the job to write it)."""
+    return int(wait_until(lambda: path.exists() and path.read_text().strip(), timeout,
+                          message=f"a pid in {path}"))
+
+
+def kill_if_alive(*pids: int | None, group: bool = False) -> None:
+    """Clean-up: SIGKILL each process a test started or watched, by PID, if it
+    outlived the test (``None`` and 0 are skipped). With ``group``, a process that
+    leads its own process group (a job's shell, a process of ``queuectl up``)
+    takes its whole group along."""
+    for pid in pids:
+        if pid and pid_alive(pid):
+            try:
+                if group and os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def configure(broker: Broker, **settings: Any) -> None:

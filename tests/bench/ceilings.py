@@ -19,13 +19,17 @@ Nothing here asserts a speed; it prints figures.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import msgpack
 import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import free_port  # noqa: E402
 
 SPAWN_LOOP = ("import subprocess, sys\n"
               "for _ in range(int(sys.argv[1])):\n"
@@ -47,15 +51,9 @@ ECHO_LOOP = ("import msgpack, sys, zmq\n"
 REQUEST = {"op": "enqueue", "req_id": 1, "args": {"job": {"command": "true"}}}
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def echo_round_trips(n: int) -> float:
     """Lockstep round trips a second between a DEALER and a Python ROUTER echo."""
-    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     server = subprocess.Popen([sys.executable, "-c", ECHO_LOOP, endpoint])
     client = zmq.Context.instance().socket(zmq.DEALER)
     client.setsockopt(zmq.LINGER, 0)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Agent, Processes, run_cli, wait_until  # noqa: E402
+from harness import Processes, run_cli, start_agent  # noqa: E402
 from throughput import drain, start_broker  # noqa: E402
 
 
@@ -33,9 +33,7 @@ def start(procs: Processes, home: Path, curve: bool):
                 raise RuntimeError(f"queuectl keys {' '.join(args)} failed: {result.stderr}")
         agent_env = {"QUEUECTL_KEY": str(home / "keys" / "issued" / "bench.key_secret")}
     broker = start_broker(procs, home)
-    agent = Agent(procs, broker, 2, {}, None, f"agent-{home.name}", env=agent_env)
-    with broker.client() as qc:
-        wait_until(lambda: qc.status()["slots"]["total"] == 2, 30, message="the agent")
+    agent = start_agent(procs, broker, 2, name=f"agent-{home.name}", env=agent_env, timeout=30)
     return broker, agent
 
 

@@ -34,13 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Broker, Processes, cli_json, free_port, program, wait_until  # noqa: E402
+from harness import (Broker, Processes, cli_json, free_port, program, start_agent,  # noqa: E402
+                     wait_until)
 from measure import percentiles_ms, rss_mb, wait_completed  # noqa: E402
 from queuectl.broker.store import Store  # noqa: E402
 from throughput import (  # noqa: E402
     batch_enqueue_rate,
     single_enqueue_rate,
-    start_agent,
     start_broker,
 )
 
@@ -159,7 +159,7 @@ def measure_store(home: Path, completed: int, pending: int, drain: int, single: 
         with broker.client(timeout=60) as qc:
             if pending < drain * 1.2 + 50:  # enough that the agent never runs dry
                 qc.enqueue_many([{"command": "true"}] * int(drain * 1.2 + 50 - pending))
-            start_agent(procs, broker, 2)
+            start_agent(procs, broker, 2, name="agent", timeout=30)
             seen = wait_completed(qc, completed + 1, 60)
             start = time.perf_counter()
             wait_completed(qc, seen + drain, 600)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Agent, Broker, Processes, run_cli, wait_until  # noqa: E402
+from harness import Agent, Broker, Processes, run_cli, start_agent  # noqa: E402
 from measure import cpu_seconds, percentiles_ms, wait_completed  # noqa: E402
 
 TRUE_JOB = '{"command": "true"}'
@@ -44,20 +44,10 @@ def start_broker(procs: Processes, home: Path) -> Broker:
     return Broker(procs, home).start("--log-level", "WARNING")
 
 
-def start_agent(procs: Processes, broker: Broker, slots: int, name: str = "agent") -> Agent:
-    """One agent of ``slots`` slots; returns once the broker counts its slots."""
-    with broker.client() as qc:
-        before = qc.status()["slots"]["total"]
-        agent = Agent(procs, broker, slots, {}, None, name)
-        wait_until(lambda: qc.status()["slots"]["total"] >= before + slots, 30,
-                   message=f"{name} to connect")
-    return agent
-
-
 def start_queue_with_agent(procs: Processes, tmp: str, slots: int = 2,
                            name: str = "home") -> tuple[Broker, Agent]:
     broker = start_broker(procs, Path(tmp) / name)
-    return broker, start_agent(procs, broker, slots)
+    return broker, start_agent(procs, broker, slots, name="agent", timeout=30)
 
 
 def start_queue(procs: Processes, tmp: str) -> Broker:

@@ -14,15 +14,10 @@ import signal
 
 import pytest
 from dashboard_html import counter, csrf_token, job_rows, parse, settle
-from harness import cli_json, wait_until
+from harness import cli_json, state_of, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-def state_of(broker, job_id: str) -> str:
-    with broker.client() as qc:
-        return qc.get(job_id)["state"]
-
 
 def stop_agent(broker, agent) -> None:
     """Gracefully stop one agent (by its PID) and wait until the broker forgets it."""

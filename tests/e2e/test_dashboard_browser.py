@@ -14,13 +14,12 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import struct
 import urllib.parse
 from pathlib import Path
 
 import pytest
-from harness import pid_alive, wait_until
+from harness import kill_if_alive, pid_alive, read_pid, state_of, wait_until
 
 try:
     from playwright.sync_api import expect
@@ -49,29 +48,6 @@ def job_row(page, job_id: str, table: str = "jobs"):
 def state_text(state: str) -> re.Pattern:
     """The text of a state cell: the state's name (a badge may add nothing else)."""
     return re.compile(rf"^\s*{state}\s*$")
-
-
-def read_pid(path: Path, timeout: float = 20) -> int:
-    return int(wait_until(lambda: path.exists() and path.read_text().strip(), timeout,
-                          message=f"a pid in {path}"))
-
-
-def kill_if_alive(pid: int | None) -> None:
-    if pid and pid_alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def state_of(broker, job_id: str) -> str:
-    with broker.client() as qc:
-        return qc.get(job_id)["state"]
-
-
-def wait_state(broker, job_id: str, state: str, timeout: float = 20) -> None:
-    wait_until(lambda: state_of(broker, job_id) == state, timeout, interval=0.1,
-               message=f"job {job_id} to be {state}")
 
 
 def tag_rows(page) -> None:
@@ -231,7 +207,7 @@ def test_cancel_on_the_job_page_kills_a_running_job(broker, start_agent, tab, tm
     pid_file = tmp_path / "long.pid"
     with broker.client() as qc:
         qc.enqueue({"id": "long", "command": f"echo $$ > {q(pid_file)}; exec sleep 60"})
-    pid = read_pid(pid_file)
+    pid = read_pid(pid_file, timeout=20)
     try:
         page = tab.page
         tab.open("/jobs/long")
@@ -480,7 +456,7 @@ def test_screenshot_of_a_busy_dashboard(broker, start_agent, tab, tmp_path):
                     "command": f"echo $$ > {q(pid_file)}; echo rendering; exec sleep 60"})
         qc.enqueue({"id": "report-weekly", "command": "echo weekly", "queue": "reports",
                     "delay": 3600})
-    pid = read_pid(pid_file)
+    pid = read_pid(pid_file, timeout=20)
     try:
         page = tab.page
         tab.open("/")

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
 import threading
 import time
 
 import netns
 import pytest
 from cluster import BROKER_PORT, NsAgent, NsBroker
-from harness import pid_alive, wait_until
+from harness import kill_if_alive, pid_alive, wait_until
 from ledger import Ledger, audit, report
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -78,16 +76,6 @@ def started_attempt(qc, job_id: str) -> dict | None:
 def settled(qc) -> int:
     counts = qc.status()["counts"]
     return counts["completed"] + counts["dead"] + counts["canceled"]
-
-
-def kill_if_alive(pids) -> None:
-    """Clean-up for job processes this test's agents started, by PID."""
-    for pid in pids:
-        if pid and pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 class ShortJobs:
@@ -220,7 +208,7 @@ def test_partitioned_agent_kills_its_jobs_they_rerun_elsewhere_and_its_stale_res
     finally:
         if stream is not None:
             stream._stop.set()
-        kill_if_alive(job_pids)
+        kill_if_alive(*job_pids)
 
     report("network partition (agent cut off past its lease)", result,
            f"veth link of 1 of 2 agents cut for {cut_sec:.1f}s (lease {lease}s, heartbeat "
@@ -291,7 +279,7 @@ def test_a_cut_shorter_than_the_lease_lets_the_job_finish_on_its_agent_exactly_o
             agents = qc.agents()
         result = audit(broker, ["steady"], ledger)
     finally:
-        kill_if_alive([job_pid])
+        kill_if_alive(job_pid)
 
     report("network partition (agent cut off shorter than its lease)", result,
            f"veth link of the running agent cut for {cut_sec:.1f}s (lease {lease}s, heartbeat "

@@ -62,7 +62,7 @@ import apsw
 import pytest
 from faults.ledger import Ledger, audit, report
 import harness
-from harness import Agent, Broker, Processes, program, run_cli, wait_until
+from harness import Broker, Processes, program, run_cli, start_agent, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -173,17 +173,6 @@ def tmpfs_broker(procs, tmp_path):
 
 def configure(broker: Broker, **settings: Any) -> None:
     harness.configure(broker, **{**FAST, **settings})
-
-
-def start_agent(procs: Processes, broker: Broker, count: int = 2, name: str = "agent-1") -> Agent:
-    agent = Agent(procs, broker, count, {}, None, name)
-
-    def connected() -> bool:
-        with broker.client() as qc:
-            return any(a["pid"] == agent.pid for a in qc.agents())
-
-    wait_until(connected, 15, message=f"agent pid {agent.pid} to connect")
-    return agent
 
 
 def timed_enqueue(broker: Broker, job: dict[str, Any] | None = None,

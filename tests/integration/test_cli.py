@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import Broker, Processes, cli_json, free_port, pid_alive, program, run_cli, wait_until
+from harness import (Broker, Processes, cli_json, free_port, get_job, kill_if_alive, pid_alive,
+                     program, run_cli, wait_done, wait_state, wait_until)
 
 pytestmark = pytest.mark.integration
 
@@ -27,24 +28,6 @@ JOB_KEYS = {"id", "command", "state", "queue", "priority", "attempts", "max_retr
 
 
 # --- helpers -------------------------------------------------------------------
-
-def get_job(broker: Broker, job_id: str) -> dict:
-    with broker.client() as qc:
-        return qc.get(job_id)
-
-
-def wait_state(broker: Broker, job_id: str, *states: str, timeout: float = 15) -> dict:
-    def reached():
-        job = get_job(broker, job_id)
-        return job if job["state"] in states else None
-
-    return wait_until(reached, timeout, interval=0.05, message=f"job {job_id} to be {states}")
-
-
-def wait_done(broker: Broker, job_id: str, timeout: float = 15) -> dict:
-    with broker.client() as qc:
-        return qc.wait(job_id, timeout=timeout)
-
 
 def enqueue(broker: Broker, spec: dict) -> str:
     result = run_cli(broker, "enqueue", json.dumps(spec))
@@ -63,21 +46,6 @@ def assert_user_error(result, exit_code: int, *words: str) -> str:
         assert word in lines[0], f"{word!r} not in {lines[0]!r}"
     assert result.stdout == "", repr(result.stdout)
     return lines[0]
-
-
-def kill_if_alive(*pids: int | None) -> None:
-    """SIGKILL processes this test started or checked, if they outlived it.
-
-    A job's shell leads its own process group, so its whole group goes."""
-    for pid in pids:
-        if pid and pid_alive(pid):
-            try:
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, signal.SIGKILL)
-                else:
-                    os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +325,7 @@ def test_cancel_kills_a_running_job_and_cancels_a_pending_one(broker, start_agen
         assert job["attempts_log"][-1]["reason"] == "canceled"
         assert cli_json(broker, "status")["slots"]["busy"] == 0
     finally:
-        kill_if_alive(sleep_pid, shell_pid)
+        kill_if_alive(sleep_pid, shell_pid, group=True)
 
     enqueue(broker, {"id": "later", "command": "touch should-not-run", "delay": "1h"})
     assert cli_json(broker, "cancel", "later") == {"id": "later", "state": "canceled"}
@@ -384,7 +352,7 @@ def test_cancel_kills_a_job_that_ignores_sigterm(broker, start_agent, tmp_path):
                    message="the job's processes, which ignore SIGTERM, to be killed")
         assert get_job(broker, "stubborn")["state"] == "canceled"
     finally:
-        kill_if_alive(child, shell)
+        kill_if_alive(child, shell, group=True)
 
 
 def test_cancel_running_job_with_json(broker, start_agent, tmp_path):
@@ -401,7 +369,7 @@ def test_cancel_running_job_with_json(broker, start_agent, tmp_path):
         enqueue(broker, {"id": "next", "command": "true"})
         assert wait_done(broker, "next")["state"] == "completed"
     finally:
-        kill_if_alive(pid)
+        kill_if_alive(pid, group=True)
 
     # a failed job waiting for its retry can be canceled too
     enqueue(broker, {"id": "flaky", "command": "exit 1", "max_retries": 3})
@@ -496,7 +464,7 @@ def test_ctrl_c_interrupts_logs_follow_with_exit_130(broker, start_agent, procs)
         assert "Traceback" not in output.read_text()
         assert get_job(broker, "endless")["state"] == "processing", "Ctrl-C of logs must not stop the job"
     finally:
-        kill_if_alive(pid)
+        kill_if_alive(pid, group=True)
 
 
 # --- queuectl up -------------------------------------------------------------------
@@ -550,4 +518,4 @@ def test_up_runs_broker_and_agents_until_ctrl_c(procs, tmp_path):
                 qc.ping()
         assert "Traceback" not in Path(up.log_path).read_text()
     finally:
-        kill_if_alive(broker_pid, agent_pid)
+        kill_if_alive(broker_pid, agent_pid, group=True)

@@ -512,19 +512,36 @@ def test_config_keys_other_than_the_known_ones_are_refused(cli):
     check()
 
 
+LIVENESS_RANGES = {"heartbeat_sec": (0.05, 60), "lease_sec": (0.5, 3600)}  # proto/config.py
+PLAIN_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
 @pytest.mark.timeout(120)
 def test_liveness_settings_keep_the_lease_at_least_four_heartbeats(cli):
     """heartbeat_sec and lease_sec: refused (exit 2) exactly when out of range or when
-    the lease would be shorter than 4 heartbeats; the settings never break that rule."""
+    the lease would be shorter than 4 heartbeats; the settings never break that rule.
+    An accepted value is the setting now, and a refused one changes nothing."""
     @PROPS
     @given(key=st.sampled_from(["heartbeat_sec", "lease_sec", "heartbeat-sec", "lease-sec"]),
            value=st.one_of(st.floats(0.01, 100).map(lambda f: f"{f:.3f}"), st.integers(-5, 4000).map(str),
                            ARGV_TEXT))
     def check(key, value):
-        result = cli("config", "set", "--", key, value)
-        assert_either(result)
+        name = key.replace("-", "_")
+        before = cli.json("config", "show")
+        accepted = assert_either(cli("config", "set", "--", key, value))
         config = cli.json("config", "show")
         assert config["lease_sec"] >= 4 * config["heartbeat_sec"], config
+        if PLAIN_NUMBER.fullmatch(value):  # a plain number: the rule decides
+            low, high = LIVENESS_RANGES[name]
+            proposed = {**before, name: float(value)}
+            allowed = low <= float(value) <= high and \
+                proposed["lease_sec"] >= 4 * proposed["heartbeat_sec"]
+            assert accepted == allowed, (key, value, before, accepted)
+        if accepted:
+            assert math.isclose(config[name], float(value.strip()), rel_tol=1e-12), (value, config)
+            assert {**config, name: before[name]} == before, "another setting changed too"
+        else:
+            assert config == before, "a refused value changed the settings"
 
     try:
         check()
@@ -570,14 +587,25 @@ def test_list_state_and_limit_filter_or_are_refused_cleanly(cli):
 
 
 @pytest.mark.timeout(120)
-def test_list_queue_returns_only_that_queue(cli):
+def test_list_queue_returns_only_that_queue(cli, used_ids):
+    """A job enqueued in a queue is listed under it, and nothing of another queue is."""
     @PROPS
     @given(queue=ARGV_TEXT.filter(lambda s: not s.startswith("-")))
     @example(queue="\udcff")
     def check(queue):
-        result = cli("list", "--queue", queue, "--json")
+        job_id = f"prop-{next(_ids)}"
+        enqueued = assert_either(cli("enqueue", json.dumps({"id": job_id, "command": "true",
+                                                             "queue": queue})))
+        if enqueued:
+            used_ids.add(job_id)
+        result = cli("list", "--queue", queue, "--json", "--limit", "1000")
+        if enqueued:
+            assert result.code == 0, f"a queue that took a job cannot be listed:\n{result}"
         if assert_either(result):
-            assert all(job["queue"] == queue for job in json.loads(result.out))
+            jobs = json.loads(result.out)
+            assert all(job["queue"] == queue for job in jobs)
+            if enqueued and len(jobs) < 1000:  # a full page may end before it
+                assert job_id in [job["id"] for job in jobs], f"{job_id} not listed in {queue!r}"
 
     check()
 

@@ -15,19 +15,11 @@ from typing import Any
 
 import pytest
 
-from harness import Broker, cli_json, free_port, pid_alive, program, run_cli, wait_until
+from harness import (Broker, cli_json, free_port, kill_if_alive, program, run_cli, wait_state,
+                     wait_until)
 from queuectl.client import Client
 
 pytestmark = pytest.mark.integration
-
-
-def wait_state(broker: Broker, job_id: str, *states: str, timeout: float = 15) -> dict:
-    def reached():
-        with broker.client() as qc:
-            job = qc.get(job_id)
-        return job if job["state"] in states else None
-
-    return wait_until(reached, timeout, interval=0.05, message=f"job {job_id} to be {states}")
 
 
 def restart(broker: Broker, how: str) -> None:
@@ -142,15 +134,6 @@ def test_a_file_line_whose_id_exists_is_named_and_nothing_is_enqueued(broker, tm
 
 # --- queuectl up on the endpoint the user configured ------------------------------------
 
-def kill_if_alive(*pids: int | None) -> None:
-    for pid in pids:
-        if pid and pid_alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def start_up(procs, argv: list[str], env: dict[str, str], endpoint: str):
     """Start `queuectl ARGV` (an `up`) and wait until `queuectl status` finds it, with its
     agent, at ``endpoint``; returns the process and the pids of its broker and agent."""
@@ -196,7 +179,7 @@ def test_up_binds_the_endpoint_of_queuectl_broker(procs, tmp_path):
         assert result.returncode == 0, result.stderr
         stop_up(up)
     finally:
-        kill_if_alive(*pids)
+        kill_if_alive(*pids, group=True)
 
 
 def test_up_binds_the_global_broker_option_and_serves_the_stats_page_at_http(procs, tmp_path):
@@ -223,7 +206,7 @@ def test_up_binds_the_global_broker_option_and_serves_the_stats_page_at_http(pro
                    message="`queuectl up` to name the stats page")
         assert "warning" not in stop_up(up)
     finally:
-        kill_if_alive(*pids)
+        kill_if_alive(*pids, group=True)
 
 
 # --- a broker that stops, or goes away for good -------------------------------------

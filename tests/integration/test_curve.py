@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from harness import Agent, Broker, free_port, run_cli, wait_until
+from harness import Broker, free_port, run_cli, start_agent, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +45,6 @@ def issued(broker: Broker, name: str) -> dict[str, str]:
     keys = broker.home / "keys"
     return {"QUEUECTL_KEY": str(keys / "issued" / f"{name}.key_secret"),
             "QUEUECTL_BROKER_KEY": str(keys / "broker.key")}
-
-
-def start_agent(procs, broker: Broker, name: str, env: dict[str, str], count: int = 1) -> Agent:
-    return Agent(procs, broker, count, {}, None, name, env=env)
 
 
 def agent_ids(broker: Broker) -> list[str]:
@@ -82,7 +78,7 @@ def test_key_files_are_private_and_roles_are_listed(tmp_path):
 
 
 def test_each_role_does_only_its_part(secure, procs):
-    start_agent(procs, secure, "hostb", issued(secure, "hostb"))
+    start_agent(procs, secure, 1, name="hostb", env=issued(secure, "hostb"), wait=False)
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the agent to connect")
     # The local admin key (the default of this home) enqueues; the agent runs it.
     added = run_cli(secure, "enqueue", '{"id": "a1", "command": "echo ran"}')
@@ -132,10 +128,11 @@ def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
     (tmp_path / "empty").mkdir()
     other_broker = {**issued(secure, "hostb"),
                     "QUEUECTL_BROKER_KEY": str(other / "keys" / "broker.key")}
-    agents = [start_agent(procs, secure, "wrong", wrong_key),
-              start_agent(procs, secure, "revoked", revoked),
-              start_agent(procs, secure, "nokey", {"QUEUECTL_HOME": str(tmp_path / "empty")}),
-              start_agent(procs, secure, "otherbroker", other_broker)]
+    agents = [start_agent(procs, secure, 1, name="wrong", env=wrong_key, wait=False),
+              start_agent(procs, secure, 1, name="revoked", env=revoked, wait=False),
+              start_agent(procs, secure, 1, name="nokey",
+                          env={"QUEUECTL_HOME": str(tmp_path / "empty")}, wait=False),
+              start_agent(procs, secure, 1, name="otherbroker", env=other_broker, wait=False)]
     added = run_cli(secure, "enqueue", '{"id": "p1", "command": "true"}')
     assert added.returncode == 0, added.stderr
     for agent in agents:  # each one tried, and was refused at the handshake
@@ -156,7 +153,7 @@ def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
         assert result.returncode == 1 and says in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     # The same job runs at once on an agent with an allowed key.
-    start_agent(procs, secure, "hostb", issued(secure, "hostb"))
+    start_agent(procs, secure, 1, name="hostb", env=issued(secure, "hostb"), wait=False)
     with secure.client() as qc:
         assert qc.wait("p1", timeout=20)["state"] == "completed"
 
@@ -164,7 +161,7 @@ def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
 def test_a_revoked_key_is_refused_without_restarting_the_broker(secure, procs, tmp_path):
     assert keys_cli(secure.home, "add-agent", "spare").returncode == 0
     hostb = keep_copy(secure, "hostb", tmp_path)
-    doomed = start_agent(procs, secure, "hostb", hostb)
+    doomed = start_agent(procs, secure, 1, name="hostb", env=hostb, wait=False)
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the first agent")
     with secure.client() as qc:
         qc.enqueue({"id": "long", "command": "sleep 60", "max_retries": 3})
@@ -185,12 +182,12 @@ def test_a_revoked_key_is_refused_without_restarting_the_broker(secure, procs, t
         assert job["state"] in ("failed", "pending") and job["attempts"] == 1
         assert job["last_error"] and "agent lost" in job["last_error"]
         # Started again with the revoked key, the agent cannot get back in...
-        again = start_agent(procs, secure, "again", hostb)
+        again = start_agent(procs, secure, 1, name="again", env=hostb, wait=False)
         wait_until(lambda: "refused this agent's key" in again.log(), 20,
                    message="the revoked key to be refused")
         assert agent_ids(secure) == []
         # ...and the job runs again on an agent whose key is still allowed.
-        start_agent(procs, secure, "spare", issued(secure, "spare"))
+        start_agent(procs, secure, 1, name="spare", env=issued(secure, "spare"), wait=False)
         wait_until(lambda: qc.get("long")["state"] == "processing", 20,
                    message="the job on the spare agent")
         assert qc.get("long")["attempts"] == 1
@@ -254,7 +251,7 @@ def test_nothing_crosses_the_wire_in_plaintext(curve, procs, tmp_path):
     try:
         via_relay = Broker(procs, home, port=relay.port)  # the same broker, through the relay
         env = issued(broker, "hostb") if curve else {}
-        Agent(procs, via_relay, 1, {}, None, "agent", env=env)
+        start_agent(procs, via_relay, 1, name="agent", env=env, wait=False)
         marker = "secret-marker-" + os.urandom(6).hex()
         with via_relay.client() as qc:
             wait_until(lambda: qc.status()["slots"]["total"] == 1, 15, message="the agent")
@@ -331,7 +328,7 @@ def test_malformed_key_files_give_a_one_line_error(secure, procs, tmp_path):
         assert result.returncode == 2, (name, result.returncode, result.stderr[-600:])
         one_line_error(result)
         assert str(path) in result.stderr, (name, result.stderr)
-        agent = Agent(procs, secure, 1, {}, None, f"agent-{name}", env={
+        agent = start_agent(procs, secure, 1, name=f"agent-{name}", wait=False, env={
             "QUEUECTL_KEY": str(path), "QUEUECTL_BROKER_KEY": broker_key})
         assert agent.proc.wait(20) == 2, (name, agent.log()[-600:])
         assert "Traceback" not in agent.log(), (name, agent.log()[-600:])
@@ -352,7 +349,7 @@ def test_a_malformed_file_on_the_allow_list_allows_nobody_and_stops_nothing(secu
         assert secure.proc.poll() is None, secure.log()[-1500:]
         time.sleep(0.1)  # pacing: look at the process for a few ticks
     assert secure.answers(), secure.log()[-1500:]
-    Agent(procs, secure, 1, {}, None, "hostb", env=issued(secure, "hostb"))
+    start_agent(procs, secure, 1, name="hostb", env=issued(secure, "hostb"), wait=False)
     with secure.client(timeout=10) as qc:
         assert qc.wait("before", timeout=20)["state"] == "completed"
     assert "Traceback" not in secure.log(), secure.log()[-1500:]
@@ -371,7 +368,7 @@ def test_another_key_cannot_take_over_an_agents_identity(secure, procs, intruder
 
     from queuectl.keys import client_keys, secure_client
 
-    victim = Agent(procs, secure, 2, {}, None, "hostb", env=issued(secure, "hostb"))
+    victim = start_agent(procs, secure, 2, name="hostb", env=issued(secure, "hostb"), wait=False)
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the agent")
     victim_id = agent_ids(secure)[0]
 
@@ -418,14 +415,15 @@ def test_revoking_an_agent_mid_job_never_runs_the_job_twice_at_once(secure, proc
 
     ledger = Ledger(tmp_path / "ledger")
     assert keys_cli(secure.home, "add-agent", "spare").returncode == 0
-    doomed = Agent(procs, secure, 4, {}, None, "hostb", env=keep_copy(secure, "hostb", tmp_path))
+    doomed = start_agent(procs, secure, 4, name="hostb", env=keep_copy(secure, "hostb", tmp_path),
+                         wait=False)
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the first agent")
     with secure.client() as qc:
         ids = [qc.enqueue({"id": f"j{i}", "command": ledger.command(3), "max_retries": 5})["id"]
                for i in range(4)]
         wait_until(lambda: sum(f"start j{i} " in ledger.path.read_text() for i in range(4)) == 4,
                    15, message="the four jobs to start")
-        Agent(procs, secure, 4, {}, None, "spare", env=issued(secure, "spare"))
+        start_agent(procs, secure, 4, name="spare", env=issued(secure, "spare"), wait=False)
         wait_until(lambda: len(agent_ids(secure)) == 2, 15, message="the spare agent")
         assert keys_cli(secure.home, "revoke", "hostb").returncode == 0
         assert doomed.proc.wait(20) == 1
@@ -438,19 +436,19 @@ def test_revoking_an_agent_mid_job_never_runs_the_job_twice_at_once(secure, proc
 
 def test_a_name_revoked_then_issued_again_connects_with_its_new_key(secure, procs, tmp_path):
     old = keep_copy(secure, "hostb", tmp_path)
-    first = Agent(procs, secure, 1, {}, None, "hostb-1", env=old)
+    first = start_agent(procs, secure, 1, name="hostb-1", env=old, wait=False)
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the first agent")
     assert keys_cli(secure.home, "revoke", "hostb").returncode == 0
     assert first.proc.wait(20) == 1
     again = keys_cli(secure.home, "add-agent", "hostb")
     assert again.returncode == 0, again.stderr
-    Agent(procs, secure, 1, {}, None, "hostb-2", env=issued(secure, "hostb"))
+    start_agent(procs, secure, 1, name="hostb-2", env=issued(secure, "hostb"), wait=False)
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the agent with the new key")
     with secure.client() as qc:
         job = qc.enqueue({"command": "true"})
         assert qc.wait(job["id"], timeout=20)["state"] == "completed"
     # The old key stays refused.
-    stale = Agent(procs, secure, 1, {}, None, "hostb-old", env=old)
+    stale = start_agent(procs, secure, 1, name="hostb-old", env=old, wait=False)
     wait_until(lambda: "refused this agent's key" in stale.log(), 20,
                message="the old key to be refused")
     assert len(agent_ids(secure)) == 1
@@ -495,7 +493,7 @@ def test_another_agent_key_cannot_speak_for_a_connected_agent(secure, procs):
     from queuectl.keys import load
     from queuectl.proto import messages as m
 
-    start_agent(procs, secure, "hostb", issued(secure, "hostb"))
+    start_agent(procs, secure, 1, name="hostb", env=issued(secure, "hostb"), wait=False)
     with secure.client() as qc:
         job_id = qc.enqueue({"command": "sleep 1.5; echo real"})["id"]
         job = wait_until(lambda: qc.get(job_id)["started_at"] and qc.get(job_id), 20,

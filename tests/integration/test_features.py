@@ -15,30 +15,12 @@ import msgpack
 import pytest
 import zmq
 
-from harness import Broker, cli_json, program, run_cli, wait_until
+from harness import Broker, cli_json, get_job, program, run_cli, wait_done, wait_state, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 # --- helpers -------------------------------------------------------------------
-
-def get_job(broker: Broker, job_id: str) -> dict:
-    with broker.client() as qc:
-        return qc.get(job_id)
-
-
-def wait_done(broker: Broker, job_id: str, timeout: float = 15) -> dict:
-    with broker.client() as qc:
-        return qc.wait(job_id, timeout=timeout)
-
-
-def wait_state(broker: Broker, job_id: str, *states: str, timeout: float = 15) -> dict:
-    def reached():
-        job = get_job(broker, job_id)
-        return job if job["state"] in states else None
-
-    return wait_until(reached, timeout, interval=0.05, message=f"job {job_id} to be {states}")
-
 
 def enqueue(broker: Broker, spec: dict, env: dict | None = None) -> dict:
     result = run_cli(broker, "enqueue", json.dumps(spec), "--json", env=env)

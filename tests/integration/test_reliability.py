@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli_json, pid_alive, run_cli, wait_until, watchdog_pid
+from harness import (cli_json, kill_if_alive, pid_alive, read_pid, run_cli, wait_until,
+                     watchdog_pid)
 
 pytestmark = pytest.mark.integration
 
@@ -36,22 +37,6 @@ def fast_liveness(qc, heartbeat: float = 0.5, lease: float = 2.0, kill_grace: fl
     qc.config_set("heartbeat_sec", heartbeat)  # first: lease_sec must stay >= 2 x heartbeat
     qc.config_set("lease_sec", lease)
     qc.config_set("kill_grace_sec", kill_grace)
-
-
-def read_pid(path: Path, timeout: float = 15) -> int:
-    """The PID a job wrote to ``path`` (waits for the job to write it)."""
-    text = wait_until(lambda: path.exists() and path.read_text().strip(), timeout,
-                      message=f"a pid in {path}")
-    return int(text)
-
-
-def kill_if_alive(pid: int | None) -> None:
-    """Clean-up for a job process a test watched: SIGKILL it by PID if it still runs."""
-    if pid is not None and pid_alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def agent_id(qc, agent) -> str:

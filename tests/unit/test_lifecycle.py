@@ -51,6 +51,11 @@ def test_backoff_never_exceeds_the_cap_and_never_shrinks_as_attempts_grow(n, bas
     assert 0 <= delay <= cap
     assert following >= delay
     assert math.isfinite(delay)
+    # and it is base ** n until that reaches the cap (compared in logarithms: no overflow)
+    if cap > 0 and n * math.log(base) < math.log(cap):
+        assert delay == pytest.approx(base ** n, rel=1e-9)
+    else:
+        assert delay == pytest.approx(cap, rel=1e-9)
 
 
 # --- after_failure -------------------------------------------------------------

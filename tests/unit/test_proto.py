@@ -10,6 +10,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from hostile import assert_decoded_as_sent, body_fits
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import codec, messages as m
 
@@ -138,32 +139,88 @@ def only_protocol_error(data: bytes) -> ProtocolError:
     pytest.fail(f"decode accepted {data[:60]!r}")
 
 
-@settings(max_examples=500)
-@given(data=st.binary(max_size=200))
-def test_random_bytes_raise_only_protocol_error(data):
+def rejected_or_decoded_as_sent(data: bytes) -> ProtocolError | None:
+    """decode's contract for any bytes: ProtocolError (returned), or the message the
+    frame says, exactly; any other exception propagates and fails the test."""
     try:
-        decode(data)
-    except ProtocolError:
-        pass  # anything else propagates and fails the test
+        msg = decode(data)
+    except ProtocolError as exc:
+        return exc
+    assert_decoded_as_sent(data, msg)
+    return None
+
+
+@st.composite
+def mutated_frames(draw) -> bytes:
+    """A valid frame with one byte changed, cut off or added: some still decode
+    (another value in a field), most must not (a flipped type, version or length)."""
+    data = bytearray(encode(sample(draw(st.sampled_from(MESSAGES)))))
+    at = draw(st.integers(0, len(data) - 1))
+    how = draw(st.sampled_from(["set", "cut", "insert"]))
+    if how == "set":
+        data[at] = draw(st.integers(0, 255))
+    elif how == "cut":
+        del data[at]
+    else:
+        data[at:at] = draw(st.binary(min_size=1, max_size=3))
+    return bytes(data)
+
+
+@settings(max_examples=500)
+@given(data=st.one_of(st.binary(max_size=200), mutated_frames()))
+def test_random_bytes_are_rejected_or_decoded_exactly_as_sent(data):
+    rejected_or_decoded_as_sent(data)
+
+
+# [version, type, body] with each part right or not, and valid ones as they are sent
+ENVELOPES = st.one_of(
+    st.tuples(st.one_of(st.just(VERSION), INT64, MSGPACK_VALUE),
+              st.one_of(st.sampled_from([cls.TYPE for cls in MESSAGES]), MSGPACK_VALUE),
+              st.one_of(st.just({}), MSGPACK_VALUE)).map(list),
+    st.sampled_from(MESSAGES).map(lambda cls: [VERSION, cls.TYPE, body_of(sample(cls))]))
 
 
 @settings(max_examples=300)
-@given(value=MSGPACK_VALUE)
-def test_any_msgpack_value_raises_only_protocol_error(value):
-    try:
-        decode(msgpack.packb(value, use_bin_type=True))
-    except ProtocolError:
-        pass
+@given(value=st.one_of(MSGPACK_VALUE, ENVELOPES))
+def test_a_msgpack_value_is_rejected_unless_it_is_an_envelope_of_a_valid_message(value):
+    error = rejected_or_decoded_as_sent(msgpack.packb(value, use_bin_type=True))
+    if isinstance(value, list) and value and type(value[0]) is int and value[0] != VERSION:
+        # another version is named as such, whatever follows it
+        assert isinstance(error, VersionMismatch) and error.peer_version == value[0], error
 
 
-@settings(max_examples=150)
-@given(type_name=st.sampled_from([cls.TYPE for cls in MESSAGES]),
-       body=st.dictionaries(st.text(max_size=15), MSGPACK_VALUE, max_size=6))
-def test_random_bodies_for_real_types_raise_only_protocol_error(type_name, body):
-    try:
-        decode(frame(VERSION, type_name, body))
-    except ProtocolError:
-        pass
+@st.composite
+def bodies(draw) -> tuple[str, dict]:
+    """A type name and a body: random maps, or a valid body of some message with
+    at most one thing wrong (a field missing, of another type or out of range, an
+    unknown field, or the body of another type)."""
+    if draw(st.booleans()):
+        return (draw(st.sampled_from([cls.TYPE for cls in MESSAGES])),
+                draw(st.dictionaries(st.text(max_size=15), MSGPACK_VALUE, max_size=6)))
+    cls = draw(st.sampled_from(MESSAGES))
+    body = body_of(draw(messages_of(cls)))
+    fields = sorted(body)
+    spoil = draw(st.sampled_from(["none", "missing", "value", "unknown", "type"]))
+    if spoil == "missing" and fields:
+        del body[draw(st.sampled_from(fields))]
+    elif spoil == "value" and fields:
+        body[draw(st.sampled_from(fields))] = draw(
+            st.one_of(MSGPACK_VALUE, st.integers(2**63, 2**64 - 1)))
+    elif spoil == "unknown":
+        body[draw(st.text(max_size=15))] = draw(MSGPACK_VALUE)
+    elif spoil == "type":
+        return draw(st.sampled_from([c.TYPE for c in MESSAGES])), body
+    return cls.TYPE, body
+
+
+@settings(max_examples=300)
+@given(case=bodies())
+def test_a_body_is_accepted_exactly_when_it_fits_its_type(case):
+    """Model: hostile.body_fits, which reads the dataclass fields, not the codec's checks."""
+    type_name, body = case
+    error = rejected_or_decoded_as_sent(frame(VERSION, type_name, body))
+    fits = body_fits(codec._REGISTRY[type_name], body)
+    assert (error is None) == fits, f"{type_name} {body!r}: fits={fits}, decode: {error}"
 
 
 @pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.TYPE)

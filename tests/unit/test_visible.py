@@ -53,11 +53,27 @@ def test_log_filter_gives_the_same_text_wherever_the_chunks_are_cut():
     assert run_filter([bytes([b]) for b in OUTPUT]) == whole
 
 
+def in_order(wanted: str, text: str) -> bool:
+    """Is every character of ``wanted`` in ``text``, in the same order?"""
+    rest = iter(text)
+    return all(char in rest for char in wanted)
+
+
 @given(st.binary(max_size=200), st.integers(0, 200))
 def test_log_filter_never_lets_a_control_through_but_sgr_and_line_breaks(data, cut):
     shown = run_filter([data[:cut], data[cut:]]).decode("utf-8")
     rest = re.sub("\x1b\\[[0-9;:]*m|\r\n|[\n\t]", "", shown)
     assert not any(c in rest for c in CONTROLS)
+    # and it hides nothing: every printable character of the input is shown, in order
+    printable = "".join(c for c in data.decode("utf-8", "replace")
+                        if c not in CONTROLS and c != "\ufffd")
+    assert in_order(printable, shown), (data, shown)
+
+
+@given(st.text(st.characters(blacklist_categories=["Cc", "Cs"])), st.integers(0, 200))
+def test_log_filter_shows_text_without_controls_as_it_is(text, cut):
+    data = text.encode()
+    assert run_filter([data[:cut], data[cut:]]) == data
 
 
 def test_an_unfinished_sequence_at_the_end_is_shown_escaped():

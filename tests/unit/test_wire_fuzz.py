@@ -23,6 +23,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings, strategies as st
 
+from hostile import assert_decoded_as_sent, field_types, holds
 from queuectl.proto import VERSION, ProtocolError, VersionMismatch, decode, encode
 from queuectl.proto import codec, messages as m
 
@@ -35,39 +36,17 @@ MSGPACK_MAX_DEPTH = 1024
 DEFAULT_RECURSION_LIMIT = 1000  # CPython's; queuectl-broker does not change it
 
 
-# --- what a field may hold, independently of codec's own checks -------------------
-
-def hints(cls) -> dict[str, typing.Any]:
-    resolved = typing.get_type_hints(cls)
-    return {f.name: resolved[f.name] for f in dataclasses.fields(cls)}
-
+# --- what decode must return ----------------------------------------------------
 
 def required(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
 
 
-def holds(annotation, value) -> bool:
-    """Does ``value`` (as msgpack decodes it) fit the field annotation?"""
-    if annotation is typing.Any:
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(holds(arg, value) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if type(value) is int and not -(2**63) <= value < 2**63:
-        return False  # every int field is 64-bit signed (SQLite's INTEGER)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, annotation)
-
-
 def assert_well_typed(msg) -> None:
     cls = type(msg)
     assert cls in MESSAGES, f"decode returned an unregistered {cls!r}"
-    for name, annotation in hints(cls).items():
+    for name, annotation in field_types(cls).items():
         value = getattr(msg, name)
         if isinstance(value, tuple) and value == ():  # a field left at its () default
             continue
@@ -87,7 +66,9 @@ def interpreter_recursion_limit():
 
 
 def decode_or_protocol_error(data: bytes):
-    """decode's contract: a message, or ProtocolError; anything else fails the test."""
+    """decode's contract: ProtocolError, or the message the frame says, exactly (a
+    well-typed message that decode made up or changed fails); anything else fails
+    the test."""
     try:
         with interpreter_recursion_limit():
             msg = decode(data)
@@ -97,6 +78,7 @@ def decode_or_protocol_error(data: bytes):
         pytest.fail(f"decode raised {type(exc).__name__}: {str(exc)[:200]} "
                     f"for a frame of {len(data)} bytes starting {data[:40]!r}")
     assert_well_typed(msg)
+    assert_decoded_as_sent(data, msg)
     return msg
 
 
@@ -162,16 +144,16 @@ def wrong_value_for(annotation) -> st.SearchStrategy:
 def simple(cls):
     """One plain instance of ``cls``, for explicit examples."""
     plain_values = {int: 1, float: 1.0, str: "x", bytes: b"x", bool: True, dict: {}, list: []}
-    return cls(**{name: plain_values.get(a) for name, a in hints(cls).items()
+    return cls(**{name: plain_values.get(a) for name, a in field_types(cls).items()
                   if name in required(cls)})
 
 
 def messages_of(cls) -> st.SearchStrategy:
-    return st.builds(cls, **{name: value_for(a) for name, a in hints(cls).items()})
+    return st.builds(cls, **{name: value_for(a) for name, a in field_types(cls).items()})
 
 
 def body_of(msg) -> dict:
-    return {name: getattr(msg, name) for name in hints(type(msg))}
+    return {name: getattr(msg, name) for name in field_types(type(msg))}
 
 
 def frame(version, type_name, body) -> bytes:
@@ -186,7 +168,7 @@ def valid_frames(draw, cls) -> bytes:
 each_message = pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.TYPE)
 def typed_fields(cls) -> dict[str, typing.Any]:
     """The fields that some value does not fit (a field typed Any takes anything)."""
-    return {name: a for name, a in hints(cls).items() if a is not typing.Any}
+    return {name: a for name, a in field_types(cls).items() if a is not typing.Any}
 
 
 each_message_with_typed_fields = pytest.mark.parametrize(
@@ -311,7 +293,7 @@ def test_missing_required_fields_raise_protocol_error(cls):
 
 @each_message
 def test_extra_fields_raise_protocol_error(cls):
-    known = set(hints(cls))
+    known = set(field_types(cls))
 
     @FUZZ
     @given(msg=messages_of(cls), extra=st.dictionaries(
@@ -397,7 +379,7 @@ def with_value_at(cls, msg, position: str, value: bytes) -> bytes:
 
 @each_message
 def test_deeply_nested_garbage_anywhere_raises_only_protocol_error(cls):
-    positions = ["version", "type", "body", "extra field"] + list(hints(cls))
+    positions = ["version", "type", "body", "extra field"] + list(field_types(cls))
 
     # No shrinking: the frame is big and the failing depth and position say it all.
     @settings(max_examples=50, deadline=None, phases=[Phase.explicit, Phase.generate])
@@ -452,10 +434,10 @@ def test_every_protocol_error_message_stays_short(data):
     elif where == "field name":
         raw = frame(VERSION, cls.TYPE, {junk: 1})
     elif where == "field value":
-        fields = sorted(hints(cls))
+        fields = sorted(field_types(cls))
         assume(fields)
         name = data.draw(st.sampled_from(fields))
-        assume(not holds(hints(cls)[name], junk))
+        assume(not holds(field_types(cls)[name], junk))
         raw = frame(VERSION, cls.TYPE, {name: junk})
     else:
         raw = frame(VERSION, cls.TYPE, junk)
