@@ -33,11 +33,21 @@ import apsw.bestpractice
 from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
 
 from . import lifecycle
-from .migrations import MIGRATIONS, migrate  # noqa: F401  (MIGRATIONS: for tests)
-from .rows import JOBS, Attempt, Batch, BatchState, Chunk, Job, NewJob, literal, one_of  # noqa: F401  (callers import them from here)
+from .migrations import MIGRATIONS as MIGRATIONS  # re-exported, for tests
+from .migrations import migrate
+from .rows import JOBS, literal, one_of
+
+# Re-exported (explicitly, "X as X"): callers import the row types from here.
+from .rows import Attempt as Attempt
+from .rows import Batch as Batch
+from .rows import BatchState as BatchState
+from .rows import Job as Job
+from .rows import NewJob as NewJob
 from .store_attempts import AttemptStore
 from .store_batches import BatchStore
-from .store_failures import StoreFailures, StoreUnavailable, copy_store  # noqa: F401  (callers)
+from .store_failures import StoreFailures
+from .store_failures import StoreUnavailable as StoreUnavailable  # re-exported, for callers
+from .store_failures import copy_store as copy_store  # re-exported, for callers
 
 log = logging.getLogger(__name__)
 
