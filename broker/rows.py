@@ -22,9 +22,12 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple, TypeVar, dataclass_transform
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, dataclass_transform
 
 from queuectl.proto.states import JobState, Outcome
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_PRIORITY = 100
 DEFAULT_QUEUE = "default"
@@ -66,11 +69,15 @@ def one_of(members: Iterable[Enum]) -> str:
     return "(" + ", ".join(literal(member) for member in members) + ")"
 
 
-_Row = TypeVar("_Row")
+_Class = TypeVar("_Class")
+_Row = TypeVar("_Row", bound="DataclassInstance")
+
+# A row as APSW returns it: the selected columns' values, in SELECT order.
+Row = tuple[Any, ...]
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(column,))
-def row_type(cls: type[_Row]) -> type[_Row]:
+def row_type(cls: type[_Class]) -> type[_Class]:
     """A row type: a frozen, slotted dataclass. Declared as a dataclass transform
     so that type checkers take ``column(...)`` for a field specifier (a field
     with no default), as the dataclass machinery does at run time."""
@@ -82,16 +89,16 @@ def _labels_json(labels: dict[str, str]) -> str | None:
     return json.dumps(labels, sort_keys=True) if labels else None
 
 
-class Table:
+class Table(Generic[_Row]):
     """What the store's SQL for one table derives from its row type's declaration."""
 
-    def __init__(self, name: str, row_type: type):
+    def __init__(self, name: str, row_type: type[_Row]):
         fields = dataclasses.fields(row_type)
         self.name = name
         self.columns = tuple(f.name for f in fields)
         self.select = ", ".join(self.columns)
         loads = tuple((i, f.metadata["load"]) for i, f in enumerate(fields) if "load" in f.metadata)
-        self.load: Callable[[tuple[Any, ...]], Any] = _loader(row_type, loads)
+        self.load: Callable[[Row], _Row] = _loader(row_type, loads)
         self.dumps = {f.name: f.metadata["dump"] for f in fields if "dump" in f.metadata}
         self.settable = frozenset(f.name for f in fields if f.metadata.get("settable"))
         # (name, default) of the fields an enqueued job's spec gives, in column order
@@ -128,12 +135,12 @@ class Table:
         return ", ".join(f"{name} = :{name}" for name in names)
 
 
-def _loader(row_type: type, loads: tuple[tuple[int, Callable[[Any], Any]], ...]
-            ) -> Callable[[tuple[Any, ...]], Any]:
+def _loader(row_type: type[_Row], loads: tuple[tuple[int, Callable[[Any], Any]], ...]
+            ) -> Callable[[Row], _Row]:
     if not loads:
         return lambda row: row_type(*row)
 
-    def load(row: tuple[Any, ...]) -> Any:
+    def load(row: Row) -> _Row:
         values = list(row)
         for index, convert in loads:
             value = values[index]
