@@ -53,7 +53,7 @@ class AttemptStore:
                         f" ORDER BY id DESC LIMIT 1", (job_seq,))
         return ATTEMPTS.load(row) if row else None
 
-    def start_attempt(self, token: int, pid: int, started_at: float) -> None:
+    def start_attempt(self, token: int, pid: int | None, started_at: float) -> None:
         self.conn.execute("UPDATE attempts SET pid = :pid, started_at = :started_at WHERE id = :id",
                           {"pid": pid, "started_at": started_at, "id": token})
         self.conn.execute("UPDATE jobs SET started_at = :started_at WHERE token = :token",
