@@ -23,8 +23,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "integration")]
 
-from harness import Broker, Processes, start_agent  # noqa: E402
 import test_wire_fuzz_broker as fuzz  # noqa: E402
+
+from harness import Broker, Processes, start_agent  # noqa: E402
 
 ROUND = 200  # hypothesis examples (batches of up to 40 frames) between two checks
 

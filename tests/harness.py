@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -133,7 +134,7 @@ class Broker:
     def env(self) -> dict[str, str]:
         return {**os.environ, "QUEUECTL_HOME": str(self.home), "QUEUECTL_BROKER": self.endpoint}
 
-    def start(self, *extra: str) -> "Broker":
+    def start(self, *extra: str) -> Broker:
         self.starts += 1
         self.proc = self.procs.start(
             program("queuectl-broker") + ["--bind", self.endpoint, "--db", str(self.db), *extra],
@@ -345,7 +346,7 @@ class StatusProbe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "StatusProbe":
+    def __enter__(self) -> StatusProbe:
         self._thread.start()
         return self
 

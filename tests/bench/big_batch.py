@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Processes, StatusProbe, program  # noqa: E402
-from throughput import TRUE_JOB, start_broker  # noqa: E402
+from harness import Processes, StatusProbe, program
+from throughput import TRUE_JOB, start_broker
 
 HWM_EVERY = 0.01  # seconds between two readings of the CLI's VmHWM
 

@@ -29,7 +29,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import free_port  # noqa: E402
+from harness import free_port
 
 SPAWN_LOOP = ("import subprocess, sys\n"
               "for _ in range(int(sys.argv[1])):\n"

@@ -30,10 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Agent, Processes, wait_until  # noqa: E402
-from measure import total_cpu, wait_completed  # noqa: E402
-from queuectl.proto.timefmt import parse_iso  # noqa: E402
-from throughput import start_broker  # noqa: E402
+from harness import Agent, Processes, wait_until
+from measure import total_cpu, wait_completed
+from queuectl.proto.timefmt import parse_iso
+from throughput import start_broker
 
 
 def xargs_utilisation(slots: int, jobs: int, duration: float) -> float:

@@ -35,12 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import big_batch  # noqa: E402
-import ceilings  # noqa: E402
-import curve  # noqa: E402
-import fleet  # noqa: E402
-import scale  # noqa: E402
-import throughput  # noqa: E402
+import big_batch
+import ceilings
+import curve
+import fleet
+import scale
+import throughput
 
 SECTIONS = ("ceilings", "throughput", "scale", "fleet", "curve", "big_batch")
 SIZES = {

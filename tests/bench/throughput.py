@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Agent, Broker, Processes, run_cli, start_agent  # noqa: E402
-from measure import cpu_seconds, percentiles_ms, wait_completed  # noqa: E402
+from harness import Agent, Broker, Processes, run_cli, start_agent
+from measure import cpu_seconds, percentiles_ms, wait_completed
 
 TRUE_JOB = '{"command": "true"}'
 

@@ -14,8 +14,9 @@ import signal
 
 import pytest
 from dashboard_html import counter, csrf_token, job_rows, parse, settle
-from harness import cli_json, state_of, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness import cli_json, state_of, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

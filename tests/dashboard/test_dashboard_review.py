@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 from dashboard_html import CSRF_META, parse
+
 from harness import free_port, program, wait_until
 
 pytestmark = pytest.mark.integration

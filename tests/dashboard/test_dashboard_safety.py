@@ -8,6 +8,7 @@ import json
 
 import pytest
 from dashboard_html import CSP, job_rows, parse, settle
+
 from harness import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import netns
+
 from harness import free_port, program, wait_until
 
 BROKER_PORT = 5555  # inside namespace B, which is new and empty, so it is free

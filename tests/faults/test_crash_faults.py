@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+
 from faults.ledger import Ledger, audit, report
 from harness import Agent, Broker, Processes, configure, wait_until
 

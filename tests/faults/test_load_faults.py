@@ -30,9 +30,9 @@ import threading
 import time
 
 import pytest
+from ledger import Ledger, audit, report
 
 from harness import run_cli, wait_until
-from ledger import Ledger, audit, report
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

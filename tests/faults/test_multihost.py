@@ -16,6 +16,7 @@ import shutil
 
 import pytest
 from cluster import BROKER_PORT, NsAgent, NsBroker
+
 from harness import program, run_cli, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -26,8 +26,9 @@ import time
 import netns
 import pytest
 from cluster import BROKER_PORT, NsAgent, NsBroker
-from harness import kill_if_alive, pid_alive, wait_until
 from ledger import Ledger, audit, report
+
+from harness import kill_if_alive, pid_alive, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -60,8 +60,9 @@ from typing import Any
 
 import apsw
 import pytest
-from faults.ledger import Ledger, audit, report
+
 import harness
+from faults.ledger import Ledger, audit, report
 from harness import Broker, Processes, program, run_cli, start_agent, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -51,7 +51,8 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from agentworld import FINISHER, VICTIM, Attacker, World
 from fakeagent import FakeAgent

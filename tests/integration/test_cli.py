@@ -15,8 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from harness import (Broker, Processes, cli_json, free_port, get_job, kill_if_alive, pid_alive,
-                     program, run_cli, wait_done, wait_state, wait_until)
+from harness import (
+    Broker,
+    Processes,
+    cli_json,
+    free_port,
+    get_job,
+    kill_if_alive,
+    pid_alive,
+    program,
+    run_cli,
+    wait_done,
+    wait_state,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -190,7 +202,7 @@ def test_duplicate_id_and_wrong_state_exit_1(broker, start_agent):
 # --- --json documents ------------------------------------------------------------
 
 def assert_job_document(job: dict) -> None:
-    assert JOB_KEYS <= set(job), JOB_KEYS - set(job)
+    assert set(job) >= JOB_KEYS, JOB_KEYS - set(job)
     assert job["state"] in STATES
     for key in ("run_at", "created_at", "updated_at", "started_at", "finished_at"):
         assert job[key] is None or ISO_UTC.match(job[key]), (key, job[key])
@@ -513,9 +525,8 @@ def test_up_runs_broker_and_agents_until_ctrl_c(procs, tmp_path):
         assert up.wait(30) == 0, Path(up.log_path).read_text()
         wait_until(lambda: not pid_alive(broker_pid) and not pid_alive(agent_pid), 5,
                    message="the broker and agent of `up` to exit")
-        with pytest.raises(BrokerUnreachable):
-            with Client(endpoint, timeout=0.5) as qc:
-                qc.ping()
+        with pytest.raises(BrokerUnreachable), Client(endpoint, timeout=0.5) as qc:
+            qc.ping()
         assert "Traceback" not in Path(up.log_path).read_text()
     finally:
         kill_if_alive(broker_pid, agent_pid, group=True)

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, assume, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
+from hypothesis import strategies as st
 
 from harness import Broker, Processes, run_cli
 from queuectl.cli.main import main
@@ -181,7 +182,7 @@ def cases(valid=None, invalid=None, either=None) -> st.SearchStrategy:
     return st.one_of(*parts)
 
 
-ISO_ZONES = st.one_of(st.none(), st.just(dt.timezone.utc),
+ISO_ZONES = st.one_of(st.none(), st.just(dt.UTC),
                       st.integers(-14 * 60, 14 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m))))
 DATETIMES = st.builds(lambda moment, zone: moment.replace(tzinfo=zone),
                       st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2200, 1, 1)),

@@ -15,8 +15,16 @@ from typing import Any
 
 import pytest
 
-from harness import (Broker, cli_json, free_port, kill_if_alive, program, run_cli, wait_state,
-                     wait_until)
+from harness import (
+    Broker,
+    cli_json,
+    free_port,
+    kill_if_alive,
+    program,
+    run_cli,
+    wait_state,
+    wait_until,
+)
 from queuectl.client import Client
 
 pytestmark = pytest.mark.integration

@@ -363,10 +363,9 @@ def test_another_key_cannot_take_over_an_agents_identity(secure, procs, intruder
     """An allowed key (an agent key of another host, or a read-only key) connects with the socket
     identity of a connected agent. It must receive none of that agent's
     dispatches, and must not get the agent stopped."""
+    from queuectl.keys import client_keys, secure_client
     from queuectl.proto import decode_batch, encode_batch
     from queuectl.proto import messages as m
-
-    from queuectl.keys import client_keys, secure_client
 
     victim = start_agent(procs, secure, 2, name="hostb", env=issued(secure, "hostb"), wait=False)
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the agent")

@@ -39,7 +39,7 @@ def epoch(iso: str) -> float:
 
 
 def iso_ms(moment: float) -> str:
-    when = dt.datetime.fromtimestamp(moment, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(moment, dt.UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
@@ -69,7 +69,7 @@ def test_one_slot_runs_jobs_by_priority_then_fifo(broker, start_agent, tmp_path)
     enqueue(broker, {"id": "p50-c", "command": record, "priority": 50})
     enqueue(broker, {"id": "default-c", "command": record})
     # FIFO means the oldest run_at first: enqueued last, but due an hour ago
-    an_hour_ago = iso_ms(dt.datetime.now(dt.timezone.utc).timestamp() - 3600)
+    an_hour_ago = iso_ms(dt.datetime.now(dt.UTC).timestamp() - 3600)
     enqueue(broker, {"id": "backdated", "command": record, "run_at": an_hour_ago})
 
     start_agent(count=1)
@@ -85,7 +85,7 @@ def test_one_slot_runs_jobs_by_priority_then_fifo(broker, start_agent, tmp_path)
 
 def test_run_at_and_delay_are_respected(broker, start_agent):
     start_agent(count=3)
-    before = dt.datetime.now(dt.timezone.utc).timestamp()
+    before = dt.datetime.now(dt.UTC).timestamp()
     delayed = enqueue(broker, {"id": "delayed", "command": "true", "delay": "2s"})
     at_utc = iso_ms(before + 2.5)
     utc = enqueue(broker, {"id": "at-utc", "command": "true", "run_at": at_utc})
@@ -97,7 +97,7 @@ def test_run_at_and_delay_are_respected(broker, start_agent):
     assert "+" not in local_text and not local_text.endswith("Z")
     local = enqueue(broker, {"id": "at-local", "command": "true", "run_at": local_text},
                     env={**broker.env(), "TZ": "IST-05:30"})
-    after = dt.datetime.now(dt.timezone.utc).timestamp()
+    after = dt.datetime.now(dt.UTC).timestamp()
 
     assert delayed["state"] == "pending"
     assert before + 2 - 0.01 <= epoch(delayed["run_at"]) <= after + 2 + 0.01

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from harness import run_cli
-
 from queuectl.client import InvalidInput
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (cli_json, kill_if_alive, pid_alive, read_pid, run_cli, wait_until,
-                     watchdog_pid)
+from harness import cli_json, kill_if_alive, pid_alive, read_pid, run_cli, wait_until, watchdog_pid
 
 pytestmark = pytest.mark.integration
 

@@ -31,13 +31,26 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
+from hypothesis import strategies as st
 
 from harness import wait_until
-from hostile import (AGENT_MESSAGES, BLOB, FLOATS, GARBAGE, INTS, TEXT, assert_alive, broker_bugs,
-                     field_types, typed_value, well_typed)
-from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, decode, encode
-from queuectl.proto import codec, config as config_keys, messages as m, ops
+from hostile import (
+    AGENT_MESSAGES,
+    BLOB,
+    FLOATS,
+    GARBAGE,
+    INTS,
+    TEXT,
+    assert_alive,
+    broker_bugs,
+    field_types,
+    typed_value,
+    well_typed,
+)
+from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, codec, decode, encode, ops
+from queuectl.proto import config as config_keys
+from queuectl.proto import messages as m
 from queuectl.proto.jobspec import COMPAT_FIELDS, FIELDS
 from queuectl.proto.states import ALL_STATES, Outcome
 

@@ -18,10 +18,9 @@ from queuectl.broker.dispatch import dispatch
 from queuectl.broker.intake import owner_of
 from queuectl.broker.parking import PARKED
 from queuectl.broker.server import Broker
-from queuectl.proto import ErrorCode, decode_batch, encode
+from queuectl.proto import ErrorCode, decode_batch, encode, ops
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
-from queuectl.proto import ops
 from queuectl.proto.jobspec import SpecError
 
 T0 = 1_800_000_000.0  # a wall clock well within the sane window of any test run

@@ -8,8 +8,15 @@ import math
 import apsw
 import pytest
 
-from queuectl.broker.intake import (MAX_OFFSET, Intake, Lease, hello_problem, output_problem,
-                                    owner_of, peer_name)
+from queuectl.broker.intake import (
+    MAX_OFFSET,
+    Intake,
+    Lease,
+    hello_problem,
+    output_problem,
+    owner_of,
+    peer_name,
+)
 from queuectl.broker.store import MIGRATIONS, Store
 from queuectl.broker.views import attempt_view, job_view
 from queuectl.proto import messages as m

@@ -6,7 +6,8 @@ import datetime as dt
 import time
 
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from queuectl.proto.jobspec import FIELDS, MAX_COMMAND_BYTES, SpecError, validate
 from queuectl.proto.timefmt import parse_iso
@@ -318,7 +319,7 @@ def test_created_and_updated_at_are_ignored_whatever_they_hold(value):
 
 # --- idempotence ------------------------------------------------------------------------------
 
-OFFSETS = st.sampled_from([None, dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30)),
+OFFSETS = st.sampled_from([None, dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)),
                            dt.timezone(dt.timedelta(hours=-8))])
 NAME = st.from_regex(r"\A[A-Za-z0-9._:-]{1,20}\Z")
 TEXT = st.text(st.characters(blacklist_characters="\0"), max_size=10)

@@ -8,11 +8,12 @@ import typing
 
 import msgpack
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostile import assert_decoded_as_sent, body_fits
-from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
-from queuectl.proto import codec, messages as m
+from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, codec, decode, encode
+from queuectl.proto import messages as m
 
 MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
 

@@ -11,8 +11,17 @@ import pytest
 
 from queuectl.broker.jobs import JobService
 from queuectl.broker.lifecycle import RUNNABLE
-from queuectl.broker.rows import (ATTEMPTS, BATCHES, DEFAULT_PRIORITY, DEFAULT_QUEUE, JOBS, Job,
-                                  NewJob, literal, one_of)
+from queuectl.broker.rows import (
+    ATTEMPTS,
+    BATCHES,
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    JOBS,
+    Job,
+    NewJob,
+    literal,
+    one_of,
+)
 from queuectl.proto.states import JobState, Outcome
 
 NOW = 1_700_000_000.0

@@ -9,7 +9,8 @@ import json
 
 import apsw
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from queuectl.broker import lifecycle
 from queuectl.broker.lifecycle import TRANSITIONS, InvalidTransition

@@ -4,6 +4,7 @@ ended attempts that seed the per-minute chart (with the index migration)."""
 from __future__ import annotations
 
 import apsw
+
 from queuectl.broker.lifecycle import reason_text
 from queuectl.broker.store import MIGRATIONS, NewJob, Store
 from queuectl.proto.states import JobState, Outcome

@@ -21,11 +21,12 @@ import typing
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, Phase, assume, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
+from hypothesis import strategies as st
 
 from hostile import assert_decoded_as_sent, field_types, holds
-from queuectl.proto import VERSION, ProtocolError, VersionMismatch, decode, encode
-from queuectl.proto import codec, messages as m
+from queuectl.proto import VERSION, ProtocolError, VersionMismatch, codec, decode, encode
+from queuectl.proto import messages as m
 
 MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
 TYPE_NAMES = {cls.TYPE for cls in MESSAGES}
