@@ -47,8 +47,8 @@ class FakeAgent:
 
     def hello(self, tokens: list[int] = (), **fields: Any) -> None:
         self.seq += 1
-        body = dict(agent_id=self.agent_id, host=self.host, pid=4242, slots=self.slots,
-                    labels=self.labels, tokens=list(tokens), seq=self.seq, routing=self.routing)
+        body = {"agent_id": self.agent_id, "host": self.host, "pid": 4242, "slots": self.slots,
+                    "labels": self.labels, "tokens": list(tokens), "seq": self.seq, "routing": self.routing}
         body.update(fields)
         self.send(m.Hello(**body))
 

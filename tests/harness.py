@@ -98,10 +98,9 @@ class Processes:
 
     def start(self, argv: list[str], log_name: str, env: dict[str, str] | None = None,
               **kwargs: Any) -> subprocess.Popen:
-        log = open(self.workdir / log_name, "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, **kwargs)
-        log.close()
+        with open(self.workdir / log_name, "ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=env, **kwargs)
         proc.log_path = self.workdir / log_name  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
@@ -363,5 +362,5 @@ class StatusProbe:
                     self.worst = max(self.worst, time.perf_counter() - start)
                     self.calls += 1
                     self._stop.wait(self.gap)
-        except BaseException as exc:  # the test reads it
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
             self.error = exc

@@ -114,7 +114,7 @@ def assert_decoded_as_sent(data: bytes, msg: Any) -> None:
         f"decode returned {msg!r}, not a message, for {data[:80]!r}"
     try:
         envelope = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types on garbage
         raise AssertionError(f"decode accepted {data[:80]!r}, which is not msgpack: "
                              f"{exc.__class__.__name__}") from None
     assert isinstance(envelope, list) and len(envelope) == 3, \

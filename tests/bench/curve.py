@@ -47,7 +47,7 @@ def measure(jobs: int, rounds: int) -> dict:
             for number in range(rounds):
                 order = list(sides) if number % 2 == 0 else list(reversed(sides))
                 for name in order:
-                    broker, agent = sides[name]
+                    broker, _agent = sides[name]
                     rate = drain(broker, jobs)["per_sec"]
                     best[name] = max(best[name], rate)
         finally:

@@ -54,7 +54,7 @@ def main() -> int:
         start = time.perf_counter()
         for _ in range(args.claims):
             with store.transaction():
-                job, token = store.claim(now, "bench", b"owner", None)
+                job, _token = store.claim(now, "bench", b"owner", None)
                 store.transition(job, JobState.COMPLETED, now, token=None, attempts=1,
                                  started_at=now, finished_at=now)
         claim_rate = args.claims / (time.perf_counter() - start)

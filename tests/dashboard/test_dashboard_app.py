@@ -70,7 +70,7 @@ def test_overview_shows_the_brokers_counts_agents_jobs_and_dlq(quick, start_agen
     titles = [t.text() for t in page.testid("chart-throughput").find_all("title")]
     per_bar = [tuple(map(int, re.search(r"(\d+) completed, (\d+) failed", t).groups()))
                for t in titles]
-    assert len(per_bar) == 60 and tuple(map(sum, zip(*per_bar))) == (2, 1)
+    assert len(per_bar) == 60 and tuple(map(sum, zip(*per_bar, strict=True))) == (2, 1)
 
     agents = page.testid("agents").find_all("tr", data_agent_id=True)
     assert len(agents) == 1

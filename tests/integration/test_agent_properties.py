@@ -210,8 +210,8 @@ def attack(data, world: World, attackers: list[Attacker]) -> None:
             attacker.settle(world.broker)  # learns its dispatches: it may name them
         if step.endswith("work"):  # runs its jobs as an agent does, with any text
             kinds = st.sampled_from(["started", "output", "result", "result"])
-            message = kinds.flatmap(lambda kind: plausible(kind, attacker,
-                                                           tokens(world, attacker, attackers)))
+            message = kinds.flatmap(lambda kind, attacker=attacker: plausible(
+                kind, attacker, tokens(world, attacker, attackers)))
         else:
             message = agent_message(world, attacker, attackers)
         attacker.send(data.draw(st.lists(message, min_size=1, max_size=4), label="frame"))

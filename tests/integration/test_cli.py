@@ -76,30 +76,37 @@ def shared_broker(tmp_path_factory):
 # --- bad input: exit code and one line on stderr -------------------------------
 
 TRUE = '"command": "true"'
+
+
+def true_and(fields: str) -> str:
+    """A job object: the command true, and the JSON members ``fields``."""
+    return "{" + TRUE + ", " + fields + "}"
+
+
 BAD_INPUT = [
     # (case, argv, exit code, words the message must contain)
     ("invalid-json", ["enqueue", "{command: true}"], 2, ["invalid JSON"]),
     ("not-an-object", ["enqueue", '["true"]'], 2, ["object"]),
-    ("unknown-field", ["enqueue", "{%s, \"colour\": \"red\"}" % TRUE], 2, ["colour"]),
+    ("unknown-field", ["enqueue", true_and('"colour": "red"')], 2, ["colour"]),
     ("missing-command", ["enqueue", '{"id": "x1"}'], 2, ["command"]),
     ("empty-command", ["enqueue", '{"command": "  "}'], 2, ["command"]),
     ("command-not-string", ["enqueue", '{"command": 42}'], 2, ["command"]),
-    ("priority-not-int", ["enqueue", "{%s, \"priority\": \"high\"}" % TRUE], 2, ["priority"]),
-    ("priority-bool", ["enqueue", "{%s, \"priority\": true}" % TRUE], 2, ["priority"]),
-    ("max-retries-zero", ["enqueue", "{%s, \"max_retries\": 0}" % TRUE], 2, ["max_retries"]),
-    ("max-retries-float", ["enqueue", "{%s, \"max_retries\": 2.5}" % TRUE], 2, ["max_retries"]),
-    ("timeout-negative", ["enqueue", "{%s, \"timeout_sec\": -1}" % TRUE], 2, ["timeout_sec"]),
-    ("env-not-strings", ["enqueue", "{%s, \"env\": {\"A\": 1}}" % TRUE], 2, ["env"]),
-    ("requires-not-object", ["enqueue", "{%s, \"requires\": [\"gpu\"]}" % TRUE], 2, ["requires"]),
-    ("bad-id", ["enqueue", "{%s, \"id\": \"has space\"}" % TRUE], 2, ["id"]),
-    ("state-not-pending", ["enqueue", "{%s, \"state\": \"completed\"}" % TRUE], 2, ["state"]),
-    ("attempts-not-zero", ["enqueue", "{%s, \"attempts\": 2}" % TRUE], 2, ["attempts"]),
-    ("bad-timestamp", ["enqueue", "{%s, \"run_at\": \"next tuesday\"}" % TRUE], 2, ["run_at"]),
-    ("timestamp-not-string", ["enqueue", "{%s, \"run_at\": 1700000000}" % TRUE], 2, ["run_at"]),
-    ("bad-delay", ["enqueue", "{%s, \"delay\": \"soon\"}" % TRUE], 2, ["delay"]),
-    ("negative-delay", ["enqueue", "{%s, \"delay\": -5}" % TRUE], 2, ["delay"]),
+    ("priority-not-int", ["enqueue", true_and('"priority": "high"')], 2, ["priority"]),
+    ("priority-bool", ["enqueue", true_and('"priority": true')], 2, ["priority"]),
+    ("max-retries-zero", ["enqueue", true_and('"max_retries": 0')], 2, ["max_retries"]),
+    ("max-retries-float", ["enqueue", true_and('"max_retries": 2.5')], 2, ["max_retries"]),
+    ("timeout-negative", ["enqueue", true_and('"timeout_sec": -1')], 2, ["timeout_sec"]),
+    ("env-not-strings", ["enqueue", true_and('"env": {"A": 1}')], 2, ["env"]),
+    ("requires-not-object", ["enqueue", true_and('"requires": ["gpu"]')], 2, ["requires"]),
+    ("bad-id", ["enqueue", true_and('"id": "has space"')], 2, ["id"]),
+    ("state-not-pending", ["enqueue", true_and('"state": "completed"')], 2, ["state"]),
+    ("attempts-not-zero", ["enqueue", true_and('"attempts": 2')], 2, ["attempts"]),
+    ("bad-timestamp", ["enqueue", true_and('"run_at": "next tuesday"')], 2, ["run_at"]),
+    ("timestamp-not-string", ["enqueue", true_and('"run_at": 1700000000')], 2, ["run_at"]),
+    ("bad-delay", ["enqueue", true_and('"delay": "soon"')], 2, ["delay"]),
+    ("negative-delay", ["enqueue", true_and('"delay": -5')], 2, ["delay"]),
     ("run_at-and-delay",
-     ["enqueue", "{%s, \"run_at\": \"2030-01-01T00:00:00Z\", \"delay\": \"5s\"}" % TRUE],
+     ["enqueue", true_and('"run_at": "2030-01-01T00:00:00Z", "delay": "5s"')],
      2, ["run_at", "delay"]),
     ("lone-surrogate", ["enqueue", '{"command": "echo \\ud800"}'], 2, ["surrogate"]),
     ("no-job-given", ["enqueue"], 2, []),

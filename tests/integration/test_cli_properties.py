@@ -184,8 +184,11 @@ def cases(valid=None, invalid=None, either=None) -> st.SearchStrategy:
 
 ISO_ZONES = st.one_of(st.none(), st.just(dt.UTC),
                       st.integers(-14 * 60, 14 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m))))
+# st.datetimes takes naive bounds; the zone is put on after.
+EARLIEST = dt.datetime(1971, 1, 1)  # noqa: DTZ001 - a naive bound, as st.datetimes wants
+LATEST = dt.datetime(2200, 1, 1)  # noqa: DTZ001 - a naive bound, as st.datetimes wants
 DATETIMES = st.builds(lambda moment, zone: moment.replace(tzinfo=zone),
-                      st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2200, 1, 1)),
+                      st.datetimes(min_value=EARLIEST, max_value=LATEST),
                       ISO_ZONES)
 
 
@@ -432,9 +435,9 @@ def test_deeply_nested_json_is_refused_or_ignored_cleanly(cli, field):
     @given(depth=st.one_of(st.integers(1, 50), st.integers(900, 1100), st.integers(1100, 20_000)),
            kind=st.sampled_from(["list", "object"]))
     def check(depth, kind):
-        text = '{"command": "true", "%s": %s}' % (field, deep(depth, kind))
+        text = '{"command": "true", "' + field + '": ' + deep(depth, kind) + "}"
         if field == "command":
-            text = '{"command": %s}' % deep(depth, kind)
+            text = '{"command": ' + deep(depth, kind) + "}"
         result = cli("enqueue", text)
         if field == "created_at":
             assert_either(result)

@@ -62,7 +62,7 @@ def test_wait_and_logs_follow_outlive_a_broker_restart(broker, start_agent, proc
         try:
             with broker.client() as qc:
                 waited["job"] = qc.wait("slow", timeout=60)
-        except Exception as exc:  # reported by the assertion below
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             waited["error"] = exc
 
     thread = threading.Thread(target=waiter, daemon=True)

@@ -136,7 +136,7 @@ def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
     added = run_cli(secure, "enqueue", '{"id": "p1", "command": "true"}')
     assert added.returncode == 0, added.stderr
     for agent in agents:  # each one tried, and was refused at the handshake
-        wait_until(lambda: "handshake with broker" in agent.log(), 20,
+        wait_until(lambda agent=agent: "handshake with broker" in agent.log(), 20,
                    message=f"a refused handshake in {agent.proc.args}")
     assert agent_ids(secure) == []
     with secure.client() as qc:

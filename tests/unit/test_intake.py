@@ -26,8 +26,8 @@ LEASE = Lease(owner=b"o", dispatched_at=NOW - 10, started_at=NOW - 9, stdout_end
 
 
 def hello(**fields) -> m.Hello:
-    body = dict(agent_id="host-1-ab12", host="host", pid=123, slots=2, labels={"zone": "eu"},
-                tokens=[], seq=1, routing="host-1-ab12/" + "f" * 32)
+    body = {"agent_id": "host-1-ab12", "host": "host", "pid": 123, "slots": 2, "labels": {"zone": "eu"},
+                "tokens": [], "seq": 1, "routing": "host-1-ab12/" + "f" * 32}
     body.update(fields)
     return m.Hello(**body)
 
@@ -136,7 +136,7 @@ def test_a_results_printable_detail_is_kept_as_it_is():
 
 
 def test_output_must_name_a_stream_and_a_sane_offset():
-    chunk = dict(token=1, data=b"abc")
+    chunk = {"token": 1, "data": b"abc"}
     assert output_problem(m.Output(stream=m.STDOUT, offset=0, **chunk)) is None
     assert output_problem(m.Output(stream=3, offset=0, **chunk)) == "a bad stream"
     assert output_problem(m.Output(stream=m.STDERR, offset=-1, **chunk)) == "a bad offset"

@@ -325,15 +325,20 @@ NAME = st.from_regex(r"\A[A-Za-z0-9._:-]{1,20}\Z")
 TEXT = st.text(st.characters(blacklist_characters="\0"), max_size=10)
 
 
+def naive(year: int, month: int, day: int) -> dt.datetime:
+    """A bound for st.datetimes, which takes naive ones (timezones= gives the zone)."""
+    return dt.datetime(year, month, day)  # noqa: DTZ001 - naive on purpose, see above
+
+
 @st.composite
 def run_at_strings(draw):
     if draw(st.booleans()):
         # Any year, whole seconds. (Far from 1970 an epoch float cannot hold
         # milliseconds exactly, so sub-second values are drawn only below.)
-        moment = draw(st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30),
+        moment = draw(st.datetimes(min_value=naive(1, 1, 2), max_value=naive(9999, 12, 30),
                                    timezones=OFFSETS)).replace(microsecond=0)
     else:
-        moment = draw(st.datetimes(min_value=dt.datetime(1902, 1, 1), max_value=dt.datetime(2100, 1, 1),
+        moment = draw(st.datetimes(min_value=naive(1902, 1, 1), max_value=naive(2100, 1, 1),
                                    timezones=OFFSETS))
     text = moment.isoformat()
     if text.endswith("+00:00") and draw(st.booleans()):

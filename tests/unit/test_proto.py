@@ -124,7 +124,7 @@ def test_bytes_and_text_stay_distinct():
 
 def test_every_frame_carries_the_protocol_version():
     for cls in MESSAGES:
-        version, type_name, body = msgpack.unpackb(encode(sample(cls)), raw=False)
+        version, type_name, _body = msgpack.unpackb(encode(sample(cls)), raw=False)
         assert version == VERSION
         assert type_name == cls.TYPE
 

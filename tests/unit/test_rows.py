@@ -25,7 +25,7 @@ from queuectl.broker.rows import (
 from queuectl.proto.states import JobState, Outcome
 
 NOW = 1_700_000_000.0
-CONFIG = dict(timeout_sec=30.0, max_retries=4, base_backoff=2.0, max_backoff=60.0)
+CONFIG = {"timeout_sec": 30.0, "max_retries": 4, "base_backoff": 2.0, "max_backoff": 60.0}
 
 
 @pytest.mark.parametrize("table", [JOBS, ATTEMPTS, BATCHES], ids=lambda t: t.name)

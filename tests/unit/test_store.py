@@ -47,7 +47,7 @@ def make_job_in(store: Store, state: JobState, job_id: str = "j1"):
     assert job.id == job_id and job.state is R and job.token == token
     if state is R:
         return job
-    ended = dict(attempts=1, token=None, started_at=NOW + 1, finished_at=NOW + 2)
+    ended = {"attempts": 1, "token": None, "started_at": NOW + 1, "finished_at": NOW + 2}
     if state is C:
         return store.transition(job, C, NOW + 2, exit_code=0, **ended)
     if state is F:
@@ -392,7 +392,7 @@ def claimed_token(store: Store, job_id: str) -> int:
 
 def stream_text(store: Store, token: int, stream: int, after=None) -> tuple[int, bytes]:
     chunks = [c for c in store.output(token, after) if c.stream == stream]
-    for first, second in zip(chunks, chunks[1:]):
+    for first, second in itertools.pairwise(chunks):
         assert second.offset == first.offset + len(first.data)  # contiguous
     return (chunks[0].offset if chunks else None), b"".join(c.data for c in chunks)
 

@@ -196,7 +196,7 @@ def test_a_batch_is_its_clients_alone(store):
     batches = Batches(store)
     batch_id, key = batches.open(None, None, NOW)
     store.insert_jobs([job("a")], NOW, stage=batch_id)
-    other_id, other_key = batches.open(None, None, NOW)
+    _other_id, other_key = batches.open(None, None, NOW)
     assert other_key != key
     for wrong in (None, other_key, key + "0"):
         with pytest.raises(JobError, match=f"no batch {batch_id} of this client") as refused:
