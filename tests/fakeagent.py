@@ -27,7 +27,8 @@ class FakeAgent:
         """``curve`` is (public, secret, server public) in z85, for a broker with keys;
         ``context`` a ZeroMQ context of the test's own (thousands of fake agents)."""
         self.agent_id = agent_id or f"fake-{secrets.token_hex(4)}"
-        self.routing = routing if routing is not None else f"{self.agent_id}/{secrets.token_hex(16)}"
+        self.routing = (routing if routing is not None
+                        else f"{self.agent_id}/{secrets.token_hex(16)}")
         self.slots, self.labels, self.host = slots, labels or {}, host
         self.seq = 0
         self.pings = 0
@@ -48,7 +49,8 @@ class FakeAgent:
     def hello(self, tokens: list[int] = (), **fields: Any) -> None:
         self.seq += 1
         body = {"agent_id": self.agent_id, "host": self.host, "pid": 4242, "slots": self.slots,
-                    "labels": self.labels, "tokens": list(tokens), "seq": self.seq, "routing": self.routing}
+                "labels": self.labels, "tokens": list(tokens), "seq": self.seq,
+                "routing": self.routing}
         body.update(fields)
         self.send(m.Hello(**body))
 

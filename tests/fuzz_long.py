@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 fuzz.assert_alive(broker)
                 rounds += 1
                 print(f"[{time.monotonic() - started:6.0f}s] round {rounds}: "
-                      f"{attacker.frames_sent} frames, broker RSS {fuzz.vm_kib(pid)} KiB", flush=True)
+                      f"{attacker.frames_sent} frames, broker RSS {fuzz.vm_kib(pid)} KiB",
+                      flush=True)
             attacker.leave()
             fuzz.assert_alive(broker)
             fuzz.real_agent_runs_a_job(broker, agent, workdir)

@@ -110,7 +110,8 @@ BAD_INPUT = [
      2, ["run_at", "delay"]),
     ("lone-surrogate", ["enqueue", '{"command": "echo \\ud800"}'], 2, ["surrogate"]),
     ("no-job-given", ["enqueue"], 2, []),
-    ("missing-file", ["enqueue", "--file", "/nonexistent/jobs.jsonl"], 2, ["/nonexistent/jobs.jsonl"]),
+    ("missing-file", ["enqueue", "--file", "/nonexistent/jobs.jsonl"], 2,
+     ["/nonexistent/jobs.jsonl"]),
     ("list-bogus-state", ["list", "--state", "bogus"], 2, ["bogus"]),
     ("list-limit-zero", ["list", "--limit", "0"], 2, ["limit"]),
     ("config-set-unknown-key", ["config", "set", "colour", "red"], 2, ["colour"]),
@@ -144,7 +145,8 @@ def test_bad_input_changed_nothing(shared_broker):
     """Runs after the error cases: no job was added and the config kept its defaults."""
     assert cli_json(shared_broker, "list") == []
     config = cli_json(shared_broker, "config", "show")
-    assert {k: config[k] for k in ("max_retries", "base_backoff", "max_backoff", "timeout_sec")} == \
+    keys = ("max_retries", "base_backoff", "max_backoff", "timeout_sec")
+    assert {k: config[k] for k in keys} == \
         {"max_retries": 3, "base_backoff": 2, "max_backoff": 3600, "timeout_sec": 60}
 
 
@@ -165,17 +167,20 @@ def test_unreachable_broker_exits_3_quickly():
 def test_file_with_one_bad_line_enqueues_nothing(broker, tmp_path):
     good = json.dumps({"id": "file-good", "command": "true"})
     cases = {
-        "invalid-json": ([good, "{not json", json.dumps({"id": "after", "command": "true"})], 2, "line 2"),
+        "invalid-json": ([good, "{not json", json.dumps({"id": "after", "command": "true"})], 2,
+                         "line 2"),
         "unknown-field": ([good, "", json.dumps({"command": "true", "colour": 1})], 2, "line 3"),
         "bad-timestamp": ([good, json.dumps({"command": "true", "run_at": "later"})], 2, "line 2"),
-        "duplicate-in-file": ([good, json.dumps({"id": "file-good", "command": "false"})], 1, "file-good"),
+        "duplicate-in-file": ([good, json.dumps({"id": "file-good", "command": "false"})], 1,
+                              "file-good"),
     }
     for name, (lines, code, where) in cases.items():
         path = tmp_path / f"{name}.jsonl"
         path.write_text("\n".join(lines) + "\n")
         assert_user_error(run_cli(broker, "enqueue", "--file", str(path)), code, where)
         # the same through stdin
-        assert_user_error(run_cli(broker, "enqueue", "--file", "-", input=path.read_text()), code, where)
+        assert_user_error(run_cli(broker, "enqueue", "--file", "-", input=path.read_text()),
+                          code, where)
     assert cli_json(broker, "list") == [], "a rejected file must enqueue none of its jobs"
 
     # a line whose id already exists in the queue: the whole file is refused
@@ -190,7 +195,8 @@ def test_file_with_one_bad_line_enqueues_nothing(broker, tmp_path):
 
 def test_duplicate_id_and_wrong_state_exit_1(broker, start_agent):
     assert enqueue(broker, {"id": "dup", "command": "true", "delay": "1h"}) == "dup"
-    assert_user_error(run_cli(broker, "enqueue", '{"id": "dup", "command": "echo other"}'), 1, "dup")
+    assert_user_error(run_cli(broker, "enqueue", '{"id": "dup", "command": "echo other"}'),
+                      1, "dup")
     assert get_job(broker, "dup")["command"] == "true", "the duplicate must not replace the job"
     # dlq retry of a job that is not dead
     assert_user_error(run_cli(broker, "dlq", "retry", "dup"), 1, "dup")
@@ -226,7 +232,8 @@ def test_json_documents_match_the_contract(broker, start_agent, tmp_path):
     assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", generated["id"])
     dead_id = generated["id"]
     # the job format users already write is accepted
-    compat = {"id": "compat", "command": "true", "state": "pending", "attempts": 0, "max_retries": 3,
+    compat = {"id": "compat", "command": "true", "state": "pending", "attempts": 0,
+              "max_retries": 3,
               "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z",
               "delay": "1h"}
     assert cli_json(broker, "enqueue", json.dumps(compat))["id"] == "compat"
@@ -302,7 +309,8 @@ def test_json_documents_match_the_contract(broker, start_agent, tmp_path):
 
     # config --json
     config = cli_json(broker, "config", "show")
-    assert {"max_retries": 3, "base_backoff": 2, "max_backoff": 3600, "timeout_sec": 60}.items() <= config.items()
+    defaults = {"max_retries": 3, "base_backoff": 2, "max_backoff": 3600, "timeout_sec": 60}
+    assert defaults.items() <= config.items()
     assert cli_json(broker, "config", "get", "max-retries") == {"max_retries": 3}
     assert cli_json(broker, "config", "set", "max_backoff", "120") == {"max_backoff": 120}
     assert cli_json(broker, "config", "show")["max_backoff"] == 120
@@ -481,7 +489,8 @@ def test_ctrl_c_interrupts_logs_follow_with_exit_130(broker, start_agent, procs)
         follower.send_signal(signal.SIGINT)
         assert follower.wait(10) == 130, output.read_text()
         assert "Traceback" not in output.read_text()
-        assert get_job(broker, "endless")["state"] == "processing", "Ctrl-C of logs must not stop the job"
+        assert get_job(broker, "endless")["state"] == "processing", \
+            "Ctrl-C of logs must not stop the job"
     finally:
         kill_if_alive(pid, group=True)
 

@@ -128,7 +128,8 @@ def test_hostile_hellos_are_refused_and_register_nothing(broker, start_agent):
     sock.setsockopt(zmq.IDENTITY, b"intruder")
     sock.connect(broker.endpoint)
     try:
-        bad = [m.Hello(agent_id="intruder", host="x", pid=1, slots=1, labels={}, tokens=[2**64 - 1]),
+        bad = [m.Hello(agent_id="intruder", host="x", pid=1, slots=1, labels={},
+                       tokens=[2**64 - 1]),
                m.Hello(agent_id="intruder", host="x", pid=-5, slots=1, labels={}),
                m.Hello(agent_id="intruder", host="x", pid=1, slots=0, labels={}),
                m.Hello(agent_id="someone-else", host="x", pid=1, slots=1, labels={})]

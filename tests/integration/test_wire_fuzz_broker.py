@@ -91,7 +91,9 @@ def wrong_body(draw, cls) -> dict:
 
 
 def nested(depth: int, kind: str) -> bytes:
-    return (b"\x91" if kind == "array" else b"\x81\xa1k") * depth + (b"\x90" if kind == "array" else b"\x80")
+    if kind == "array":
+        return b"\x91" * depth + b"\x90"
+    return b"\x81\xa1k" * depth + b"\x80"
 
 
 @st.composite
@@ -156,8 +158,8 @@ def config_accepts(key: Any, value: Any) -> bool:
     return True
 
 
-CONFIG_KEYS = st.one_of(st.sampled_from(sorted(config_keys.SETTINGS) + ["backoff-base", "LEASE-SEC"]),
-                        TEXT, GARBAGE)
+CONFIG_KEYS = st.one_of(
+    st.sampled_from(sorted(config_keys.SETTINGS) + ["backoff-base", "LEASE-SEC"]), TEXT, GARBAGE)
 CONFIG_VALUES = st.one_of(GARBAGE, st.from_regex(r"\A-?[0-9]{1,30}(\.[0-9]*)?(e-?[0-9]{1,4})?\Z"),
                           st.sampled_from(["nan", "inf", "-1", "0", "", " ", "1e999", "0x10"]))
 
@@ -177,7 +179,8 @@ def request_args(draw, op: str) -> Any:
             args.pop("job", None)
             args["jobs"] = draw(st.one_of(st.lists(job_specs(), max_size=4), GARBAGE))
     elif op == "config_set":
-        key, value = draw(st.tuples(CONFIG_KEYS, CONFIG_VALUES).filter(lambda kv: not config_accepts(*kv)))
+        key, value = draw(st.tuples(CONFIG_KEYS, CONFIG_VALUES)
+                          .filter(lambda kv: not config_accepts(*kv)))
         args.update(key=key, value=value)
     elif op in ("list", "dlq_list") and draw(st.booleans()):
         args["state"] = draw(st.one_of(st.sampled_from(ALL_STATES), TEXT))
@@ -194,14 +197,15 @@ def request_args(draw, op: str) -> Any:
 @st.composite
 def requests(draw) -> bytes:
     op = draw(st.one_of(st.sampled_from(sorted(OPS)), st.sampled_from(sorted(OPS)),
-                        st.sampled_from(["stop-agents", "Ping", "", "STOP_AGENTS", "__init__"]), TEXT))
+                        st.sampled_from(["stop-agents", "Ping", "", "STOP_AGENTS", "__init__"]),
+                        TEXT))
     if op == "stop_agents":
         op = "stop-agents"  # unknown; the real one is left out (see the module docstring)
     req_id = draw(INTS)
     if draw(st.integers(0, 5)) == 0:
         return envelope(draw(wrong_body(m.Request)), "request")
-    return envelope({"req_id": req_id, "op": op, "args": draw(request_args(op if op in OPS else "ping"))},
-                    "request")
+    args = draw(request_args(op if op in OPS else "ping"))
+    return envelope({"req_id": req_id, "op": op, "args": args}, "request")
 
 
 @st.composite
@@ -241,12 +245,11 @@ def hostile_frame(agent_id: str) -> st.SearchStrategy:
         st.binary(max_size=300),
         st.just(b""),
         truncated_or_mutated(),
-        st.builds(envelope, st.sampled_from(MESSAGES).flatmap(wrong_body), st.sampled_from(TYPE_NAMES)),
+        st.builds(envelope, st.sampled_from(MESSAGES).flatmap(wrong_body),
+                  st.sampled_from(TYPE_NAMES)),
         st.builds(envelope, GARBAGE, st.sampled_from(TYPE_NAMES)),
         st.builds(envelope, GARBAGE, GARBAGE.filter(lambda t: t not in TYPE_NAMES)),
-        st.builds(lambda msg, v: envelope(dict(zip(field_types(type(msg)),
-                                                   (getattr(msg, f) for f in field_types(type(msg))),
-                                                   strict=True)),
+        st.builds(lambda msg, v: envelope({f: getattr(msg, f) for f in field_types(type(msg))},
                                           msg.TYPE, v),
                   st.sampled_from(MESSAGES).flatmap(well_typed),
                   GARBAGE.filter(lambda v: not (type(v) is int and v == VERSION))),
@@ -334,8 +337,9 @@ class Attacker:
             while True:
                 while not sock.poll(200):
                     if self.broker is not None and self.broker.proc.poll() is not None:
-                        raise AssertionError(f"the broker exited with {self.broker.proc.returncode}; "
-                                             f"its log ends:\n{self.broker.log()[-1500:]}")
+                        raise AssertionError(
+                            f"the broker exited with {self.broker.proc.returncode}; "
+                            f"its log ends:\n{self.broker.log()[-1500:]}")
                     assert time.monotonic() < deadline, \
                         f"the broker did not answer the {who} socket within {timeout}s"
                 replies = self.receive(who, sock.recv_multipart())
@@ -568,4 +572,5 @@ def test_hostile_requests_and_agent_messages_never_reach_a_broker_bug(broker):
     assert_alive(broker)
     bugs = broker_bugs(Path(broker.proc.log_path).read_text(errors="replace"))
     assert not internal and not bugs, \
-        f"{len(internal)} requests were answered 'internal error'; broker bugs hit:\n" + "\n".join(bugs)
+        f"{len(internal)} requests were answered 'internal error'; broker bugs hit:\n" \
+        + "\n".join(bugs)

@@ -26,8 +26,8 @@ LEASE = Lease(owner=b"o", dispatched_at=NOW - 10, started_at=NOW - 9, stdout_end
 
 
 def hello(**fields) -> m.Hello:
-    body = {"agent_id": "host-1-ab12", "host": "host", "pid": 123, "slots": 2, "labels": {"zone": "eu"},
-                "tokens": [], "seq": 1, "routing": "host-1-ab12/" + "f" * 32}
+    body = {"agent_id": "host-1-ab12", "host": "host", "pid": 123, "slots": 2,
+            "labels": {"zone": "eu"}, "tokens": [], "seq": 1, "routing": "host-1-ab12/" + "f" * 32}
     body.update(fields)
     return m.Hello(**body)
 
@@ -115,7 +115,8 @@ def test_numbers_out_of_range_become_unknown_not_stored():
     assert checked.exit_code is None and "1099511627776" in checked.detail
     assert checked.pid is None
     assert (checked.stdout_end, checked.stderr_end) == (0, MAX_OFFSET)
-    started = intake.started(m.Started(token=7, pid=-3, started_at=math.nan), NOW - 60, NOW, "agent")
+    started = intake.started(m.Started(token=7, pid=-3, started_at=math.nan), NOW - 60, NOW,
+                             "agent")
     assert (started.pid, started.started_at) == (0, NOW)
 
 

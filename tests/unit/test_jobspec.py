@@ -89,7 +89,8 @@ def test_id_rejected(value):
 
 # --- command ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["true", "  sleep 1  ", "echo 'ü'", "a\nb", "x" * MAX_COMMAND_BYTES])
+@pytest.mark.parametrize("value", ["true", "  sleep 1  ", "echo 'ü'", "a\nb",
+                                   "x" * MAX_COMMAND_BYTES])
 def test_command_accepted(value):
     assert validate({"command": value})["command"] == value
 
@@ -228,7 +229,8 @@ def test_env_accepted(value):
 
 
 @pytest.mark.parametrize("value", [
-    {"A": 1}, {"A": None}, {"": "x"}, {"A=B": "x"}, {"A": "a\0b"}, {"A\0": "x"}, ["A=1"], "A=1", None,
+    {"A": 1}, {"A": None}, {"": "x"}, {"A=B": "x"}, {"A": "a\0b"}, {"A\0": "x"}, ["A=1"], "A=1",
+    None,
 ])
 def test_env_rejected(value):
     assert_rejects("env", job(env=value))
@@ -302,7 +304,8 @@ def test_the_job_format_users_already_write_is_accepted():
     assert validate(raw) == {"id": "job1", "command": "sleep 2", "max_retries": 3}
 
 
-@pytest.mark.parametrize("value", ["processing", "completed", "failed", "dead", "canceled", "PENDING", "", None, 0])
+@pytest.mark.parametrize("value", ["processing", "completed", "failed", "dead", "canceled",
+                                   "PENDING", "", None, 0])
 def test_state_other_than_pending_is_rejected(value):
     assert_rejects("state", job(state=value))
 

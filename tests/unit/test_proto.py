@@ -238,8 +238,8 @@ def test_trailing_garbage_is_rejected():
 @pytest.mark.parametrize("value", [
     None, 1, "hello", b"bytes", {"type": "hello"}, [], [VERSION], [VERSION, "heartbeat"],
     [VERSION, "heartbeat", {}, "extra"], [VERSION, "heartbeat", []], [VERSION, "heartbeat", None],
-    [VERSION, "heartbeat", "body"], [VERSION, None, {}], [VERSION, 5, {}], [VERSION, b"heartbeat", {}],
-    [VERSION, ["heartbeat"], {}],
+    [VERSION, "heartbeat", "body"], [VERSION, None, {}], [VERSION, 5, {}],
+    [VERSION, b"heartbeat", {}], [VERSION, ["heartbeat"], {}],
 ])
 def test_valid_msgpack_of_the_wrong_shape_is_rejected(value):
     only_protocol_error(msgpack.packb(value, use_bin_type=True))
@@ -300,7 +300,8 @@ def test_wrong_field_types_are_rejected(cls, name, value):
     only_protocol_error(frame(VERSION, cls.TYPE, body))
 
 
-@pytest.mark.parametrize("msg", [m.Reject(token=True), m.Started(token=1, pid=False, started_at=0.0),
+@pytest.mark.parametrize("msg", [m.Reject(token=True),
+                                 m.Started(token=1, pid=False, started_at=0.0),
                                  m.Started(token=1, pid=1, started_at=True)], ids=repr)
 def test_bool_where_a_number_is_expected_is_rejected(msg):
     # msgpack has a real boolean type; True must not pass for token 1
@@ -316,7 +317,8 @@ def test_invalid_utf8_in_a_string_is_rejected():
     good = encode(m.Error(code="abc", message="hello"))
     assert b"hello" in good
     only_protocol_error(good.replace(b"hello", b"hel\xffo"))
-    only_protocol_error(encode(m.Error(code="abc", message="x")).replace(b"\xa3abc", b"\xa3\xc3\x28c"))
+    only_protocol_error(encode(m.Error(code="abc", message="x"))
+                        .replace(b"\xa3abc", b"\xa3\xc3\x28c"))
     only_protocol_error(encode(m.Heartbeat()).replace(b"heartbeat", b"heartbea\xff"))
 
 

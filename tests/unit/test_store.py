@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from queuectl.broker import lifecycle
 from queuectl.broker.lifecycle import TRANSITIONS, InvalidTransition
+from queuectl.broker.rows import Job
 from queuectl.broker.store import MIGRATIONS, DuplicateId, NewJob, StaleState, Store
 from queuectl.proto.states import ALL_STATES, JobState
 
@@ -33,6 +34,13 @@ def claim_id(store: Store, now: float = NOW, labels: dict | None = None) -> str 
     labels_json = json.dumps(labels, sort_keys=True) if labels else None
     claimed = store.claim(now, AGENT, b"owner", labels_json)
     return claimed[0].id if claimed else None
+
+
+def next_job(store: Store, closed: frozenset[str] = frozenset()) -> Job:
+    """The job the next claim leases (the test has made one due)."""
+    claimed = store.claim(NOW, AGENT, b"owner", None, closed)
+    assert claimed is not None
+    return claimed[0]
 
 
 def make_job_in(store: Store, state: JobState, job_id: str = "j1"):
@@ -261,10 +269,11 @@ def test_counts_stay_exact_through_every_kind_of_change(store):
         assert store.counts() == recount(store)
 
     check()
-    store.insert_jobs([new_job(f"j{n}", run_at=NOW + (100 if n >= 8 else 0)) for n in range(10)], NOW)
+    store.insert_jobs([new_job(f"j{n}", run_at=NOW + (100 if n >= 8 else 0)) for n in range(10)],
+                      NOW)
     check()
     assert store.counts()["pending"] == 10
-    running = [store.claim(NOW, AGENT, b"owner", None)[0] for _ in range(5)]
+    running = [next_job(store) for _ in range(5)]
     check()
     done = store.transition(running[0], C, NOW + 1, started_at=NOW, finished_at=NOW + 1, token=None)
     store.transition(running[1], F, NOW + 1, run_at=NOW + 3, attempts=1, token=None)
@@ -301,7 +310,7 @@ def test_set_fields_does_not_move_counts(store):
 def test_completed_duration_sums_completed_jobs_only(store):
     assert store.completed_duration() == (0, 0.0)
     store.insert_jobs([new_job(f"j{n}") for n in range(4)], NOW)
-    jobs = [store.claim(NOW, AGENT, b"owner", None)[0] for _ in range(4)]
+    jobs = [next_job(store) for _ in range(4)]
     store.transition(jobs[0], C, NOW + 10, started_at=NOW, finished_at=NOW + 10, token=None)
     store.transition(jobs[1], C, NOW + 3, started_at=NOW + 0.5, finished_at=NOW + 3, token=None)
     store.transition(jobs[2], F, NOW + 3, started_at=NOW, finished_at=NOW + 100, token=None,
@@ -372,7 +381,8 @@ def test_inserted_job_keeps_what_was_enqueued(store):
 def test_list_jobs_filters_by_state_and_queue_newest_first(store):
     store.insert_jobs([new_job("a"), new_job("b")], NOW)
     store.insert_jobs([NewJob(id="c", command="x", queue="other", priority=1, run_at=NOW,
-                              timeout_sec=1, max_retries=1, env=None, cwd=None, requires=None)], NOW)
+                              timeout_sec=1, max_retries=1, env=None, cwd=None, requires=None)],
+                      NOW)
     store.transition(store.job("a"), X, NOW)
     assert [j.id for j in store.list_jobs()] == ["c", "b", "a"]
     assert [j.id for j in store.list_jobs(state="pending")] == ["c", "b"]
@@ -545,7 +555,8 @@ def test_a_version_2_store_keeps_its_attempts_and_output_through_the_token_migra
                     " 'default', 0, 'processing', 1, 60, 3, 1, 2, 9, 'a')")
         old.execute("INSERT INTO attempts (id, job_seq, number, agent, dispatched_at,"
                     " late_result) VALUES (7, 1, 1, 'a', 1, 'exit code 0')")
-        old.execute("INSERT INTO output (attempt_id, stream, offset, data) VALUES (7, 1, 0, X'6869')")
+        old.execute("INSERT INTO output (attempt_id, stream, offset, data)"
+                    " VALUES (7, 1, 0, X'6869')")
     old.close()
 
     store = Store(path)
@@ -621,7 +632,8 @@ def test_an_unplaceable_backlog_does_not_hide_a_job_that_becomes_placeable(store
     """Claims remember that no due job matches a label set; that memory must
     end when a matching job becomes due (inserted, promoted or retried)."""
     gpu = {"gpu": "a100"}
-    store.insert_jobs([new_job(f"tpu{n}", priority=1, requires={"tpu": "v5"}) for n in range(50)], NOW)
+    store.insert_jobs([new_job(f"tpu{n}", priority=1, requires={"tpu": "v5"}) for n in range(50)],
+                      NOW)
     assert claim_id(store, labels=gpu) is None
     store.insert_jobs([new_job("inserted", requires=gpu)], NOW)
     assert claim_id(store, labels=gpu) == "inserted"
@@ -652,7 +664,7 @@ def test_claims_take_the_best_job_across_queues_and_skip_closed_ones(store):
     assert job.id == "c-mid"  # b's jobs (placed or not) are closed; c's head beats a's
     job, _ = store.claim(NOW, AGENT, b"owner", json.dumps({"gpu": "x"}))
     assert job.id == "b-placed"  # open again: the cached "no placed match" did not stick
-    assert [store.claim(NOW, AGENT, b"owner", None)[0].id for _ in range(2)] == ["b-first", "a-late"]
+    assert [next_job(store).id for _ in range(2)] == ["b-first", "a-late"]
     assert store.claim(NOW, AGENT, b"owner", None) is None
 
 
@@ -689,7 +701,7 @@ def test_a_version_5_store_keeps_its_due_jobs_claimable(tmp_path):
     store = Store(path)
     try:
         assert store.conn.pragma("user_version") == len(MIGRATIONS)
-        assert store.claim(NOW, AGENT, b"owner", None)[0].id == "due"
+        assert next_job(store).id == "due"
     finally:
         store.close()
 
@@ -702,12 +714,12 @@ def test_a_long_closed_backlog_ahead_switches_to_the_head_of_each_queue(store):
     store.insert_jobs(backlog + [new_job("z-open", queue="z", priority=7),
                                  new_job("a-open", queue="a", priority=9)], NOW)
     closed = frozenset({"paused"})
-    assert [store.claim(NOW, AGENT, b"owner", None, closed)[0].id for _ in range(2)] == ["z-open", "a-open"]
+    assert [next_job(store, closed).id for _ in range(2)] == ["z-open", "a-open"]
     assert store.claim(NOW, AGENT, b"owner", None, closed) is None
-    assert store.claim(NOW, AGENT, b"owner", None)[0].id == "paused-0"  # open again: its backlog first
+    assert next_job(store).id == "paused-0"  # open again: its backlog first
     store.use_queue_index(False)  # without the index, the same answers (by walking)
     assert store.claim(NOW, AGENT, b"owner", None, frozenset({"paused"})) is None
-    assert store.claim(NOW, AGENT, b"owner", None)[0].id == "paused-1"
+    assert next_job(store).id == "paused-1"
 
 
 def test_the_queue_index_exists_only_while_a_queue_has_a_rule(tmp_path):
@@ -740,7 +752,7 @@ def test_a_claim_among_thousands_of_open_queues_runs_a_constant_number_of_statem
 
     store.conn.exec_trace = trace
     try:
-        assert store.claim(NOW, AGENT, b"owner", None)[0].id == "hot"
+        assert next_job(store).id == "hot"
     finally:
         store.conn.exec_trace = None
     assert len(statements) <= 6, statements  # not one seek per queue

@@ -91,7 +91,8 @@ def must_reject(data: bytes, kind: type[ProtocolError] = ProtocolError) -> Proto
 
 # --- strategies ----------------------------------------------------------------------
 
-INTS = st.one_of(st.integers(-(2**63), 2**64 - 1), st.sampled_from([0, 1, -1, 2**63 - 1, 2**64 - 1]))
+INTS = st.one_of(st.integers(-(2**63), 2**64 - 1),
+                 st.sampled_from([0, 1, -1, 2**63 - 1, 2**64 - 1]))
 INT64 = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, -1, 2**63 - 1]))
 FLOATS = st.floats(allow_nan=False)  # NaN != NaN defeats the round-trip equality
 TEXT = st.text(max_size=30)
@@ -120,7 +121,8 @@ GARBAGE = st.recursive(
     st.one_of(st.none(), st.booleans(), INTS, st.floats(), TEXT, BLOB, EXT,
               st.builds(msgpack.Timestamp, st.integers(0, 2**34 - 1), st.integers(0, 999_999_999))),
     lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(TEXT, INTS, st.booleans()), inner, max_size=4)),
+                            st.dictionaries(st.one_of(TEXT, INTS, st.booleans()), inner,
+                                            max_size=4)),
     max_leaves=15)
 
 
@@ -373,7 +375,8 @@ def with_value_at(cls, msg, position: str, value: bytes) -> bytes:
     body.pop(name, None)
     count = len(body) + 1
     header = bytes([0x80 | count]) if count < 16 else b"\xde" + count.to_bytes(2, "big")
-    pairs = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in body.items())
+    pairs = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True)
+                     for k, v in body.items())
     return (b"\x93" + msgpack.packb(VERSION) + msgpack.packb(cls.TYPE) + header + pairs
             + msgpack.packb(name) + value)
 
@@ -412,23 +415,26 @@ def test_a_nested_version_or_type_just_inside_msgpacks_depth_limit_is_a_protocol
 
 # --- what an error says: short, whatever the peer sent --------------------------------------
 
-@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.generate])  # big frames: no shrinking
-@given(version=st.one_of(st.binary(min_size=1000, max_size=5000), st.text(min_size=1000, max_size=5000),
+# big frames: no shrinking
+@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.generate])
+@given(version=st.one_of(st.binary(min_size=1000, max_size=5000),
+                         st.text(min_size=1000, max_size=5000),
                          st.lists(INTS, min_size=300, max_size=600)),
        type_name=st.sampled_from(sorted(TYPE_NAMES)))
 def test_the_error_for_another_version_stays_short_whatever_the_peer_sent(version, type_name):
     """The broker sends this text back to the peer and logs it: a peer must not be
     able to make it huge (test_proto checks the same for unknown type names)."""
     error = must_reject(frame(version, type_name, {}), VersionMismatch)
-    assert len(str(error)) < 300, f"{len(str(error))} characters for a {len(frame(version, type_name, {}))}" \
-                                  " byte frame"
+    assert len(str(error)) < 300, \
+        f"{len(str(error))} characters for a {len(frame(version, type_name, {}))} byte frame"
 
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_every_protocol_error_message_stays_short(data):
     cls = data.draw(st.sampled_from(MESSAGES))
-    junk = data.draw(st.one_of(st.binary(min_size=500, max_size=3000), st.text(min_size=500, max_size=3000)))
+    junk = data.draw(st.one_of(st.binary(min_size=500, max_size=3000),
+                               st.text(min_size=500, max_size=3000)))
     where = data.draw(st.sampled_from(["type", "field name", "field value", "body"]))
     if where == "type":
         raw = frame(VERSION, junk, {})
