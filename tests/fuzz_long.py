@@ -21,11 +21,10 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE / "integration")]
-
-import test_wire_fuzz_broker as fuzz  # noqa: E402
+sys.path.insert(0, str(HERE))  # harness, hostile, and integration.test_wire_fuzz_broker
 
 from harness import Broker, Processes, start_agent  # noqa: E402
+from integration import test_wire_fuzz_broker as fuzz  # noqa: E402
 
 ROUND = 200  # hypothesis examples (batches of up to 40 frames) between two checks
 

@@ -13,9 +13,9 @@ import shlex
 import signal
 
 import pytest
-from dashboard_html import counter, csrf_token, job_rows, parse, settle
 from prometheus_client.parser import text_string_to_metric_families
 
+from dashboard.dashboard_html import counter, csrf_token, job_rows, parse, settle
 from harness import cli_json, state_of, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

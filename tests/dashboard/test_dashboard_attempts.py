@@ -4,7 +4,8 @@ the attempt numbers in its attempts table link to what that attempt printed."""
 from __future__ import annotations
 
 import pytest
-from dashboard_html import parse
+
+from dashboard.dashboard_html import parse
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ test_dashboard_process.py.
 from __future__ import annotations
 
 import pytest
-from dashboard_html import CSRF_META, parse
+
+from dashboard.dashboard_html import CSRF_META, parse
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

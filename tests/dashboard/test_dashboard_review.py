@@ -17,8 +17,8 @@ import subprocess
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-from dashboard_html import CSRF_META, parse
 
+from dashboard.dashboard_html import CSRF_META, parse
 from harness import free_port, program, wait_until
 
 pytestmark = pytest.mark.integration

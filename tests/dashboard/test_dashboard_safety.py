@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from dashboard_html import CSP, job_rows, parse, settle
 
+from dashboard.dashboard_html import CSP, job_rows, parse, settle
 from harness import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

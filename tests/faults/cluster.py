@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import netns
-
+from faults import netns
 from harness import free_port, program, wait_until
 
 BROKER_PORT = 5555  # inside namespace B, which is new and empty, so it is free

@@ -30,8 +30,8 @@ import threading
 import time
 
 import pytest
-from ledger import Ledger, audit, report
 
+from faults.ledger import Ledger, audit, report
 from harness import run_cli, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -15,9 +15,9 @@ import os
 import shutil
 
 import pytest
-from cluster import BROKER_PORT, NsAgent, NsBroker
-from netns import Unavailable
 
+from faults.cluster import BROKER_PORT, NsAgent, NsBroker
+from faults.netns import Unavailable
 from harness import program, run_cli, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

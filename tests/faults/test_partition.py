@@ -23,11 +23,11 @@ import json
 import threading
 import time
 
-import netns
 import pytest
-from cluster import BROKER_PORT, NsAgent, NsBroker
-from ledger import Ledger, audit, report
 
+from faults import netns
+from faults.cluster import BROKER_PORT, NsAgent, NsBroker
+from faults.ledger import Ledger, audit, report
 from harness import kill_if_alive, pid_alive, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -407,10 +407,7 @@ def test_another_key_cannot_take_over_an_agents_identity(secure, procs, intruder
 
 @pytest.mark.timeout(60)
 def test_revoking_an_agent_mid_job_never_runs_the_job_twice_at_once(secure, procs, tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
-    from ledger import Ledger
+    from faults.ledger import Ledger  # tests/ is on sys.path (pyproject: pythonpath)
 
     ledger = Ledger(tmp_path / "ledger")
     assert keys_cli(secure.home, "add-agent", "spare").returncode == 0
