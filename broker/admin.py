@@ -184,6 +184,8 @@ def op_cancel(call: Call, args: ops.JobHoldArgs) -> Any:
     job = ctx.jobs.cancel(args.id, ctx.now)
     if job.state is JobState.CANCELED:
         return {"id": job.id, "state": job.state.value}
+    # cancel() returns a canceled job or a processing one, which holds its attempt's token
+    assert job.token is not None
     owner = ctx.agents.owner(job.token)
     if owner is not None:
         ctx.send(owner.ident, m.Cancel(token=job.token, reason="canceled by a user"))

@@ -10,7 +10,7 @@ nothing is lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from queuectl.proto import messages as m
@@ -29,7 +29,7 @@ MAX_AGENTS = 4096
 
 
 def welcome(ctx: Context, agent: AgentConn, cancel: list[int],
-            kept: list[int] = ()) -> None:
+            kept: Sequence[int] = ()) -> None:
     """Welcome (again) an agent; ``kept`` are the attempts it reported that go on."""
     cfg = ctx.config
     offsets = []
@@ -180,7 +180,7 @@ def _output_missing(ctx: Context, agent: AgentConn, msg: m.Result, lease: Lease)
 
 def on_result(ctx: Context, agent: AgentConn, msg: m.Result) -> None:
     lease = ctx.store.lease(msg.token)
-    if _owns(ctx, agent, msg, lease):
+    if lease is not None and _owns(ctx, agent, msg, lease):
         msg = ctx.intake.result(msg, lease, ctx.now, agent.agent_id)
         if _output_missing(ctx, agent, msg, lease):
             return  # not acknowledged: the agent resends the output, then the result
@@ -226,7 +226,8 @@ def on_bye(ctx: Context, agent: AgentConn, msg: m.Bye) -> None:
     ctx.leases.depart(agent)
 
 
-def _known(handler: Callable[[Context, AgentConn, Any], None]):
+def _known(handler: Callable[[Context, AgentConn, Any], None]
+           ) -> Callable[[Context, bytes, Any, str | None], None]:
     """Wrap a handler so it runs only for agents that said Hello."""
 
     def run(ctx: Context, ident: bytes, msg: Any, key_name: str | None) -> None:

@@ -18,6 +18,7 @@ back (Revoke) when another agent has nothing to do.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 PREFETCH_BELOW = 0.05  # seconds: an agent whose jobs run shorter than this gets prefetch
@@ -31,7 +32,7 @@ class AgentConn:
     host: str
     pid: int
     slots: int
-    labels: dict
+    labels: dict[str, str]
     connected_at: float        # wall clock, for display
     last_seen: float           # monotonic
     last_seen_wall: float
@@ -55,7 +56,7 @@ class AgentConn:
     def __post_init__(self) -> None:
         self.set_labels(self.labels)
 
-    def set_labels(self, labels: dict) -> None:
+    def set_labels(self, labels: dict[str, str]) -> None:
         self.labels = dict(labels)
         self.labels_json = json.dumps(self.labels, sort_keys=True) if self.labels else None
 
@@ -71,7 +72,7 @@ class AgentConn:
             return 0
         return max(0, self.slots + (self.prefetch if prefetch else 0) - len(self.inflight))
 
-    def can_run(self, requires: dict | None) -> bool:
+    def can_run(self, requires: dict[str, str] | None) -> bool:
         """Its labels include every label ``requires`` names (as the store's claim checks)."""
         return all(self.labels.get(key) == value for key, value in (requires or {}).items())
 
@@ -109,7 +110,7 @@ class Registry:
     def __len__(self) -> int:
         return len(self._by_ident)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[AgentConn]:
         return iter(list(self._by_ident.values()))
 
     def get(self, ident: bytes) -> AgentConn | None:

@@ -46,7 +46,7 @@ class Guard:
         self.keys = store
         self.public, self.secret = load(store.broker_secret, secret=True)
         self._lock = threading.Lock()  # the ZAP thread and the loop both refresh
-        self._stamp: tuple | None = None
+        self._stamp: tuple[object, ...] | None = None
         self._unseen_change = False  # a change the loop has not acted on (``changed``)
         self.allowed: dict[bytes, Principal] = {}
         self.refresh()
@@ -75,7 +75,7 @@ class Guard:
 
     # --- the socket ------------------------------------------------------------
 
-    def secure(self, ctx: zmq.Context, sock: zmq.Socket) -> None:
+    def secure(self, ctx: zmq.Context[zmq.Socket[bytes]], sock: zmq.Socket[bytes]) -> None:
         """Before ``bind``: make ``sock`` a CURVE server behind the ZAP handler."""
         from zmq.auth.thread import ThreadAuthenticator  # loads asyncio: only with CURVE
 

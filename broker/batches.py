@@ -66,6 +66,7 @@ class Batches:
         batch = self.get(batch_id, key)
         if batch.state is not BatchState.OPEN:
             raise self._closed(batch)
+        assert key is not None  # get() refuses a batch to a client without its key
         return batch_id, key
 
     def added(self, batch_id: int, mono: float) -> None:
@@ -113,7 +114,9 @@ class Batches:
     def _end(self, batch_id: int, state: BatchState, now: float, reason: str | None = None) -> None:
         self.store.end_batch(batch_id, state, now, reason)
         self.heard.pop(batch_id, None)
-        self.work.append(self.store.batch(batch_id))
+        batch = self.store.batch(batch_id)
+        assert batch is not None  # it was open: a row is forgotten only an hour after it ends
+        self.work.append(batch)
 
     @staticmethod
     def _closed(batch: Batch) -> JobError:

@@ -6,6 +6,8 @@ store can enforce them on every UPDATE.
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from queuectl.proto.states import JobState, Outcome
 
 P, R, C, F, D, X = (JobState.PENDING, JobState.PROCESSING, JobState.COMPLETED,
@@ -69,4 +71,4 @@ def reason_text(outcome: Outcome, exit_code: int | None, detail: str) -> str | N
         return "agent lost"
     if outcome is Outcome.STOPPED:
         return "agent stopped before the job finished"
-    return detail or outcome.value
+    assert_never(outcome)  # every Outcome is handled above (mypy checks it)

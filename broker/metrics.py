@@ -78,6 +78,7 @@ class Metrics:
         staged, self._staged = self._staged, []
         for name, value, when in staged:
             if name is Event.ENQUEUED:
+                assert value is not None  # enqueued() stages the count
                 self.counters[name] += int(value)
                 continue
             self.counters[name] += 1

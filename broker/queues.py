@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from queuectl.proto.states import JobState
 from queuectl.proto.timefmt import to_iso
@@ -78,7 +78,7 @@ class Queues:
         self.store.use_queue_index(bool(self.rules))
         return rule
 
-    def overview(self) -> list[dict]:
+    def overview(self) -> list[dict[str, Any]]:
         """Every queue with a rule or unfinished jobs, by name."""
         active = self.store.active_by_queue()
         rows = []

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import namedtuple
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, dataclass_transform
 
 from queuectl.proto.states import JobState, Outcome
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_PRIORITY = 100
 DEFAULT_QUEUE = "default"
@@ -67,21 +69,36 @@ def one_of(members: Iterable[Enum]) -> str:
     return "(" + ", ".join(literal(member) for member in members) + ")"
 
 
-def _labels_json(labels: dict) -> str | None:
+_Class = TypeVar("_Class")
+_Row = TypeVar("_Row", bound="DataclassInstance")
+
+# A row as APSW returns it: the selected columns' values, in SELECT order.
+Row = tuple[Any, ...]
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(column,))
+def row_type(cls: type[_Class]) -> type[_Class]:
+    """A row type: a frozen, slotted dataclass. Declared as a dataclass transform
+    so that type checkers take ``column(...)`` for a field specifier (a field
+    with no default), as the dataclass machinery does at run time."""
+    return dataclass(frozen=True, slots=True)(cls)
+
+
+def _labels_json(labels: dict[str, str]) -> str | None:
     """Required labels are stored with sorted keys (qc_labels_match); {} is NULL: anywhere."""
     return json.dumps(labels, sort_keys=True) if labels else None
 
 
-class Table:
+class Table(Generic[_Row]):
     """What the store's SQL for one table derives from its row type's declaration."""
 
-    def __init__(self, name: str, row_type: type):
+    def __init__(self, name: str, row_type: type[_Row]):
         fields = dataclasses.fields(row_type)
         self.name = name
         self.columns = tuple(f.name for f in fields)
         self.select = ", ".join(self.columns)
         loads = tuple((i, f.metadata["load"]) for i, f in enumerate(fields) if "load" in f.metadata)
-        self.load: Callable[[tuple], Any] = _loader(row_type, loads)
+        self.load: Callable[[Row], _Row] = _loader(row_type, loads)
         self.dumps = {f.name: f.metadata["dump"] for f in fields if "dump" in f.metadata}
         self.settable = frozenset(f.name for f in fields if f.metadata.get("settable"))
         # (name, default) of the fields an enqueued job's spec gives, in column order
@@ -104,7 +121,7 @@ class Table:
         return (f"INSERT INTO {self.name} ({', '.join(names)})"
                 f" VALUES ({', '.join(':' + name for name in names)})")
 
-    def dump_given(self, new: tuple) -> list:
+    def dump_given(self, new: tuple[Any, ...]) -> list[Any]:
         """The stored values of a new row's given fields, in ``insert_sql`` order."""
         values = list(new)
         for index, dump in self._given_dumps:
@@ -118,11 +135,12 @@ class Table:
         return ", ".join(f"{name} = :{name}" for name in names)
 
 
-def _loader(row_type: type, loads: tuple) -> Callable[[tuple], Any]:
+def _loader(row_type: type[_Row], loads: tuple[tuple[int, Callable[[Any], Any]], ...]
+            ) -> Callable[[Row], _Row]:
     if not loads:
         return lambda row: row_type(*row)
 
-    def load(row: tuple) -> Any:
+    def load(row: Row) -> _Row:
         values = list(row)
         for index, convert in loads:
             value = values[index]
@@ -132,7 +150,7 @@ def _loader(row_type: type, loads: tuple) -> Callable[[tuple], Any]:
     return load
 
 
-@dataclass(frozen=True, slots=True)
+@row_type
 class Job:
     seq: int
     id: str = column(given=None)  # None: the job service makes one
@@ -144,9 +162,9 @@ class Job:
     timeout_sec: float = column(given=FROM_CONFIG)
     max_retries: int = column(given=FROM_CONFIG)
     attempts: int = column(settable=True)
-    env: dict | None = column(given=None, load=json.loads, dump=json.dumps)
+    env: dict[str, str] | None = column(given=None, load=json.loads, dump=json.dumps)
     cwd: str | None = column(given=None)
-    requires: dict | None = column(given=None, load=json.loads, dump=_labels_json)
+    requires: dict[str, str] | None = column(given=None, load=json.loads, dump=_labels_json)
     created_at: float
     updated_at: float
     started_at: float | None = column(settable=True)
@@ -158,7 +176,7 @@ class Job:
     cancel_requested: bool = column(load=bool, settable=True)  # a bool binds as 0 or 1
 
 
-@dataclass(frozen=True, slots=True)
+@row_type
 class Attempt:
     id: int  # the attempt's token (a fencing token: never issued twice)
     job_seq: int
@@ -186,7 +204,7 @@ class BatchState(str, Enum):
     ABORTED = "aborted"
 
 
-@dataclass(frozen=True, slots=True)
+@row_type
 class Batch:
     id: int
     state: BatchState = column(load=BatchState)
@@ -214,8 +232,37 @@ JOBS = Table("jobs", Job)
 ATTEMPTS = Table("attempts", Attempt)
 BATCHES = Table("batches", Batch)
 
-# A job to insert: the fields its spec gives; the optional ones at the end
-# default to None. A tuple, not a frozen dataclass: a batch builds 100,000 of
-# them, and a frozen dataclass's __init__ costs a setattr call per field.
-NewJob = namedtuple("NewJob", [name for name, _ in JOBS.given],
-                    defaults=[None] * JOBS.optional_given)
+# A job to insert: the fields its spec gives (Job's ``given`` fields, in column
+# order, each with its type there), with every default resolved; the optional
+# ones at the end default to None. A tuple, not a frozen dataclass: a batch
+# builds 100,000 of them, and a frozen dataclass's __init__ costs a setattr call
+# per field. Spelled out so that type checkers see its fields; _check_new_job
+# holds it to Job's declaration when this module is imported.
+class NewJob(NamedTuple):
+    id: str
+    command: str
+    queue: str
+    priority: int
+    run_at: float
+    timeout_sec: float
+    max_retries: int
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    requires: dict[str, str] | None = None
+
+
+def _check_new_job() -> None:
+    job_types = {f.name: f.type for f in dataclasses.fields(Job)}
+    # the annotations as written (this module's are strings; NamedTuple wraps them in ForwardRef)
+    declared = [(name, getattr(NewJob.__annotations__[name], "__forward_arg__", None))
+                for name in NewJob._fields]
+    given = [(name, job_types[name]) for name, _ in JOBS.given]
+    if declared != given:
+        raise TypeError(f"NewJob's fields {declared} are not Job's given fields {given}")
+    defaults = NewJob._field_defaults
+    optional = [name for name, _ in JOBS.given[len(JOBS.given) - JOBS.optional_given:]]
+    if list(defaults) != optional or any(value is not None for value in defaults.values()):
+        raise TypeError(f"NewJob's defaults {defaults} are not None for each of {optional}")
+
+
+_check_new_job()

@@ -99,7 +99,7 @@ class Broker:
     # --- lifecycle of the process ----------------------------------------
 
     def bind(self) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises
@@ -158,7 +158,8 @@ class Broker:
         """Move the frames waiting on the socket into the inbox (up to BATCH, and
         while it is not full); returns them."""
         # EVENTS says whether a frame waits: cheaper than ending on zmq.Again.
-        sock, guard, frames = self.socket, self.guard, []
+        sock, guard = self.socket, self.guard
+        frames: list[Frame] = []
         self._read_all = False
         while len(frames) < BATCH and not self.inbox.full():
             if not sock.get(zmq.EVENTS) & zmq.POLLIN:
@@ -288,7 +289,7 @@ class Broker:
         else:
             ctx.parking.commit_step()
             if self.store_failing_since is not None and self.store.total_changes() > writes:
-                self._store_recovered()
+                self._store_recovered(self.store_failing_since)
         if self.needs_resync:
             try:
                 with self.store.iteration():
@@ -306,9 +307,9 @@ class Broker:
             log.info("a loop iteration took %.1fs; lease clocks extended by that much", duration)
             self.ctx.leases.extend(duration)
 
-    def _store_recovered(self) -> None:
+    def _store_recovered(self, failing_since: float) -> None:
         log.warning("the store accepts writes again after %.1fs of failures",
-                    self.clock.mono - self.store_failing_since)
+                    self.clock.mono - failing_since)
         self.store_failing_since, self._store_backoff = None, 0.0
 
     def _batch_failed(self, requests: list[tuple[bytes, m.Request]], exc: StoreUnavailable,
@@ -387,12 +388,12 @@ class Broker:
             return True
         first = next(why for why in refusals if why)
         agent_refusal = None
-        for msg, why in zip(msgs, refusals, strict=True):
+        for msg, refusal in zip(msgs, refusals, strict=True):
             if isinstance(msg, m.Request):
                 ctx.outbox.reply(ident, msg.req_id, None, ErrorCode.FORBIDDEN,
-                                 why or f"refused with the rest of its frame: {first}")
+                                 refusal or f"refused with the rest of its frame: {first}")
             else:
-                agent_refusal = agent_refusal or why or first
+                agent_refusal = agent_refusal or refusal or first
         if agent_refusal:
             ctx.intake.warn(peer_name(ident), "refused agent messages from peer %s: %s",
                             peer_name(ident), agent_refusal)
@@ -495,7 +496,7 @@ class Broker:
         ctx, mono = self.ctx, self.clock.mono
         heartbeat, lease = self.config["heartbeat_sec"], self.config["lease_sec"]
         if self.guard is not None and self.guard.changed():
-            self._drop_revoked()
+            self._drop_revoked(self.guard)
         ctx.batches.expire(mono, self.config["batch_idle_sec"], ctx.now)
         for agent in ctx.agents:
             if agent.departing_since is not None:
@@ -513,11 +514,11 @@ class Broker:
         ctx.leases.expire_orphans()
         self.trimmer.tick(mono)
 
-    def _drop_revoked(self) -> None:
+    def _drop_revoked(self, guard: Guard) -> None:
         """The allow-list changed: agents whose key is gone are lost at once (their
         jobs run again elsewhere) and hear why; their frames are refused from now on."""
         for agent in self.ctx.agents:
-            if agent.key_name is not None and not self.guard.allows_agent(agent.key_name):
+            if agent.key_name is not None and not guard.allows_agent(agent.key_name):
                 log.warning("agent %s lost: its key %r was revoked; %d jobs will run again",
                             agent.agent_id, agent.key_name, len(agent.inflight))
                 revoked = f"the key {agent.key_name!r} was revoked"

@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import apsw
@@ -33,11 +34,21 @@ import apsw.bestpractice
 from queuectl.proto.states import ALL_STATES, TERMINAL_STATES, JobState
 
 from . import lifecycle
-from .migrations import MIGRATIONS, migrate  # noqa: F401  (MIGRATIONS: for tests)
-from .rows import JOBS, Attempt, Batch, BatchState, Chunk, Job, NewJob, literal, one_of  # noqa: F401  (callers import them from here)
+from .migrations import MIGRATIONS as MIGRATIONS  # re-exported, for tests
+from .migrations import migrate
+from .rows import JOBS, Row, literal, one_of
+
+# Re-exported (explicitly, "X as X"): callers import the row types from here.
+from .rows import Attempt as Attempt
+from .rows import Batch as Batch
+from .rows import BatchState as BatchState
+from .rows import Job as Job
+from .rows import NewJob as NewJob
 from .store_attempts import AttemptStore
 from .store_batches import BatchStore
-from .store_failures import StoreFailures, StoreUnavailable, copy_store  # noqa: F401  (callers)
+from .store_failures import StoreFailures
+from .store_failures import StoreUnavailable as StoreUnavailable  # re-exported, for callers
+from .store_failures import copy_store as copy_store  # re-exported, for callers
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +70,8 @@ _CLAIM_JOB = (
 
 
 @functools.cache
-def _job_update(names: tuple[str, ...], fixed: str) -> tuple[str, tuple]:
+def _job_update(names: tuple[str, ...],
+                fixed: str) -> tuple[str, tuple[tuple[str, Callable[[Any], Any]], ...]]:
     """The guarded UPDATE that sets ``fixed`` and the columns ``names`` (each
     bound by its name), and the dumps those columns need. Raises ValueError for
     a column a caller may not set. Cached: the call sites pass a few fixed sets."""
@@ -119,7 +131,10 @@ class Store(AttemptStore, BatchStore, StoreFailures):
         # NORMAL in WAL mode survives a crash of the process; FULL also
         # survives a power loss, at about a tenth of the commit rate.
         self.conn.pragma("synchronous", synchronous)
-        self.conn.create_scalar_function("qc_labels_match", _labels_match, 2, deterministic=True)
+        # apsw types a scalar function as taking any SQLite values, however many;
+        # this one takes 2, and SQL calls it with the TEXT (or NULL) label columns.
+        self.conn.create_scalar_function("qc_labels_match", _labels_match, 2,  # type: ignore[arg-type]
+                                         deterministic=True)
         # Claim cache: label sets (with the queues closed to them) that matched
         # no due placed job, and the generation of placed jobs they were checked against.
         self._placed_generation = 0
@@ -140,7 +155,8 @@ class Store(AttemptStore, BatchStore, StoreFailures):
         """Rows changed through this connection since it opened (committed or not)."""
         return self.conn.total_changes()
 
-    def _one(self, sql: str, params: Any = ()) -> tuple | None:
+    def _one(self, sql: str, params: Any = ()) -> Row | None:
+        row: Row  # APSW's rows are Any to mypy: typed here, where they come out
         for row in self.conn.execute(sql, params):
             return row
         return None
@@ -192,7 +208,8 @@ class Store(AttemptStore, BatchStore, StoreFailures):
     def list_jobs(self, state: str | None = None, queue: str | None = None,
                   limit: int = 100, search: str | None = None) -> list[Job]:
         """Newest first; ``search`` is a case-insensitive substring of the id or command."""
-        where, params = ["batch IS NULL"], []
+        where = ["batch IS NULL"]
+        params: list[str | int] = []
         if state is not None:
             where.append("state = ?")
             params.append(state)
@@ -208,7 +225,7 @@ class Store(AttemptStore, BatchStore, StoreFailures):
         sql = f"SELECT {_JOB} FROM jobs {clause} ORDER BY seq DESC LIMIT ?"
         return [JOBS.load(row) for row in self.conn.execute(sql, params)]
 
-    def _next_free(self, closed: frozenset[str]) -> tuple | None:
+    def _next_free(self, closed: frozenset[str]) -> Row | None:
         """The best due job that needs no labels, from a queue not in ``closed``
         (paused, or at its limit): (priority, run_at, seq, state, attempts).
 
@@ -222,6 +239,7 @@ class Store(AttemptStore, BatchStore, StoreFailures):
                              " WHERE due = 1 AND requires IS NULL"
                              " ORDER BY priority, run_at, seq LIMIT 1")
         limit = CLOSED_SKIP if self._has_queue_index() else None
+        row: Row | None  # APSW's rows are Any to mypy
         rows = self.conn.execute(
             "SELECT queue, priority, run_at, seq, state, attempts FROM jobs"
             " WHERE due = 1 AND requires IS NULL ORDER BY priority, run_at, seq")
@@ -248,7 +266,7 @@ class Store(AttemptStore, BatchStore, StoreFailures):
             if queue not in closed and (best is None or row[1:4] < best[:3]):
                 best = row[1:]
 
-    def _next_due(self, labels_json: str | None, closed: frozenset[str]) -> tuple | None:
+    def _next_due(self, labels_json: str | None, closed: frozenset[str]) -> Row | None:
         """The best due job for an agent with these labels: (seq, state, attempts) or None."""
         free = self._next_free(closed)
         placed = None

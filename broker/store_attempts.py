@@ -14,7 +14,7 @@ from queuectl.proto import messages as m
 from queuectl.proto.states import JobState, Outcome
 
 from .intake import Lease
-from .rows import ATTEMPTS, Attempt, Chunk, literal
+from .rows import ATTEMPTS, Attempt, Chunk, Row, literal
 
 _OK, _CANCELED_RUN = literal(Outcome.OK), literal(Outcome.CANCELED)
 _CANCELED = literal(JobState.CANCELED)
@@ -25,7 +25,7 @@ class AttemptStore:
     """Attempts and output; Store provides ``conn`` and ``_one``."""
 
     conn: apsw.Connection
-    _one: Callable[..., tuple | None]
+    _one: Callable[..., Row | None]
 
     # --- attempts ---------------------------------------------------------
 
@@ -53,7 +53,7 @@ class AttemptStore:
                         f" ORDER BY id DESC LIMIT 1", (job_seq,))
         return ATTEMPTS.load(row) if row else None
 
-    def start_attempt(self, token: int, pid: int, started_at: float) -> None:
+    def start_attempt(self, token: int, pid: int | None, started_at: float) -> None:
         self.conn.execute("UPDATE attempts SET pid = :pid, started_at = :started_at WHERE id = :id",
                           {"pid": pid, "started_at": started_at, "id": token})
         self.conn.execute("UPDATE jobs SET started_at = :started_at WHERE token = :token",
@@ -106,6 +106,8 @@ class AttemptStore:
             row = self._one(f"SELECT {name}_end, {name}_bytes FROM attempts WHERE id = ?", (token,))
             if row is None:
                 return None
+            end: int
+            stored: int
             end, stored = row
             if offset > end and not gap_ok:
                 return end
@@ -117,9 +119,12 @@ class AttemptStore:
                               " VALUES (?, ?, ?, ?)", (token, stream, offset, data))
             stored += len(data)
             while stored > limit:
-                first_offset, size = self._one(
+                first = self._one(
                     "SELECT offset, length(data) FROM output WHERE attempt_id = ? AND stream = ?"
                     " ORDER BY offset LIMIT 1", (token, stream))
+                # stored counts the bytes of this stream's output rows: above 0, a row holds some
+                assert first is not None
+                first_offset, size = first
                 excess = stored - limit
                 if size <= excess:
                     self.conn.execute("DELETE FROM output WHERE attempt_id = ? AND stream = ?"

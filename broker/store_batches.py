@@ -14,7 +14,7 @@ import apsw
 
 from queuectl.proto.states import JobState
 
-from .rows import BATCHES, Batch, BatchState, literal
+from .rows import BATCHES, Batch, BatchState, Row, literal
 
 _PENDING = literal(JobState.PENDING)
 
@@ -23,7 +23,7 @@ class BatchStore:
     """Streamed batches; Store provides ``conn``, ``_one`` and ``_placed_generation``."""
 
     conn: apsw.Connection
-    _one: Callable[..., tuple | None]
+    _one: Callable[..., Row | None]
     _placed_generation: int
 
     # --- streamed batches (broker/batches.py) -------------------------------
@@ -70,6 +70,7 @@ class BatchStore:
         now is, how many rows became visible, and the earliest run_at among those
         that wait for the timer (or None)."""
         low = batch.next_seq
+        assert low is not None  # a committed or aborted batch walks from next_seq (end_batch)
         high = min(low + span - 1, batch.last_seq)
         visible, waiting = 0, None
         if batch.state is BatchState.ABORTED:
@@ -84,8 +85,10 @@ class BatchStore:
                               (visible,))
             self._placed_generation += 1  # some of them may require labels
             # (not next_due(): the planner reads it through jobs_state, O(pending jobs))
-            waiting = self._one("SELECT min(run_at) FROM jobs WHERE seq BETWEEN ? AND ?"
-                                " AND due = 0", (low, high))[0]
+            row = self._one("SELECT min(run_at) FROM jobs WHERE seq BETWEEN ? AND ?"
+                            " AND due = 0", (low, high))
+            assert row is not None  # an aggregate without GROUP BY is one row
+            waiting = row[0]
         state = batch.state
         if high >= batch.last_seq and state is BatchState.COMMITTED:
             state = BatchState.DONE

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import cast
 
 import apsw
 
@@ -99,7 +100,7 @@ def copy_store(source_path: str, target_path: str) -> int:
             problems = [row[0] for row in copy.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise RuntimeError(f"the copy failed its check: {problems[:3]}")
-            return copy.execute("SELECT count(*) FROM jobs").fetchall()[0][0]
+            return cast(int, copy.execute("SELECT count(*) FROM jobs").fetchall()[0][0])
         finally:
             copy.close()
     finally:
@@ -115,7 +116,7 @@ class StoreUnavailable(Exception):
         self.cause = cause
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def _chain(exc: BaseException | None) -> list[BaseException]:
     """``exc`` and the exceptions it was raised from or while handling, newest first."""
     chain: list[BaseException] = []
     while exc is not None and exc not in chain:

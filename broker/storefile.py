@@ -52,6 +52,7 @@ class StoreFiles:
     def check(self) -> None:
         """Compare both paths with the open files; act on a change. Outside a transaction."""
         moved = identity(self.store.path) != self.db
+        why: str | None
         if moved:
             why = (f"the store file {self.store.path} was deleted, renamed or replaced while the "
                    "broker ran; writes are refused; restart the broker")

@@ -195,7 +195,9 @@ class _Field:
 
 
 def _field_of(spec: dataclasses.Field[Any], hint: Any) -> _Field:
-    nullable, kinds, items = False, [], None
+    nullable = False
+    kinds: list[type] = []
+    items: type | None = None
     options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) \
         else (hint,)
     for option in options:
@@ -224,7 +226,8 @@ _FIELDS: dict[type, tuple[_Field, ...]] = {}
 for _op in _DECLARED:
     if _op.args not in _FIELDS:
         _hints = typing.get_type_hints(_op.args)
-        _FIELDS[_op.args] = tuple(_field_of(f, _hints[f.name]) for f in dataclasses.fields(_op.args))
+        _FIELDS[_op.args] = tuple(_field_of(f, _hints[f.name])
+                                  for f in dataclasses.fields(_op.args))
 
 
 def parse_args(op: Op, raw: Any) -> Any:
@@ -255,7 +258,8 @@ def _check(spec: _Field, value: Any) -> Any:
         raise SpecError(spec.name, "is out of range")
     if type(value) is str and len(value) > MAX_TEXT_ARG:
         raise SpecError(spec.name, f"must be at most {MAX_TEXT_ARG} characters")
-    if spec.items is not None and not all(isinstance(item, spec.items) for item in value):
+    if spec.items is not None and isinstance(value, list) and \
+            not all(isinstance(item, spec.items) for item in value):
         raise SpecError(spec.name, f"must be a list of {_NAMES.get(spec.items, 'values')}")
     return value
 

@@ -15,7 +15,8 @@ BIN = Path(sys.executable).parent
 # Everything the distribution ships, and CI's own scripts.
 LINTED = ["broker", "agent", "proto", "cli", "queuectl", ".ci"]
 # Under their import names (.ci/typecheck.py maps them to the directories).
-TYPED = ["queuectl.proto", "queuectl.agent", "queuectl.cli", "queuectl.dashboard"]
+TYPED = ["queuectl.proto", "queuectl.broker", "queuectl.agent", "queuectl.cli",
+         "queuectl.dashboard"]
 TYPED_MODULES = ["queuectl", "queuectl.client", "queuectl.transport", "queuectl.keys",
                  "queuectl.streaming", "queuectl.escape", "queuectl.logsetup"]
 
