@@ -282,6 +282,7 @@ class World:
         victim = agents[VICTIM]
         assert (victim["state"], victim["slots"], sorted(victim["running"])) == \
             ("active", {"busy": 4, "total": 4}, self.victim_jobs), victim
+        assert self.victim is not None  # setup() made it
         self.victim.receive()
         told = [msg for msg in self.victim.inbox if not isinstance(msg, m.Heartbeat)]
         assert not told, f"the victim was sent {told}"
@@ -337,6 +338,7 @@ class World:
 
     def victim_finishes(self, qc) -> None:
         """After all that, the victim reports its jobs: they complete, with its own output."""
+        assert self.victim is not None  # setup() made it
         now = time.time()
         for token in self.victim_tokens:
             stdout, stderr = self.victim_output.get(token, (b"", b""))

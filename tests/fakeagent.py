@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -46,11 +46,11 @@ class FakeAgent:
         """``msgs`` in one frame, as a real agent batches them."""
         self.socket.send(encode_batch(list(msgs)))
 
-    def hello(self, tokens: list[int] = (), **fields: Any) -> None:
+    def hello(self, tokens: Sequence[int] = (), **fields: Any) -> None:
         self.seq += 1
-        body = {"agent_id": self.agent_id, "host": self.host, "pid": 4242, "slots": self.slots,
-                "labels": self.labels, "tokens": list(tokens), "seq": self.seq,
-                "routing": self.routing}
+        body: dict[str, Any] = {
+            "agent_id": self.agent_id, "host": self.host, "pid": 4242, "slots": self.slots,
+            "labels": self.labels, "tokens": list(tokens), "seq": self.seq, "routing": self.routing}
         body.update(fields)
         self.send(m.Hello(**body))
 

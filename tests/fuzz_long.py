@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         broker = Broker(procs, workdir / "home").start()
         agent = start_agent(procs, broker, 1, name="agent")
+        assert broker.proc is not None  # started
         pid = broker.proc.pid
         rss_start = fuzz.vm_kib(pid)
         attacker = fuzz.Attacker(broker.endpoint, broker)

@@ -89,19 +89,25 @@ def watchdog_pid(agent_pid: int) -> int:
     return 0
 
 
+class LoggedProcess(subprocess.Popen[Any]):
+    """A child process whose stdout and stderr go to the file ``log_path``."""
+
+    log_path: Path
+
+
 class Processes:
     """Owns every process a test starts; ``cleanup`` kills their groups."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[LoggedProcess] = []
 
     def start(self, argv: list[str], log_name: str, env: dict[str, str] | None = None,
-              **kwargs: Any) -> subprocess.Popen:
+              **kwargs: Any) -> LoggedProcess:
         with open(self.workdir / log_name, "ab") as log:  # the child keeps its own copy
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, env=env, **kwargs)
-        proc.log_path = self.workdir / log_name  # type: ignore[attr-defined]
+            proc = LoggedProcess(argv, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env=env, **kwargs)
+        proc.log_path = self.workdir / log_name
         self.procs.append(proc)
         return proc
 
@@ -127,7 +133,7 @@ class Broker:
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.db = home / "queue.db"
-        self.proc: subprocess.Popen | None = None
+        self.proc: LoggedProcess | None = None
         self.starts = 0
 
     def env(self) -> dict[str, str]:

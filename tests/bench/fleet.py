@@ -47,7 +47,8 @@ class Occupancy:
     """Samples busy / total slots from ``status`` while jobs are pending."""
 
     def __init__(self, broker) -> None:
-        self.broker, self.samples, self.stop = broker, [], threading.Event()
+        self.broker, self.stop = broker, threading.Event()
+        self.samples: list[float] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -72,6 +73,7 @@ def measure(agents: int = 20, slots: int = 10, jobs: int = 5000, duration: float
                 wait_until(lambda: qc.status()["slots"]["total"] == total_slots, 120,
                            interval=0.1, message=f"{agents} agents to connect")
                 pids = [agent.pid for agent in fleet]
+                assert broker.proc is not None  # started
                 broker_cpu, agents_cpu = total_cpu([broker.proc.pid]), total_cpu(pids)
                 jobs_cpu = total_cpu(pids, children=True)
                 occupancy = Occupancy(broker)

@@ -88,6 +88,7 @@ def main() -> int:
             home = Path(tmp) / "home"
             home.mkdir()
             broker = Broker(procs, home).start()
+            assert broker.proc is not None  # started
             resource.prlimit(broker.proc.pid, resource.RLIMIT_NOFILE, (want, hard))
             configure(broker, heartbeat_sec=0.5, lease_sec=2)
             pid = broker.proc.pid

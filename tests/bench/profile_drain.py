@@ -64,6 +64,7 @@ def main() -> int:
         spies: list[subprocess.Popen] = []
         try:
             broker, agent = start_queue_with_agent(procs, tmp)
+            assert broker.proc is not None  # started
             pids = {"broker": broker.proc.pid, "agent": agent.pid}
             outputs = {name: Path(tmp) / f"{name}.txt" for name in pids}
             for name, pid in pids.items():

@@ -148,6 +148,7 @@ def measure_store(home: Path, completed: int, pending: int, drain: int, single: 
     procs = Processes(home)
     try:
         broker = start_broker(procs, home)
+        assert broker.proc is not None  # started
         pid = broker.proc.pid
         result: dict = {"rss_mb": {"start": rss_mb(pid)}}
         check_counts(broker, completed, pending)

@@ -42,7 +42,9 @@ def one_round(jobs: int) -> tuple[float, float]:
                 with store.iteration():
                     for _ in range(first, min(jobs, first + BATCH)):
                         with store.transaction():
-                            _job, token = store.claim(now, "bench", b"owner", None)
+                            claimed = store.claim(now, "bench", b"owner", None)
+                            assert claimed is not None  # every job is due
+                            _job, token = claimed
                             store.start_attempt(token, 4242, now)
                             service.finish(token, Outcome.OK, exit_code=0, detail="",
                                            started_at=now, finished_at=now, now=now)

@@ -155,6 +155,7 @@ def measure(jobs: int, latency_samples: int, batch: int, single: int, cli_runs: 
         procs = Processes(Path(tmp))
         try:
             broker, agent = start_queue_with_agent(procs, tmp, name="drain")
+            assert broker.proc is not None  # started
             result["drain"] = drain(broker, jobs, {"broker": broker.proc.pid,
                                                    "agent": agent.pid})
             p50, p99 = latency_ms(broker, latency_samples)

@@ -96,14 +96,14 @@ def test_security_headers_on_every_response_and_no_inline_script_or_style(broker
     for path in ("/", "/jobs/j"):
         tree = parse(responses[path].get_data(as_text=True))
         scripts = tree.find_all("script")
-        assert scripts and all(s.attrs.get("src", "").startswith("/static/") and not s.text()
+        assert scripts and all((s.attrs.get("src") or "").startswith("/static/") and not s.text()
                                for s in scripts)
         assert not [n for n in tree.find_all() if "style" in n.attrs or n.tag == "style"]
         # nothing from another origin: every link, script and stylesheet is this server's
         for node in tree.find_all():
             for attr in ("src", "href", "action"):
                 if attr in node.attrs:
-                    assert node.attrs[attr].startswith(("/", "#")), (path, node.attrs[attr])
+                    assert (node.attrs[attr] or "").startswith(("/", "#")), (path, node.attrs[attr])
     # the session cookie that carries the CSRF secret is not readable by scripts
     cookie = responses["/"].headers.get("Set-Cookie", "")
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie

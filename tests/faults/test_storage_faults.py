@@ -279,6 +279,7 @@ def broker_cpu_seconds(pid: int) -> float:
 
 
 def store_errors(broker: Broker) -> int:
+    assert broker.proc is not None  # started
     return Path(broker.proc.log_path).read_text(errors="replace").count("store commit failed")
 
 
@@ -544,7 +545,9 @@ def tracer_of(pid: int) -> int:
 def read_only_integrity(db: Path) -> str:
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return conn.execute("PRAGMA integrity_check").fetchall()[0][0]
+        verdict = conn.execute("PRAGMA integrity_check").fetchall()[0][0]
+        assert isinstance(verdict, str), verdict  # "ok", or the problems
+        return verdict
     finally:
         conn.close()
 
@@ -671,7 +674,8 @@ def test_a_batch_too_big_for_the_disk_fails_with_one_line_and_the_broker_goes_on
           f"{free} before, {ns.available_bytes()} after")
     assert re.search(r"could not write its store: .*full", str(refused.value)), refused.value
     assert_one_clear_line(cli, r"could not write its store: .*full", f"enqueue of {shape}")
-    assert broker.proc.poll() is None, f"the broker died: {broker.log()}"
+    assert broker.proc is not None and broker.proc.poll() is None, \
+        f"the broker died: {broker.log()}"
     assert ns.available_bytes() > free - 256 * 1024, "the failed batch left the disk full"
 
     status = run_cli(broker, "status", "--json")
@@ -707,7 +711,8 @@ def test_a_streamed_file_too_big_for_the_disk_enqueues_nothing_and_the_broker_go
           f"{cli.returncode} in {cli_sec:.2f}s: {cli.stderr.strip()!r}")
     assert_one_clear_line(cli, r"could not write its store: .*full",
                           "enqueue of a 50,000-line file")
-    assert broker.proc.poll() is None, f"the broker died: {broker.log()}"
+    assert broker.proc is not None and broker.proc.poll() is None, \
+        f"the broker died: {broker.log()}"
     with broker.client() as qc:
         assert qc.status()["counts"]["pending"] == 0 and qc.list() == []  # reads go on
         ns.remount("size=32m")  # room again, as when an operator frees some
@@ -753,7 +758,9 @@ def test_a_store_file_deleted_renamed_or_replaced_refuses_writes_within_a_second
     with broker.client() as qc:
         qc.enqueue({"id": "before", "command": "true"})
         refuse_the_path(broker.db, how)
-        changed_at, probes, refused_ids = time.monotonic(), [], []
+        changed_at = time.monotonic()
+        probes: list[str] = []
+        refused_ids: list[str] = []
 
         def refused() -> str | None:
             probes.append(f"probe-{len(probes)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from harness import Broker, free_port, run_cli, start_agent, wait_until
+from harness import Agent, Broker, free_port, run_cli, start_agent, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -136,8 +136,10 @@ def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
     added = run_cli(secure, "enqueue", '{"id": "p1", "command": "true"}')
     assert added.returncode == 0, added.stderr
     for agent in agents:  # each one tried, and was refused at the handshake
-        wait_until(lambda agent=agent: "handshake with broker" in agent.log(), 20,
-                   message=f"a refused handshake in {agent.proc.args}")
+        def refused(agent: Agent = agent) -> bool:
+            return "handshake with broker" in agent.log()
+
+        wait_until(refused, 20, message=f"a refused handshake in {agent.proc.args!r}")
     assert agent_ids(secure) == []
     with secure.client() as qc:
         assert qc.get("p1")["state"] == "pending"

@@ -466,10 +466,10 @@ def test_a_batch_with_one_bad_job_inserts_nothing_and_names_the_job(svc):
                          batch=True)
     assert svc.store.list_jobs() == []
     svc.enqueue(id="taken")
-    with pytest.raises(JobError) as info:  # an id already stored: the batch names the job
+    with pytest.raises(JobError) as taken:  # an id already stored: the batch names the job
         svc.jobs.enqueue([{"command": "true"}, {"id": "taken", "command": "true"}], NOW,
                          batch=True)
-    assert str(info.value).startswith("job 2: ") and "taken" in str(info.value)
+    assert str(taken.value).startswith("job 2: ") and "taken" in str(taken.value)
 
 
 # --- generated ids ------------------------------------------------------------------

@@ -23,6 +23,7 @@ def job(tmp_path) -> Job:
                               requires=None)], NOW)
     row = store.job("j")
     store.close()
+    assert row is not None
     return row
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
+from typing import Any
 
 import msgpack
 import pytest
@@ -15,7 +17,7 @@ from hostile import assert_decoded_as_sent, body_fits
 from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, codec, decode, encode
 from queuectl.proto import messages as m
 
-MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
+MESSAGES: list[Any] = sorted(codec._REGISTRY.values(), key=operator.attrgetter("TYPE"))
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 FLOAT = st.floats(allow_nan=False)  # NaN != NaN would defeat the equality check
@@ -56,7 +58,7 @@ def sample(cls):
     """One valid instance with plain values, for the malformed-frame tests."""
     values = {int: 7, float: 1.5, str: "x", bytes: b"x", bool: True, dict: {"k": "v"}, list: [1]}
     hints = typing.get_type_hints(cls)
-    body = {}
+    body: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         annotation = hints[field.name]
         if annotation is typing.Any:

@@ -36,22 +36,35 @@ def claim_id(store: Store, now: float = NOW, labels: dict | None = None) -> str 
     return claimed[0].id if claimed else None
 
 
+def claimed(store: Store, now: float = NOW,
+            closed: frozenset[str] = frozenset()) -> tuple[Job, int]:
+    """The job and token the next claim leases (the test has made a job due)."""
+    lease = store.claim(now, AGENT, b"owner", None, closed)
+    assert lease is not None
+    return lease
+
+
 def next_job(store: Store, closed: frozenset[str] = frozenset()) -> Job:
     """The job the next claim leases (the test has made one due)."""
-    claimed = store.claim(NOW, AGENT, b"owner", None, closed)
-    assert claimed is not None
-    return claimed[0]
+    return claimed(store, closed=closed)[0]
+
+
+def stored(store: Store, job_id: str) -> Job:
+    """Job ``job_id``, which the test has stored."""
+    job = store.job(job_id)
+    assert job is not None, job_id
+    return job
 
 
 def make_job_in(store: Store, state: JobState, job_id: str = "j1"):
     """Drive real store calls until job ``job_id`` is in ``state``."""
     store.insert_jobs([new_job(job_id)], NOW)
-    job = store.job(job_id)
+    job = stored(store, job_id)
     if state is P:
         return job
     if state is X:
         return store.transition(job, X, NOW + 1, last_error="canceled")
-    job, token = store.claim(NOW + 1, AGENT, b"owner", None)
+    job, token = claimed(store, NOW + 1)
     assert job.id == job_id and job.state is R and job.token == token
     if state is R:
         return job
@@ -395,12 +408,13 @@ def test_list_jobs_filters_by_state_and_queue_newest_first(store):
 
 def claimed_token(store: Store, job_id: str) -> int:
     store.insert_jobs([new_job(job_id)], NOW)
-    job, token = store.claim(NOW, AGENT, b"owner", None)
+    job, token = claimed(store)
     assert job.id == job_id
     return token
 
 
-def stream_text(store: Store, token: int, stream: int, after=None) -> tuple[int, bytes]:
+def stream_text(store: Store, token: int, stream: int,
+                after=None) -> tuple[int | None, bytes]:
     chunks = [c for c in store.output(token, after) if c.stream == stream]
     for first, second in itertools.pairwise(chunks):
         assert second.offset == first.offset + len(first.data)  # contiguous
@@ -526,7 +540,7 @@ def test_a_version_1_store_is_migrated_in_place_keeping_its_jobs_and_attempts(tm
     store = Store(path)
     try:
         assert store.conn.pragma("user_version") == len(MIGRATIONS)
-        job = store.job("old")
+        job = stored(store, "old")
         assert job.state is JobState.COMPLETED
         [attempt] = store.attempts(job.seq)
         assert (attempt.exit_code, attempt.late_result) == (0, None)
@@ -561,11 +575,11 @@ def test_a_version_2_store_keeps_its_attempts_and_output_through_the_token_migra
 
     store = Store(path)
     try:
-        [attempt] = store.attempts(store.job("run").seq)
+        [attempt] = store.attempts(stored(store, "run").seq)
         assert (attempt.id, attempt.late_result) == (7, "exit code 0")
         assert b"".join(c.data for c in store.output(7)) == b"hi"
         store.insert_jobs([new_job("next")], NOW)
-        _, token = store.claim(NOW, AGENT, b"owner", None)
+        _, token = claimed(store)
         assert token > 9, "a token past every one the old store issued, leases included"
     finally:
         store.close()
@@ -575,7 +589,7 @@ def test_a_reopened_store_keeps_its_data_and_schema_version(tmp_path):
     path = str(tmp_path / "queue.db")
     first = Store(path)
     first.insert_jobs([new_job("kept"), new_job("also-kept", run_at=NOW + 50)], NOW)
-    make_job = first.claim(NOW, AGENT, b"owner", None)
+    make_job = claimed(first)
     first.append_output(make_job[1], 1, 0, b"output survives", 1024)
     first.set_config("max_retries", 5)
     counts = first.counts()
@@ -584,8 +598,8 @@ def test_a_reopened_store_keeps_its_data_and_schema_version(tmp_path):
     second = Store(path)
     try:
         assert second.conn.pragma("user_version") == len(MIGRATIONS)
-        assert second.job("kept").state is R
-        assert second.job("also-kept").state is P
+        assert stored(second, "kept").state is R
+        assert stored(second, "also-kept").state is P
         assert second.counts() == counts
         assert second.next_due() == NOW + 50
         assert b"".join(c.data for c in second.output(make_job[1])) == b"output survives"

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 import sys
 import types
 import typing
+from typing import Any
 
 import msgpack
 import pytest
@@ -28,7 +30,7 @@ from hostile import assert_decoded_as_sent, field_types, holds
 from queuectl.proto import VERSION, ProtocolError, VersionMismatch, codec, decode, encode
 from queuectl.proto import messages as m
 
-MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
+MESSAGES: list[Any] = sorted(codec._REGISTRY.values(), key=operator.attrgetter("TYPE"))
 TYPE_NAMES = {cls.TYPE for cls in MESSAGES}
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # msgpack's unpacker refuses nesting deeper than this (StackError); up to it,
@@ -219,22 +221,22 @@ def test_truncated_encodings_raise_protocol_error(cls):
 
 @st.composite
 def mutations(draw, data: bytes) -> bytes:
-    data = bytearray(data)
+    buf = bytearray(data)
     for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, max(0, len(data) - 1)))
+        at = draw(st.integers(0, max(0, len(buf) - 1)))
         kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "splice"]))
-        if kind == "flip" and data:
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set" and data:
-            data[at] = draw(st.sampled_from([0x00, 0x7F, 0x80, 0x90, 0xC0, 0xC1, 0xC4, 0xCF,
+        if kind == "flip" and buf:
+            buf[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and buf:
+            buf[at] = draw(st.sampled_from([0x00, 0x7F, 0x80, 0x90, 0xC0, 0xC1, 0xC4, 0xCF,
                                              0xD9, 0xDB, 0xDD, 0xDF, 0xFF]))
         elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif kind == "delete" and data:
-            del data[at:at + draw(st.integers(1, 8))]
+            buf[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete" and buf:
+            del buf[at:at + draw(st.integers(1, 8))]
         elif kind == "splice":
-            data[at:] = draw(st.binary(max_size=40))
-    return bytes(data)
+            buf[at:] = draw(st.binary(max_size=40))
+    return bytes(buf)
 
 
 @each_message
@@ -326,6 +328,7 @@ def test_other_protocol_versions_raise_version_mismatch(cls):
            version=DECODABLE.filter(lambda v: not (type(v) is int and v == VERSION)))
     def check(msg, version):
         error = must_reject(frame(version, cls.TYPE, body_of(msg)), VersionMismatch)
+        assert isinstance(error, VersionMismatch)  # must_reject checked it
         # a scalar is kept as is; anything else only as a short description
         if version is None or isinstance(version, (bool, int, float)) or (
                 isinstance(version, str) and len(version) <= 40):
