@@ -457,7 +457,7 @@ def test_worker_start_exits_non_zero_when_the_broker_refuses_it(procs):
     import msgpack
     import zmq
 
-    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     try:

@@ -142,9 +142,9 @@ HUGE_INTS = st.one_of(st.integers(min_value=2**63), st.integers(max_value=-(2**6
                       st.sampled_from([10**30, -(10**30), 2**64, 2**1000, 2**1100, -(2**1100)]))
 NUMBERS = st.one_of(st.integers(), HUGE_INTS, FINITE)
 # Text that travels on any wire: no lone surrogates.
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
 PRINTABLE = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=60)
-NO_NUL = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+NO_NUL = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"),
                  max_size=40)
 # What an argv entry can hold: a byte that is not UTF-8 arrives as a lone surrogate (PEP 383).
 LONE_SURROGATES = st.text(st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
@@ -217,7 +217,7 @@ DELAY = cases(
                       st.sampled_from(["soon", "5 minutes", "-5s", "", "s", "5x", "1e3", "NaN"])),
     either=st.one_of(TEXT, NUMBERS))
 
-UNICODE_KEYS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="=\0"),
+UNICODE_KEYS = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="=\0"),
                        min_size=1, max_size=12)
 
 FIELD_CASES: dict[str, st.SearchStrategy] = {
@@ -294,6 +294,7 @@ def duration(value: Any) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+    assert match is not None, value
     unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[match.group(2)]
     return float(match.group(1)) * unit
 

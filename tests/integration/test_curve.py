@@ -219,12 +219,14 @@ class Relay:
                     self.selector.register(client, selectors.EVENT_READ, upstream)
                     self.selector.register(upstream, selectors.EVENT_READ, client)
                     continue
+                conn = key.fileobj
+                assert isinstance(conn, socket.socket)  # only sockets are registered
                 try:
-                    data = key.fileobj.recv(65536)
+                    data = conn.recv(65536)
                 except OSError:
                     data = b""
                 if not data:
-                    for sock in (key.fileobj, key.data):
+                    for sock in (conn, key.data):
                         try:
                             self.selector.unregister(sock)
                         except (KeyError, ValueError):
@@ -238,6 +240,7 @@ class Relay:
         self.stopping = True
         self.thread.join(5)
         for key in list(self.selector.get_map().values()):
+            assert isinstance(key.fileobj, socket.socket)  # only sockets are registered
             key.fileobj.close()
 
 
@@ -281,8 +284,9 @@ def test_the_stats_page_with_a_reader_key_shows_but_changes_nothing(secure, monk
     stats = client.get("/api/stats")
     assert stats.status_code == 200 and stats.get_json()["counts"]["pending"] == 1
     assert b"queuectl_queue_depth 1.0" in client.get("/metrics").data
-    token = re.search(r'name="csrf-token" content="([^"]+)"',
-                      client.get("/").get_data(as_text=True)).group(1)
+    meta = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").get_data(as_text=True))
+    assert meta is not None
+    token = meta.group(1)
     refused = client.post("/jobs/stays/cancel",
                           headers={"X-CSRFToken": token, "Accept": "application/json"})
     assert refused.status_code == 403
@@ -375,7 +379,7 @@ def test_another_key_cannot_take_over_an_agents_identity(secure, procs, intruder
 
     creds = issued(secure, intruder)
     keys = client_keys(creds["QUEUECTL_KEY"], creds["QUEUECTL_BROKER_KEY"])
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, victim_id.encode())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import operator
 import reprlib
 import time
 import uuid
@@ -56,7 +57,7 @@ from queuectl.proto.states import ALL_STATES, Outcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
+MESSAGES: list[Any] = sorted(codec._REGISTRY.values(), key=operator.attrgetter("TYPE"))
 TYPE_NAMES = sorted(cls.TYPE for cls in MESSAGES)
 # Every admin operation and the arguments it declares (queuectl/proto/ops.py),
 # except stop_agents.
@@ -286,14 +287,14 @@ class Attacker:
     """Two raw DEALERs on one broker: ``anon`` never says Hello, ``agent`` is a
     welcomed agent that drains at once, so the broker never leases it a job."""
 
-    ACCEPTED: ClassVar[dict[str, tuple[type, ...]]] = {"anon": (m.Error, m.Reply),
+    ACCEPTED: ClassVar[dict[str, tuple[type[Any], ...]]] = {"anon": (m.Error, m.Reply),
                 "agent": (m.Error, m.Reply, m.Welcome, m.Heartbeat, m.Ack, m.Cancel, m.Stop,
                           m.Dispatch)}
 
     def __init__(self, endpoint: str, broker=None):
         self.endpoint = endpoint
         self.broker = broker  # a harness.Broker: fail at once, with its log, if it died
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.agent_id = f"fz-agent-{uuid.uuid4().hex[:8]}"
         self.routing = f"{self.agent_id}/{uuid.uuid4().hex}"  # the secret identity agents use
         self.sockets = {"anon": self._dealer(None), "agent": self._dealer(self.routing.encode())}
@@ -354,7 +355,8 @@ class Attacker:
         agent may get several messages in one frame, a client one reply per frame."""
         assert len(parts) == 1, f"the broker sent a {len(parts)}-part message to {who}"
         try:
-            msgs = codec.decode_batch(parts[0]) if who == "agent" else [decode(parts[0])]
+            msgs: list[Any] = (codec.decode_batch(parts[0]) if who == "agent"
+                               else [decode(parts[0])])
         except ProtocolError as exc:
             raise AssertionError(f"the broker sent {who} a malformed frame: {exc}") from None
         for msg in msgs:
@@ -470,7 +472,7 @@ def test_a_frame_over_max_frame_drops_only_that_connection(broker, start_agent, 
     agent = start_agent(count=1)
     pid = broker.proc.pid
     before = vm_kib(pid)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(broker.endpoint)
     try:
@@ -503,7 +505,7 @@ def test_a_frame_over_max_frame_drops_only_that_connection(broker, start_agent, 
 def test_a_1kb_frame_nested_1000_deep_does_not_end_the_broker(broker, where):
     """About 1,000 levels still unpack (msgpack stops at 1,024), and turning them
     into the text of an error must not hit Python's recursion limit."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(broker.endpoint)
     try:
@@ -521,7 +523,7 @@ def test_a_1kb_frame_nested_1000_deep_does_not_end_the_broker(broker, where):
 def test_the_error_for_a_wrong_version_is_not_bigger_than_the_frame(broker):
     """The broker echoes the peer's version in its error: a 1 MiB version must
     not come back as 4 MiB (a 60 MiB frame would cost it about 1 GB)."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(broker.endpoint)
     try:
@@ -549,7 +551,7 @@ def test_hostile_requests_and_agent_messages_never_reach_a_broker_bug(broker):
             internal.append(msg.error or "")
         return msg
 
-    attacker.receive = watch
+    attacker.receive = watch  # type: ignore[method-assign]  # wraps it for this test only
 
     known = [  # found by this test: tokens and limits beyond SQLite's 64-bit integers
         ("agent", [encode(m.Result(token=2**64 - 1, outcome="ok", exit_code=0, detail="",
