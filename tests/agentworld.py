@@ -282,6 +282,7 @@ class World:
         victim = agents[VICTIM]
         assert (victim["state"], victim["slots"], sorted(victim["running"])) == \
             ("active", {"busy": 4, "total": 4}, self.victim_jobs), victim
+        assert self.victim is not None  # setup() made it
         self.victim.receive()
         told = [msg for msg in self.victim.inbox if not isinstance(msg, m.Heartbeat)]
         assert not told, f"the victim was sent {told}"
@@ -328,7 +329,7 @@ class World:
 
     def check_cli(self, commands: list[list[str]]) -> None:
         """The real ``queuectl`` answers each command: JSON for --json, text otherwise."""
-        for args, done in zip(commands, run_clis(self.broker, commands)):
+        for args, done in zip(commands, run_clis(self.broker, commands), strict=True):
             assert done.returncode == 0, f"queuectl {' '.join(args)} failed: {done.stderr!r}"
             if "--json" in args:
                 strict_json(done.stdout)
@@ -337,14 +338,15 @@ class World:
 
     def victim_finishes(self, qc) -> None:
         """After all that, the victim reports its jobs: they complete, with its own output."""
+        assert self.victim is not None  # setup() made it
         now = time.time()
-        for job_id, token in zip(self.victim_jobs, self.victim_tokens):
+        for token in self.victim_tokens:
             stdout, stderr = self.victim_output.get(token, (b"", b""))
             self.victim.send(m.Result(token=token, outcome="ok", exit_code=0, detail="",
                                        started_at=None, finished_at=now, stdout_end=len(stdout),
                                        stderr_end=len(stderr)))
         settle(self.broker, self.victim)
-        for job_id, token in zip(self.victim_jobs, self.victim_tokens):
+        for job_id, token in zip(self.victim_jobs, self.victim_tokens, strict=True):
             view, output = read_job(qc, job_id)
             assert (view["state"], view["agent"], len(view["attempts_log"])) == \
                 ("completed", VICTIM, 1), view

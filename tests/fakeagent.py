@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import zmq
 
@@ -26,7 +27,8 @@ class FakeAgent:
         """``curve`` is (public, secret, server public) in z85, for a broker with keys;
         ``context`` a ZeroMQ context of the test's own (thousands of fake agents)."""
         self.agent_id = agent_id or f"fake-{secrets.token_hex(4)}"
-        self.routing = routing if routing is not None else f"{self.agent_id}/{secrets.token_hex(16)}"
+        self.routing = (routing if routing is not None
+                        else f"{self.agent_id}/{secrets.token_hex(16)}")
         self.slots, self.labels, self.host = slots, labels or {}, host
         self.seq = 0
         self.pings = 0
@@ -44,10 +46,11 @@ class FakeAgent:
         """``msgs`` in one frame, as a real agent batches them."""
         self.socket.send(encode_batch(list(msgs)))
 
-    def hello(self, tokens: list[int] = (), **fields: Any) -> None:
+    def hello(self, tokens: Sequence[int] = (), **fields: Any) -> None:
         self.seq += 1
-        body = dict(agent_id=self.agent_id, host=self.host, pid=4242, slots=self.slots,
-                    labels=self.labels, tokens=list(tokens), seq=self.seq, routing=self.routing)
+        body: dict[str, Any] = {
+            "agent_id": self.agent_id, "host": self.host, "pid": 4242, "slots": self.slots,
+            "labels": self.labels, "tokens": list(tokens), "seq": self.seq, "routing": self.routing}
         body.update(fields)
         self.send(m.Hello(**body))
 

@@ -21,10 +21,10 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE / "integration")]
+sys.path.insert(0, str(HERE))  # harness, hostile, and integration.test_wire_fuzz_broker
 
 from harness import Broker, Processes, start_agent  # noqa: E402
-import test_wire_fuzz_broker as fuzz  # noqa: E402
+from integration import test_wire_fuzz_broker as fuzz  # noqa: E402
 
 ROUND = 200  # hypothesis examples (batches of up to 40 frames) between two checks
 
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         broker = Broker(procs, workdir / "home").start()
         agent = start_agent(procs, broker, 1, name="agent")
+        assert broker.proc is not None  # started
         pid = broker.proc.pid
         rss_start = fuzz.vm_kib(pid)
         attacker = fuzz.Attacker(broker.endpoint, broker)
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 fuzz.assert_alive(broker)
                 rounds += 1
                 print(f"[{time.monotonic() - started:6.0f}s] round {rounds}: "
-                      f"{attacker.frames_sent} frames, broker RSS {fuzz.vm_kib(pid)} KiB", flush=True)
+                      f"{attacker.frames_sent} frames, broker RSS {fuzz.vm_kib(pid)} KiB",
+                      flush=True)
             attacker.leave()
             fuzz.assert_alive(broker)
             fuzz.real_agent_runs_a_job(broker, agent, workdir)

@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -88,20 +89,25 @@ def watchdog_pid(agent_pid: int) -> int:
     return 0
 
 
+class LoggedProcess(subprocess.Popen[Any]):
+    """A child process whose stdout and stderr go to the file ``log_path``."""
+
+    log_path: Path
+
+
 class Processes:
     """Owns every process a test starts; ``cleanup`` kills their groups."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[LoggedProcess] = []
 
     def start(self, argv: list[str], log_name: str, env: dict[str, str] | None = None,
-              **kwargs: Any) -> subprocess.Popen:
-        log = open(self.workdir / log_name, "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, **kwargs)
-        log.close()
-        proc.log_path = self.workdir / log_name  # type: ignore[attr-defined]
+              **kwargs: Any) -> LoggedProcess:
+        with open(self.workdir / log_name, "ab") as log:  # the child keeps its own copy
+            proc = LoggedProcess(argv, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env=env, **kwargs)
+        proc.log_path = self.workdir / log_name
         self.procs.append(proc)
         return proc
 
@@ -127,13 +133,13 @@ class Broker:
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.db = home / "queue.db"
-        self.proc: subprocess.Popen | None = None
+        self.proc: LoggedProcess | None = None
         self.starts = 0
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "QUEUECTL_HOME": str(self.home), "QUEUECTL_BROKER": self.endpoint}
 
-    def start(self, *extra: str) -> "Broker":
+    def start(self, *extra: str) -> Broker:
         self.starts += 1
         self.proc = self.procs.start(
             program("queuectl-broker") + ["--bind", self.endpoint, "--db", str(self.db), *extra],
@@ -345,7 +351,7 @@ class StatusProbe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "StatusProbe":
+    def __enter__(self) -> StatusProbe:
         self._thread.start()
         return self
 
@@ -362,5 +368,5 @@ class StatusProbe:
                     self.worst = max(self.worst, time.perf_counter() - start)
                     self.calls += 1
                     self._stop.wait(self.gap)
-        except BaseException as exc:  # the test reads it
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
             self.error = exc

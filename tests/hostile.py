@@ -80,6 +80,15 @@ def holds(annotation, value) -> bool:
     return isinstance(value, annotation)
 
 
+def default_of(field: dataclasses.Field) -> Any:
+    """The value a message field takes when its frame leaves it out."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    factory = field.default_factory
+    assert callable(factory), f"{field.name} has no default"
+    return factory()
+
+
 def body_fits(cls, body: Any) -> bool:
     """Is ``body`` a valid body of message ``cls``: a map of its fields only, every
     required one present, each holding a value of its declared type?"""
@@ -110,11 +119,12 @@ def assert_decoded_as_sent(data: bytes, msg: Any) -> None:
     from queuectl.proto import codec, decode, encode
 
     cls = type(msg)
-    assert codec._REGISTRY.get(getattr(cls, "TYPE", None)) is cls, \
+    registered_as = getattr(cls, "TYPE", None)
+    assert registered_as is not None and codec._REGISTRY.get(registered_as) is cls, \
         f"decode returned {msg!r}, not a message, for {data[:80]!r}"
     try:
         envelope = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types on garbage
         raise AssertionError(f"decode accepted {data[:80]!r}, which is not msgpack: "
                              f"{exc.__class__.__name__}") from None
     assert isinstance(envelope, list) and len(envelope) == 3, \
@@ -124,8 +134,7 @@ def assert_decoded_as_sent(data: bytes, msg: Any) -> None:
     assert type_name == cls.TYPE, f"a {type_name!r} frame decoded as {cls.TYPE}"
     assert body_fits(cls, body), f"decode accepted the {cls.TYPE} body {body!r}"
     for field in dataclasses.fields(cls):
-        sent = body[field.name] if field.name in body else (
-            field.default_factory() if field.default is dataclasses.MISSING else field.default)
+        sent = body[field.name] if field.name in body else default_of(field)
         assert same_value(getattr(msg, field.name), sent), \
             f"{cls.TYPE}.{field.name}: sent {sent!r}, decoded {getattr(msg, field.name)!r}"
     again = decode(encode(msg))

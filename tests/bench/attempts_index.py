@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from queuectl.broker.store import NewJob, Store
-from queuectl.proto.states import JobState
+from queuectl.proto.states import JobState, Outcome
 
 
 def rate(jobs: int, with_index: bool) -> float:
@@ -35,9 +35,11 @@ def rate(jobs: int, with_index: bool) -> float:
             for _ in range(0, jobs, 100):
                 with store.transaction():
                     for _ in range(100):
-                        job, token = store.claim(now, "agent", b"owner", None)
-                        store.end_attempt(token, started_at=now, finished_at=time.time(),
-                                          exit_code=0, reason=None)
+                        claimed = store.claim(now, "agent", b"owner", None)
+                        assert claimed is not None  # every job is due
+                        job, token = claimed
+                        store.end_attempt(token, outcome=Outcome.OK, started_at=now,
+                                          finished_at=time.time(), exit_code=0, reason=None)
                         store.transition(job, JobState.COMPLETED, now, attempts=1, token=None,
                                          exit_code=0, started_at=now, finished_at=now + 0.01,
                                          last_error=None)

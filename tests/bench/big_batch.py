@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Processes, StatusProbe, program  # noqa: E402
-from throughput import TRUE_JOB, start_broker  # noqa: E402
+from harness import Processes, StatusProbe, program
+from throughput import TRUE_JOB, start_broker
 
 HWM_EVERY = 0.01  # seconds between two readings of the CLI's VmHWM
 
@@ -56,6 +56,7 @@ def enqueue_file(broker, path: Path) -> tuple[float, float]:
         time.sleep(HWM_EVERY)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
+        assert proc.stderr is not None  # stderr=PIPE
         raise RuntimeError(f"enqueue --file exited with {proc.returncode}: "
                            f"{proc.stderr.read().decode(errors='replace').strip()[-2000:]}")
     return elapsed, peak
@@ -76,6 +77,7 @@ def one_size(tmp: Path, lines: int) -> dict:
         if pending != lines:
             raise RuntimeError(f"{pending} jobs pending after enqueueing {lines}")
         path.unlink()
+        assert broker.proc is not None  # started
         return {"lines": lines, "seconds": seconds, "per_sec": lines / seconds,
                 "status_worst_ms": probe.worst * 1000, "status_calls": probe.calls,
                 "broker_peak_mb": peak_rss_mb(broker.proc.pid), "client_peak_mb": client_mb}

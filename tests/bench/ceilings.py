@@ -29,7 +29,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import free_port  # noqa: E402
+from harness import free_port
 
 SPAWN_LOOP = ("import subprocess, sys\n"
               "for _ in range(int(sys.argv[1])):\n"
@@ -55,7 +55,7 @@ def echo_round_trips(n: int) -> float:
     """Lockstep round trips a second between a DEALER and a Python ROUTER echo."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     server = subprocess.Popen([sys.executable, "-c", ECHO_LOOP, endpoint])
-    client = zmq.Context.instance().socket(zmq.DEALER)
+    client: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     client.setsockopt(zmq.LINGER, 0)
     try:
         client.connect(endpoint)

@@ -35,6 +35,7 @@ def one(root: Path, jobs: int) -> dict:
         try:
             broker, agent = throughput.start_queue_with_agent(procs, tmp, slots=2)
             throughput.drain(broker, 200)  # warm up: imports, first claims
+            assert broker.proc is not None  # started
             run = throughput.drain(broker, jobs, {"broker": broker.proc.pid, "agent": agent.pid})
         finally:
             procs.cleanup()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Processes, run_cli, start_agent  # noqa: E402
-from throughput import drain, start_broker  # noqa: E402
+from harness import Processes, run_cli, start_agent
+from throughput import drain, start_broker
 
 
 def start(procs: Processes, home: Path, curve: bool):
@@ -43,11 +43,11 @@ def measure(jobs: int, rounds: int) -> dict:
         try:
             sides = {name: start(procs, Path(tmp) / name, name == "curve")
                      for name in ("plain", "curve")}
-            best = {name: 0.0 for name in sides}
+            best = dict.fromkeys(sides, 0.0)
             for number in range(rounds):
                 order = list(sides) if number % 2 == 0 else list(reversed(sides))
                 for name in order:
-                    broker, agent = sides[name]
+                    broker, _agent = sides[name]
                     rate = drain(broker, jobs)["per_sec"]
                     best[name] = max(best[name], rate)
         finally:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Processes, free_port, program, wait_until  # noqa: E402
-from throughput import drain_rate, start_queue  # noqa: E402
+from harness import Processes, free_port, program, wait_until
+from throughput import drain_rate, start_queue
 
 PAGE_EVERY = 2.0  # seconds between two polls of one open page (static/app.js)
 

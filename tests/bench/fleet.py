@@ -30,10 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Agent, Processes, wait_until  # noqa: E402
-from measure import total_cpu, wait_completed  # noqa: E402
-from queuectl.proto.timefmt import parse_iso  # noqa: E402
-from throughput import start_broker  # noqa: E402
+from harness import Agent, Processes, wait_until
+from measure import total_cpu, wait_completed
+from queuectl.proto.timefmt import parse_iso
+from throughput import start_broker
 
 
 def xargs_utilisation(slots: int, jobs: int, duration: float) -> float:
@@ -47,7 +47,8 @@ class Occupancy:
     """Samples busy / total slots from ``status`` while jobs are pending."""
 
     def __init__(self, broker) -> None:
-        self.broker, self.samples, self.stop = broker, [], threading.Event()
+        self.broker, self.stop = broker, threading.Event()
+        self.samples: list[float] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -72,6 +73,7 @@ def measure(agents: int = 20, slots: int = 10, jobs: int = 5000, duration: float
                 wait_until(lambda: qc.status()["slots"]["total"] == total_slots, 120,
                            interval=0.1, message=f"{agents} agents to connect")
                 pids = [agent.pid for agent in fleet]
+                assert broker.proc is not None  # started
                 broker_cpu, agents_cpu = total_cpu([broker.proc.pid]), total_cpu(pids)
                 jobs_cpu = total_cpu(pids, children=True)
                 occupancy = Occupancy(broker)

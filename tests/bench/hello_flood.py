@@ -29,9 +29,9 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Broker, Processes, configure, wait_until  # noqa: E402
-from queuectl.proto import encode  # noqa: E402
-from queuectl.proto import messages as m  # noqa: E402
+from harness import Broker, Processes, configure, wait_until
+from queuectl.proto import encode
+from queuectl.proto import messages as m
 
 
 def rss_mib(pid: int) -> float:
@@ -88,6 +88,7 @@ def main() -> int:
             home = Path(tmp) / "home"
             home.mkdir()
             broker = Broker(procs, home).start()
+            assert broker.proc is not None  # started
             resource.prlimit(broker.proc.pid, resource.RLIMIT_NOFILE, (want, hard))
             configure(broker, heartbeat_sec=0.5, lease_sec=2)
             pid = broker.proc.pid

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import wait_until  # noqa: E402
+from harness import wait_until
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Processes  # noqa: E402
-from measure import total_cpu  # noqa: E402
-from throughput import drain_rate, start_queue_with_agent  # noqa: E402
+from harness import Processes
+from measure import total_cpu
+from throughput import drain_rate, start_queue_with_agent
 
 
 def summary(path: Path, top: int) -> str:
@@ -64,6 +64,7 @@ def main() -> int:
         spies: list[subprocess.Popen] = []
         try:
             broker, agent = start_queue_with_agent(procs, tmp)
+            assert broker.proc is not None  # started
             pids = {"broker": broker.proc.pid, "agent": agent.pid}
             outputs = {name: Path(tmp) / f"{name}.txt" for name in pids}
             for name, pid in pids.items():

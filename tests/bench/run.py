@@ -35,25 +35,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import big_batch  # noqa: E402
-import ceilings  # noqa: E402
-import curve  # noqa: E402
-import fleet  # noqa: E402
-import scale  # noqa: E402
-import throughput  # noqa: E402
+import big_batch
+import ceilings
+import curve
+import fleet
+import scale
+import throughput
 
 SECTIONS = ("ceilings", "throughput", "scale", "fleet", "curve", "big_batch")
 SIZES = {
-    "full": dict(ceiling_jobs=2000, round_trips=10_000, drain=2000, latency=200, batch=100_000, single=10_000,
-                 cli_runs=20, scale_rows=1_000_000, scale_pending=100_000, scale_drain=2000,
-                 scale_single=10_000, scale_batch=100_000, scale_samples=200,
-                 fleet_agents=20, fleet_slots=10, fleet_jobs=5000, fleet_duration=0.2,
-                 curve_jobs=2000, curve_rounds=2, big_small=100_000, big_big=1_000_000),
-    "quick": dict(ceiling_jobs=200, round_trips=500, drain=200, latency=20, batch=2000, single=500,
-                  cli_runs=3, scale_rows=20_000, scale_pending=2000, scale_drain=200,
-                  scale_single=500, scale_batch=2000, scale_samples=50,
-                  fleet_agents=4, fleet_slots=5, fleet_jobs=100, fleet_duration=0.05,
-                  curve_jobs=200, curve_rounds=1, big_small=2000, big_big=20_000),
+    "full": {"ceiling_jobs": 2000, "round_trips": 10_000, "drain": 2000, "latency": 200,
+             "batch": 100_000, "single": 10_000, "cli_runs": 20, "scale_rows": 1_000_000,
+             "scale_pending": 100_000, "scale_drain": 2000, "scale_single": 10_000,
+             "scale_batch": 100_000, "scale_samples": 200,
+             "fleet_agents": 20, "fleet_slots": 10, "fleet_jobs": 5000, "fleet_duration": 0.2,
+             "curve_jobs": 2000, "curve_rounds": 2, "big_small": 100_000, "big_big": 1_000_000},
+    "quick": {"ceiling_jobs": 200, "round_trips": 500, "drain": 200, "latency": 20,
+              "batch": 2000, "single": 500, "cli_runs": 3, "scale_rows": 20_000,
+              "scale_pending": 2000, "scale_drain": 200, "scale_single": 500,
+              "scale_batch": 2000, "scale_samples": 50,
+              "fleet_agents": 4, "fleet_slots": 5, "fleet_jobs": 100, "fleet_duration": 0.05,
+              "curve_jobs": 200, "curve_rounds": 1, "big_small": 2000, "big_big": 20_000},
 }
 PEERS = (  # /work/shared/FACTS.md "Peers": 2,000 `sh -c true` jobs, 2 workers
     ("beanstalkd + greenstalk", "1,520", "61,000", "1.5 ms"),
@@ -259,8 +261,9 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"machine": before, "quick": args.quick, "sizes": sizes, "results": results,
-             "seconds": elapsed, "table": [dict(zip(("benchmark", "result", "target", "verdict"),
-                                                    row)) for row in table]}, indent=2))
+             "seconds": elapsed,
+             "table": [dict(zip(("benchmark", "result", "target", "verdict"), row, strict=True))
+                       for row in table]}, indent=2))
     return 0
 
 

@@ -34,11 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import (Broker, Processes, cli_json, free_port, program, start_agent,  # noqa: E402
-                     wait_until)
-from measure import percentiles_ms, rss_mb, wait_completed  # noqa: E402
-from queuectl.broker.store import Store  # noqa: E402
-from throughput import (  # noqa: E402
+from harness import Broker, Processes, cli_json, free_port, program, start_agent, wait_until
+from measure import percentiles_ms, rss_mb, wait_completed
+from queuectl.broker.store import Store
+from throughput import (
     batch_enqueue_rate,
     single_enqueue_rate,
     start_broker,
@@ -96,7 +95,7 @@ def fill(db: Path, completed: int, pending: int, now: float) -> None:
 def check_counts(broker: Broker, completed: int, pending: int) -> None:
     status = cli_json(broker, "status")
     counts = status["counts"]
-    expected = {**{state: 0 for state in counts}, "completed": completed, "pending": pending}
+    expected = {**dict.fromkeys(counts, 0), "completed": completed, "pending": pending}
     if counts != expected:
         raise RuntimeError(f"the filled store's counts are {counts}, expected {expected}")
     if completed and abs(status["avg_duration_sec"] - RUN_SEC) > 1e-3:
@@ -149,6 +148,7 @@ def measure_store(home: Path, completed: int, pending: int, drain: int, single: 
     procs = Processes(home)
     try:
         broker = start_broker(procs, home)
+        assert broker.proc is not None  # started
         pid = broker.proc.pid
         result: dict = {"rss_mb": {"start": rss_mb(pid)}}
         check_counts(broker, completed, pending)

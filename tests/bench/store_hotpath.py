@@ -23,7 +23,7 @@ from queuectl.broker.store import Store
 from queuectl.proto.states import Outcome
 
 BATCH = 256  # jobs per loop iteration (one transaction; a savepoint each)
-CONFIG = dict(timeout_sec=60.0, max_retries=3, base_backoff=2.0, max_backoff=3600.0)
+CONFIG = {"timeout_sec": 60.0, "max_retries": 3, "base_backoff": 2.0, "max_backoff": 3600.0}
 
 
 def one_round(jobs: int) -> tuple[float, float]:
@@ -42,7 +42,9 @@ def one_round(jobs: int) -> tuple[float, float]:
                 with store.iteration():
                     for _ in range(first, min(jobs, first + BATCH)):
                         with store.transaction():
-                            job, token = store.claim(now, "bench", b"owner", None)
+                            claimed = store.claim(now, "bench", b"owner", None)
+                            assert claimed is not None  # every job is due
+                            _job, token = claimed
                             store.start_attempt(token, 4242, now)
                             service.finish(token, Outcome.OK, exit_code=0, detail="",
                                            started_at=now, finished_at=now, now=now)

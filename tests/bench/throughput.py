@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Agent, Broker, Processes, run_cli, start_agent  # noqa: E402
-from measure import cpu_seconds, percentiles_ms, wait_completed  # noqa: E402
+from harness import Agent, Broker, Processes, run_cli, start_agent
+from measure import cpu_seconds, percentiles_ms, wait_completed
 
 TRUE_JOB = '{"command": "true"}'
 
@@ -155,6 +155,7 @@ def measure(jobs: int, latency_samples: int, batch: int, single: int, cli_runs: 
         procs = Processes(Path(tmp))
         try:
             broker, agent = start_queue_with_agent(procs, tmp, name="drain")
+            assert broker.proc is not None  # started
             result["drain"] = drain(broker, jobs, {"broker": broker.proc.pid,
                                                    "agent": agent.pid})
             p50, p99 = latency_ms(broker, latency_samples)

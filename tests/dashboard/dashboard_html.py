@@ -50,9 +50,21 @@ class Node:
                 found += child.find_all(tag, **attrs)
         return found
 
+    def attr(self, name: str) -> str:
+        """The value of attribute ``name``, which the element must have."""
+        value = self.attrs.get(name)
+        assert value is not None, f"<{self.tag}> has no {name}=\"...\""
+        return value
+
     def find(self, tag: str | None = None, **attrs: object) -> Node | None:
         found = self.find_all(tag, **attrs)
         return found[0] if found else None
+
+    def first(self, tag: str | None = None, **attrs: object) -> Node:
+        """The first matching element, which must exist."""
+        found = self.find(tag, **attrs)
+        assert found is not None, f"expected a <{tag or '*'} {attrs}>, found none"
+        return found
 
     def one(self, tag: str | None = None, **attrs: object) -> Node:
         found = self.find_all(tag, **attrs)
@@ -78,7 +90,7 @@ class _Builder(HTMLParser):
         self.current.children.append(Node(tag, dict(attrs), self.current))
 
     def handle_endtag(self, tag: str) -> None:
-        node = self.current
+        node: Node | None = self.current
         while node is not None and node.tag != tag:
             node = node.parent
         if node is not None and node.parent is not None:
@@ -109,7 +121,7 @@ def counter(page: Node, name: str) -> int:
 
 
 def job_rows(page: Node, table: str = "jobs") -> dict[str, Node]:
-    return {row.attrs["data-job-id"]: row
+    return {row.attr("data-job-id"): row
             for row in page.testid(table).find_all("tr", data_job_id=True)}
 
 

@@ -4,7 +4,8 @@ the attempt numbers in its attempts table link to what that attempt printed."""
 from __future__ import annotations
 
 import pytest
-from dashboard_html import parse
+
+from dashboard.dashboard_html import parse
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def test_each_attempt_of_a_retried_job_shows_its_own_output(quick, start_agent, 
 
     page = parse(client.get("/jobs/flaky").get_data(as_text=True))
     assert page.testid("stdout").text() == "run 3 out\n"  # the latest, by default
-    links = [row.find("a").attrs["href"] for row in page.testid("attempts").find_all("tr")
+    links = [row.first("a").attr("href") for row in page.testid("attempts").find_all("tr")
              if row.attrs.get("data-attempt")]
     assert links == [f"/jobs/flaky?token={token}#output" for token in tokens]
 

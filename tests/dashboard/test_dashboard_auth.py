@@ -8,7 +8,8 @@ test_dashboard_process.py.
 from __future__ import annotations
 
 import pytest
-from dashboard_html import CSRF_META, parse
+
+from dashboard.dashboard_html import CSRF_META, parse
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -76,7 +77,9 @@ def test_token_in_the_url_once_sets_a_cookie_and_is_removed_from_the_address(gua
     assert {r.attrs["data-job-id"] for r in rows} == {"j"}
     # The token does not replace CSRF: an action still needs the page's CSRF token.
     assert client.post("/jobs/j/cancel").status_code == 400
-    csrf = CSRF_META.search(page.get_data(as_text=True)).group(1)
+    meta = CSRF_META.search(page.get_data(as_text=True))
+    assert meta is not None
+    csrf = meta.group(1)
     response = client.post("/jobs/j/cancel", data={"csrf_token": csrf})
     assert response.status_code == 303
     # An open redirect is not possible through the token redirect.

@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dashboard_html import counter, job_rows, parse
-from harness import free_port, pid_alive, program, run_cli, wait_until
 
+from dashboard.dashboard_html import counter, job_rows, parse
+from harness import free_port, pid_alive, program, run_cli, wait_until
 from queuectl.client import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

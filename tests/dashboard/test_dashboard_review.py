@@ -17,7 +17,8 @@ import subprocess
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-from dashboard_html import CSRF_META, parse
+
+from dashboard.dashboard_html import CSRF_META, parse
 from harness import free_port, program, wait_until
 
 pytestmark = pytest.mark.integration
@@ -92,11 +93,11 @@ def test_a_job_named_with_dots_can_be_opened_and_canceled_from_the_overview(brok
         parts = urlsplit(urljoin(here, url))
         return parts.path + (f"?{parts.query}" if parts.query else "")
 
-    link = requested(row.find("a").attrs["href"])
+    link = requested(row.first("a").attr("href"))
     page = client.get(link)
     assert page.status_code == 200 and 'data-job-root' in page.get_data(as_text=True), link
     assert job_id in page.get_data(as_text=True)
-    action = requested(row.find("form").attrs["action"])
+    action = requested(row.first("form").attr("action"))
     reply = client.post(action, headers={"X-CSRFToken": _csrf(client),
                                          "Accept": "application/json"})
     assert reply.status_code == 200, (action, reply.get_data(as_text=True)[:200])

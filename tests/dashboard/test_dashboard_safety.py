@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from dashboard_html import CSP, job_rows, parse, settle
+
+from dashboard.dashboard_html import CSP, job_rows, parse, settle
 from harness import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -63,7 +64,8 @@ def test_every_value_from_a_job_or_agent_is_escaped(quick, start_agent, client):
     assert "{{ 7*7 }}" in stdout and "49" not in stdout
     assert "E=" + HOSTILE in job.clean_text()
     # the RTL override in a command is shown as an escape, not obeyed
-    assert "echo \\u202etxt.exe" in parse(pages["/jobs/rtl"]).one("pre", class_="command-full").text()
+    shown = parse(pages["/jobs/rtl"]).one("pre", class_="command-full").text()
+    assert "echo \\u202etxt.exe" in shown
     # a 10,000-character command is cut in the table, with its first 1,000 characters in
     # the title (every row is sent again every 2 s), and the whole of it on the job's page
     row = job_rows(parse(pages["/"]))["long"]
@@ -94,14 +96,14 @@ def test_security_headers_on_every_response_and_no_inline_script_or_style(broker
     for path in ("/", "/jobs/j"):
         tree = parse(responses[path].get_data(as_text=True))
         scripts = tree.find_all("script")
-        assert scripts and all(s.attrs.get("src", "").startswith("/static/") and not s.text()
+        assert scripts and all((s.attrs.get("src") or "").startswith("/static/") and not s.text()
                                for s in scripts)
         assert not [n for n in tree.find_all() if "style" in n.attrs or n.tag == "style"]
         # nothing from another origin: every link, script and stylesheet is this server's
         for node in tree.find_all():
             for attr in ("src", "href", "action"):
                 if attr in node.attrs:
-                    assert node.attrs[attr].startswith(("/", "#")), (path, node.attrs[attr])
+                    assert (node.attrs[attr] or "").startswith(("/", "#")), (path, node.attrs[attr])
     # the session cookie that carries the CSRF secret is not readable by scripts
     cookie = responses["/"].headers.get("Set-Cookie", "")
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie

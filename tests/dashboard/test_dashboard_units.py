@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from queuectl.proto.timefmt import to_iso
 
+from queuectl.client import InvalidInput
 from queuectl.dashboard import charts, fmt
 from queuectl.dashboard.logs import complete_length
-from queuectl.client import InvalidInput
 from queuectl.dashboard.server import check_bind, is_loopback
+from queuectl.proto.timefmt import to_iso
 
 
 @pytest.mark.parametrize("seconds, text", [

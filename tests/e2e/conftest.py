@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from harness import free_port, program, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -19,6 +19,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+
 from harness import kill_if_alive, pid_alive, read_pid, state_of, wait_until
 
 try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import netns
-from harness import free_port, program, wait_until
+from faults import netns
+from harness import LoggedProcess, free_port, program, wait_until
 
 BROKER_PORT = 5555  # inside namespace B, which is new and empty, so it is free
 
@@ -30,7 +30,7 @@ class NsBroker:
         self.inside = f"tcp://127.0.0.1:{BROKER_PORT}"  # as seen from inside B
         self.bridge_port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.bridge_port}"  # from the root namespace
-        self.proc = None
+        self.proc: LoggedProcess | None = None
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "QUEUECTL_HOME": str(self.home), "QUEUECTL_BROKER": self.endpoint}
@@ -49,6 +49,7 @@ class NsBroker:
     def answers(self) -> bool:
         from queuectl.client import BrokerUnreachable
 
+        assert self.proc is not None  # start() started it
         if self.proc.poll() is not None:
             raise RuntimeError(f"broker exited with {self.proc.returncode}: {self.log()}")
         try:
@@ -76,6 +77,7 @@ class NsBroker:
         return result.stdout
 
     def log(self) -> str:
+        assert self.proc is not None  # start() started it
         return Path(self.proc.log_path).read_text(errors="replace")[-4000:]
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import netns
 import pytest
+
+from faults import netns
 
 
 @pytest.fixture

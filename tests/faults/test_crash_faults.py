@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+
 from faults.ledger import Ledger, audit, report
 from harness import Agent, Broker, Processes, configure, wait_until
 
@@ -46,6 +47,13 @@ def epoch(text: str | None) -> float | None:
     if text is None:
         return None
     return dt.datetime.fromisoformat(text).timestamp()
+
+
+def known_epoch(text: str | None) -> float:
+    """``epoch`` of a timestamp the attempt must have."""
+    moment = epoch(text)
+    assert moment is not None
+    return moment
 
 
 class Pool:
@@ -200,7 +208,7 @@ def test_agent_sigkill_loop(procs, broker, tmp_path):
                 continue
             kill = killed_at[attempt["agent"]]
             agent = attempt["agent"]
-            requeue[agent] = max(requeue[agent], epoch(attempt["finished_at"]) - kill)
+            requeue[agent] = max(requeue[agent], known_epoch(attempt["finished_at"]) - kill)
             # A long run that began less than LONG_SECONDS before the SIGKILL must have
             # been killed with its agent: it must never write its "end" line.
             started = epoch(attempt["started_at"])
@@ -210,7 +218,7 @@ def test_agent_sigkill_loop(procs, broker, tmp_path):
                 unsupervised.append((job_id, attempt["token"]))
             if n + 1 < len(log):
                 redispatch[agent] = max(redispatch[agent],
-                                        epoch(log[n + 1]["dispatched_at"]) - kill)
+                                        known_epoch(log[n + 1]["dispatched_at"]) - kill)
             else:
                 not_redispatched.append(job_id)
     lost_attempts = sum(1 for log in logs.values() for a in log if a["reason"] == "agent lost")
@@ -238,7 +246,8 @@ def test_agent_sigkill_loop(procs, broker, tmp_path):
         f"the broker declared live agents lost (jobs ran again without a crash): "
         f"{lost_on_live_agents[:5]}")
     # With a 1 s lease, a killed agent's jobs go back to the queue within seconds.
-    assert max_requeue <= 5.0, f"jobs of a killed agent stayed leased {max_requeue:.1f}s"
+    assert max_requeue is not None and max_requeue <= 5.0, \
+        f"jobs of a killed agent stayed leased {max_requeue:.1f}s"
 
 
 @pytest.mark.timeout(90)
@@ -349,7 +358,10 @@ def test_broker_sigkill_loop(procs, broker, tmp_path):
             with broker.client(timeout=10) as qc:
                 before = counts(qc)["completed"]
                 if outstanding(qc) or writer.is_alive():
-                    wait_until(lambda n=before: counts(qc)["completed"] > n, 30, interval=0.01,
+                    def one_more(n: int = before) -> bool:
+                        return counts(qc)["completed"] > n
+
+                    wait_until(one_more, 30, interval=0.01,
                                message="a job to complete after the broker restarted")
                     recoveries.append(time.monotonic() - restarted)
             time.sleep(0.5)  # paces the fault
@@ -420,9 +432,10 @@ def test_sigstopped_agent_does_not_overlap(procs, broker, tmp_path):
                 # Four jobs on four idle agents: one each (the least-loaded agent first).
                 qc.enqueue_many(ledger.job(job_id, job_seconds, max_retries=30)
                                 for job_id in round_ids)
-                wait_until(lambda js=round_ids: all(ledger_tokens(ledger, "start").get(j)
-                                                    for j in js),
-                           15, interval=0.02, message=f"round {r} jobs to start")
+                def all_started(js: list[str] = round_ids) -> bool:
+                    return all(ledger_tokens(ledger, "start").get(j) for j in js)
+
+                wait_until(all_started, 15, interval=0.02, message=f"round {r} jobs to start")
                 running = {}
                 for job_id in round_ids:
                     last = qc.get(job_id)["attempts_log"][-1]

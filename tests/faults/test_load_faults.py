@@ -31,8 +31,8 @@ import time
 
 import pytest
 
+from faults.ledger import Ledger, audit, report
 from harness import run_cli, wait_until
-from ledger import Ledger, audit, report
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -76,7 +76,7 @@ class Sampler(threading.Thread):
             while not self.stopping.is_set():
                 self.sample()
                 self.stopping.wait(self.every)
-        except BaseException as exc:  # reported by the test after join()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test after join()
             self.error = exc
 
     def stop(self) -> None:

@@ -15,7 +15,9 @@ import os
 import shutil
 
 import pytest
-from cluster import BROKER_PORT, NsAgent, NsBroker
+
+from faults.cluster import BROKER_PORT, NsAgent, NsBroker
+from faults.netns import Unavailable
 from harness import program, run_cli, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -41,7 +43,7 @@ def agent_home(tmp_path, broker_home, name: str):
 def fleet(topology, procs, tmp_path):
     try:
         b, h1, h2 = topology.namespace(), topology.namespace(), topology.namespace()
-    except Exception as exc:  # netns.Unavailable
+    except Unavailable as exc:
         pytest.skip(f"network namespaces are unavailable here: {exc}")
     link1, link2 = topology.link(b, h1), topology.link(b, h2)
     home = tmp_path / "home"
@@ -98,7 +100,7 @@ def test_placement_and_a_queue_limit_across_two_hosts_with_curve(fleet, procs):
                   if line.startswith("end"))
     assert len(starts) == len(ends) == 6
     # A limit of 1: each job started after the previous one ended, across hosts.
-    assert all(start >= end for start, end in zip(starts[1:], ends[:-1]))
+    assert all(start >= end for start, end in zip(starts[1:], ends[:-1], strict=True))
 
 
 def test_a_host_without_a_key_gets_nothing(fleet, procs):

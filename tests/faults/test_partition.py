@@ -22,12 +22,14 @@ import itertools
 import json
 import threading
 import time
+from typing import Any
 
-import netns
 import pytest
-from cluster import BROKER_PORT, NsAgent, NsBroker
+
+from faults import netns
+from faults.cluster import BROKER_PORT, NsAgent, NsBroker
+from faults.ledger import Ledger, audit, report
 from harness import kill_if_alive, pid_alive, wait_until
-from ledger import Ledger, audit, report
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -138,8 +140,10 @@ def test_partitioned_agent_kills_its_jobs_they_rerun_elsewhere_and_its_stale_res
                        message="both long jobs to start on A1")
             first = {}
             for job_id in long_ids:
-                attempt = wait_until(lambda j=job_id: started_attempt(qc, j), 10,
-                                     message=f"{job_id}'s pid to be reported")
+                def pid_reported(j: str = job_id) -> Any:
+                    return started_attempt(qc, j)
+
+                attempt = wait_until(pid_reported, 10, message=f"{job_id}'s pid to be reported")
                 assert attempt["agent"] == a1.id
                 first[job_id] = attempt
                 job_pids.append(attempt["pid"])
@@ -148,8 +152,8 @@ def test_partitioned_agent_kills_its_jobs_they_rerun_elsewhere_and_its_stale_res
             {j: {t} for j, t in a1_tokens.items()}
 
         a2 = NsAgent(procs, broker, cluster["a2"], cluster["link2"], count=3, name="agent-a2")
-        stream = ShortJobs(broker, ledger, "short").start()
-        wait_until(lambda: len(stream.acknowledged) >= 10, 15, message="the short-job stream")
+        stream = short = ShortJobs(broker, ledger, "short").start()
+        wait_until(lambda: len(short.acknowledged) >= 10, 15, message="the short-job stream")
 
         # Cut A1 off. It is a real partition: A1 cannot even open a TCP connection.
         cut_at = time.monotonic()

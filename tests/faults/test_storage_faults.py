@@ -60,8 +60,9 @@ from typing import Any
 
 import apsw
 import pytest
-from faults.ledger import Ledger, audit, report
+
 import harness
+from faults.ledger import Ledger, audit, report
 from harness import Broker, Processes, program, run_cli, start_agent, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -108,7 +109,8 @@ class MountNamespace:
 
         wait_until(mounted, 10, message=f"a tmpfs on {root} in the namespace")
 
-    def run(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess:
         """Run ``argv`` inside the namespace."""
         result = subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", "--", *argv],
                                 capture_output=True, text=True, timeout=timeout, check=False)
@@ -176,7 +178,8 @@ def configure(broker: Broker, **settings: Any) -> None:
 
 
 def timed_enqueue(broker: Broker, job: dict[str, Any] | None = None,
-                  jobs: list[dict[str, Any]] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+                  jobs: list[dict[str, Any]] | None = None,
+                  ) -> tuple[subprocess.CompletedProcess, float]:
     """``queuectl enqueue JSON`` (or ``--file -`` for a batch) as a user runs it, timed."""
     start = time.monotonic()
     if jobs is not None:
@@ -276,6 +279,7 @@ def broker_cpu_seconds(pid: int) -> float:
 
 
 def store_errors(broker: Broker) -> int:
+    assert broker.proc is not None  # started
     return Path(broker.proc.log_path).read_text(errors="replace").count("store commit failed")
 
 
@@ -376,7 +380,8 @@ def test_disk_full_enqueue_fails_clearly_nothing_stored_is_damaged_and_the_broke
 
 @need_root
 @pytest.mark.timeout(90)
-def test_a_job_coming_due_on_a_full_disk_does_not_make_the_broker_spin(procs, tmpfs_broker, tmp_path):
+def test_a_job_coming_due_on_a_full_disk_does_not_make_the_broker_spin(procs, tmpfs_broker,
+                                                                       tmp_path):
     """A job becomes due (a scheduled job, or a retry after its backoff) while the
     store cannot write: the broker must retry at a sane pace, not burn a core and
     flood its log (which on a real machine sits on the same full disk)."""
@@ -391,7 +396,8 @@ def test_a_job_coming_due_on_a_full_disk_does_not_make_the_broker_spin(procs, tm
     wait_until(lambda: time.time() > due + 0.5, 5, message="the job's run_at to pass")
 
     window = 3.0
-    errors0, cpu0, start = store_errors(broker), broker_cpu_seconds(broker.proc.pid), time.monotonic()
+    errors0, cpu0 = store_errors(broker), broker_cpu_seconds(broker.proc.pid)
+    start = time.monotonic()
     time.sleep(window)  # a measurement window, not a wait for a condition
     elapsed = time.monotonic() - start
     error_rate = (store_errors(broker) - errors0) / elapsed
@@ -539,7 +545,9 @@ def tracer_of(pid: int) -> int:
 def read_only_integrity(db: Path) -> str:
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return conn.execute("PRAGMA integrity_check").fetchall()[0][0]
+        verdict = conn.execute("PRAGMA integrity_check").fetchall()[0][0]
+        assert isinstance(verdict, str), verdict  # "ok", or the problems
+        return verdict
     finally:
         conn.close()
 
@@ -654,7 +662,8 @@ def test_a_batch_too_big_for_the_disk_fails_with_one_line_and_the_broker_goes_on
     ns.fill(leave=leave)
     free = ns.available_bytes()
 
-    client_batch, cli_batch = too_big(shape, "client", client_count), too_big(shape, "cli", cli_count)
+    client_batch = too_big(shape, "client", client_count)
+    cli_batch = too_big(shape, "cli", cli_count)
     start = time.monotonic()
     with broker.client(timeout=30) as qc, pytest.raises(Unavailable) as refused:
         qc.call("enqueue", jobs=client_batch)
@@ -665,7 +674,8 @@ def test_a_batch_too_big_for_the_disk_fails_with_one_line_and_the_broker_goes_on
           f"{free} before, {ns.available_bytes()} after")
     assert re.search(r"could not write its store: .*full", str(refused.value)), refused.value
     assert_one_clear_line(cli, r"could not write its store: .*full", f"enqueue of {shape}")
-    assert broker.proc.poll() is None, f"the broker died: {broker.log()}"
+    assert broker.proc is not None and broker.proc.poll() is None, \
+        f"the broker died: {broker.log()}"
     assert ns.available_bytes() > free - 256 * 1024, "the failed batch left the disk full"
 
     status = run_cli(broker, "status", "--json")
@@ -699,8 +709,10 @@ def test_a_streamed_file_too_big_for_the_disk_enqueues_nothing_and_the_broker_go
     cli, cli_sec = timed_enqueue(broker, jobs=lines)
     print(f"STORAGE-FAULT a 50,000-line file on a {SMALL_TMPFS} tmpfs: CLI exit "
           f"{cli.returncode} in {cli_sec:.2f}s: {cli.stderr.strip()!r}")
-    assert_one_clear_line(cli, r"could not write its store: .*full", "enqueue of a 50,000-line file")
-    assert broker.proc.poll() is None, f"the broker died: {broker.log()}"
+    assert_one_clear_line(cli, r"could not write its store: .*full",
+                          "enqueue of a 50,000-line file")
+    assert broker.proc is not None and broker.proc.poll() is None, \
+        f"the broker died: {broker.log()}"
     with broker.client() as qc:
         assert qc.status()["counts"]["pending"] == 0 and qc.list() == []  # reads go on
         ns.remount("size=32m")  # room again, as when an operator frees some
@@ -746,7 +758,9 @@ def test_a_store_file_deleted_renamed_or_replaced_refuses_writes_within_a_second
     with broker.client() as qc:
         qc.enqueue({"id": "before", "command": "true"})
         refuse_the_path(broker.db, how)
-        changed_at, probes, refused_ids = time.monotonic(), [], []
+        changed_at = time.monotonic()
+        probes: list[str] = []
+        refused_ids: list[str] = []
 
         def refused() -> str | None:
             probes.append(f"probe-{len(probes)}")

@@ -51,7 +51,8 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from agentworld import FINISHER, VICTIM, Attacker, World
 from fakeagent import FakeAgent
@@ -75,8 +76,9 @@ TEXTS = st.one_of(TEXT, st.sampled_from(["", "[/bold]", "\u202eevil", "a\nb", "\
 # Times: absurd ones, and ones near the broker's clock, inside and outside the skew it allows.
 TIMES = st.one_of(FLOATS, st.sampled_from([1e300, -1e300, 0.0, -1.0, 1e11]),
                   st.floats(-400, 400).map(lambda offset: time.time() + offset))
-LABELS = st.one_of(st.just({}), st.just({"team": "x"}), st.dictionaries(TEXTS, TEXTS, max_size=3),
-                   st.just({f"k{n}": "v" for n in range(65)}))
+LABELS: st.SearchStrategy[dict[str, str]] = st.one_of(
+    st.just({}), st.just({"team": "x"}), st.dictionaries(TEXTS, TEXTS, max_size=3),
+    st.just({f"k{n}": "v" for n in range(65)}))
 KNOWN_OUTCOMES = st.sampled_from([o.value for o in Outcome])
 OUTCOMES = st.one_of(KNOWN_OUTCOMES, KNOWN_OUTCOMES, TEXTS)
 STREAMS = st.one_of(st.sampled_from([m.STDOUT, m.STDERR]), WIRE_INTS)
@@ -131,6 +133,7 @@ def hello(draw, world: World, me: Attacker, greeting: bool = False) -> m.Hello:
     if agent_id not in me.ids:
         me.ids.append(agent_id)
     routing = draw(st.sampled_from(["own", "own", "own", "none", "id", "victim", "text"]))
+    assert world.victim is not None  # the world has one
     routing = {"own": me.fake.routing, "none": "", "id": agent_id,
                "victim": world.victim.routing}.get(routing) or draw(TEXTS)
     return m.Hello(agent_id=agent_id, host=draw(TEXTS), pid=draw(WIRE_INTS),
@@ -146,13 +149,13 @@ def plausible(draw, kind: str, me: Attacker, token: st.SearchStrategy) -> Any:
     job), though with any text: the hostile values go the whole way through."""
     pick, other = draw(st.integers(0, 2**16)), draw(token)  # both always: see tokens()
     own = sorted(me.dispatched)
-    token = own[pick % len(own)] if own else other
+    lease = own[pick % len(own)] if own else other
     if kind == "started":
-        return m.Started(token=token, pid=draw(st.integers(2, 99_999)), started_at=time.time())
+        return m.Started(token=lease, pid=draw(st.integers(2, 99_999)), started_at=time.time())
     if kind == "output":
-        return m.Output(token=token, stream=draw(st.sampled_from([m.STDOUT, m.STDERR])), offset=0,
+        return m.Output(token=lease, stream=draw(st.sampled_from([m.STDOUT, m.STDERR])), offset=0,
                         data=b"attacker output\n")
-    return m.Result(token=token, outcome=draw(KNOWN_OUTCOMES),
+    return m.Result(token=lease, outcome=draw(KNOWN_OUTCOMES),
                     exit_code=draw(st.sampled_from([0, 1, None])), detail=draw(TEXTS),
                     started_at=None, finished_at=time.time())
 
@@ -209,8 +212,10 @@ def attack(data, world: World, attackers: list[Attacker]) -> None:
             attacker.settle(world.broker)  # learns its dispatches: it may name them
         if step.endswith("work"):  # runs its jobs as an agent does, with any text
             kinds = st.sampled_from(["started", "output", "result", "result"])
-            message = kinds.flatmap(lambda kind: plausible(kind, attacker,
-                                                           tokens(world, attacker, attackers)))
+            def work(kind: str, attacker: Attacker = attacker) -> st.SearchStrategy:
+                return plausible(kind, attacker, tokens(world, attacker, attackers))
+
+            message = kinds.flatmap(work)
         else:
             message = agent_message(world, attacker, attackers)
         attacker.send(data.draw(st.lists(message, min_size=1, max_size=4), label="frame"))

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.integration
 
 def test_job_completes_and_logs_show_its_output(broker, start_agent):
     start_agent(count=2)
-    result = run_cli(broker, "enqueue", '{"id":"hello","command":"echo hello from $QUEUECTL_JOB_ID; echo oops >&2"}')
+    result = run_cli(broker, "enqueue",
+                     '{"id":"hello","command":"echo hello from $QUEUECTL_JOB_ID; echo oops >&2"}')
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Enqueued job: hello"
 

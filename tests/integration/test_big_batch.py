@@ -45,7 +45,9 @@ class StoreFile:
         self.conn = apsw.Connection(str(broker.db), flags=apsw.SQLITE_OPEN_READONLY)
 
     def rows(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM jobs").fetchall()[0][0]
+        count = self.conn.execute("SELECT count(*) FROM jobs").fetchall()[0][0]
+        assert isinstance(count, int)
+        return count
 
     def batch(self) -> tuple | None:
         """(state, next_seq, last_seq) of the newest batch."""
@@ -54,7 +56,9 @@ class StoreFile:
         return found[0] if found else None
 
     def pending(self) -> int:
-        return self.conn.execute("SELECT n FROM counts WHERE state = 'pending'").fetchall()[0][0]
+        count = self.conn.execute("SELECT n FROM counts WHERE state = 'pending'").fetchall()[0][0]
+        assert isinstance(count, int)
+        return count
 
 
 def pending(broker: Broker) -> int:
@@ -111,7 +115,8 @@ def test_a_broker_killed_while_a_batch_streams_keeps_none_of_it(broker, procs, t
     wait_until(lambda: store.rows() >= 20_000, 120, interval=0.005,
                message="the first chunks to be stored")
     broker.kill()
-    assert store.batch()[0] == "open"
+    batch = store.batch()
+    assert batch is not None and batch[0] == "open"
     broker.start()
     assert cli.wait(60) in (1, 3)
     assert "nothing from" in Path(cli.log_path).read_text()
@@ -132,7 +137,9 @@ def test_a_broker_killed_while_a_batch_commits_makes_all_of_it_visible(broker, p
 
     wait_until(committing, 300, interval=0.002, message="the commit to start")
     broker.kill()
-    state, next_seq, last_seq = store.batch()
+    batch = store.batch()
+    assert batch is not None
+    state, next_seq, last_seq = batch
     assert state == "committed" and next_seq <= last_seq, "killed after the commit ended"
     assert store.pending() < HUGE  # some jobs were still hidden at the crash
     broker.start()
@@ -195,7 +202,7 @@ def test_a_client_sending_requests_without_waiting_holds_no_one_up(broker):
     from queuectl.proto import messages as m
 
     probe = StatusProbe(broker)
-    pipelined = zmq.Context.instance().socket(zmq.DEALER)
+    pipelined: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     pipelined.setsockopt(zmq.LINGER, 0)
     pipelined.connect(broker.endpoint)
     try:

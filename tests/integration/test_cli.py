@@ -15,8 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from harness import (Broker, Processes, cli_json, free_port, get_job, kill_if_alive, pid_alive,
-                     program, run_cli, wait_done, wait_state, wait_until)
+from harness import (
+    Broker,
+    Processes,
+    cli_json,
+    free_port,
+    get_job,
+    kill_if_alive,
+    pid_alive,
+    program,
+    run_cli,
+    wait_done,
+    wait_state,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -64,34 +76,42 @@ def shared_broker(tmp_path_factory):
 # --- bad input: exit code and one line on stderr -------------------------------
 
 TRUE = '"command": "true"'
+
+
+def true_and(fields: str) -> str:
+    """A job object: the command true, and the JSON members ``fields``."""
+    return "{" + TRUE + ", " + fields + "}"
+
+
 BAD_INPUT = [
     # (case, argv, exit code, words the message must contain)
     ("invalid-json", ["enqueue", "{command: true}"], 2, ["invalid JSON"]),
     ("not-an-object", ["enqueue", '["true"]'], 2, ["object"]),
-    ("unknown-field", ["enqueue", "{%s, \"colour\": \"red\"}" % TRUE], 2, ["colour"]),
+    ("unknown-field", ["enqueue", true_and('"colour": "red"')], 2, ["colour"]),
     ("missing-command", ["enqueue", '{"id": "x1"}'], 2, ["command"]),
     ("empty-command", ["enqueue", '{"command": "  "}'], 2, ["command"]),
     ("command-not-string", ["enqueue", '{"command": 42}'], 2, ["command"]),
-    ("priority-not-int", ["enqueue", "{%s, \"priority\": \"high\"}" % TRUE], 2, ["priority"]),
-    ("priority-bool", ["enqueue", "{%s, \"priority\": true}" % TRUE], 2, ["priority"]),
-    ("max-retries-zero", ["enqueue", "{%s, \"max_retries\": 0}" % TRUE], 2, ["max_retries"]),
-    ("max-retries-float", ["enqueue", "{%s, \"max_retries\": 2.5}" % TRUE], 2, ["max_retries"]),
-    ("timeout-negative", ["enqueue", "{%s, \"timeout_sec\": -1}" % TRUE], 2, ["timeout_sec"]),
-    ("env-not-strings", ["enqueue", "{%s, \"env\": {\"A\": 1}}" % TRUE], 2, ["env"]),
-    ("requires-not-object", ["enqueue", "{%s, \"requires\": [\"gpu\"]}" % TRUE], 2, ["requires"]),
-    ("bad-id", ["enqueue", "{%s, \"id\": \"has space\"}" % TRUE], 2, ["id"]),
-    ("state-not-pending", ["enqueue", "{%s, \"state\": \"completed\"}" % TRUE], 2, ["state"]),
-    ("attempts-not-zero", ["enqueue", "{%s, \"attempts\": 2}" % TRUE], 2, ["attempts"]),
-    ("bad-timestamp", ["enqueue", "{%s, \"run_at\": \"next tuesday\"}" % TRUE], 2, ["run_at"]),
-    ("timestamp-not-string", ["enqueue", "{%s, \"run_at\": 1700000000}" % TRUE], 2, ["run_at"]),
-    ("bad-delay", ["enqueue", "{%s, \"delay\": \"soon\"}" % TRUE], 2, ["delay"]),
-    ("negative-delay", ["enqueue", "{%s, \"delay\": -5}" % TRUE], 2, ["delay"]),
+    ("priority-not-int", ["enqueue", true_and('"priority": "high"')], 2, ["priority"]),
+    ("priority-bool", ["enqueue", true_and('"priority": true')], 2, ["priority"]),
+    ("max-retries-zero", ["enqueue", true_and('"max_retries": 0')], 2, ["max_retries"]),
+    ("max-retries-float", ["enqueue", true_and('"max_retries": 2.5')], 2, ["max_retries"]),
+    ("timeout-negative", ["enqueue", true_and('"timeout_sec": -1')], 2, ["timeout_sec"]),
+    ("env-not-strings", ["enqueue", true_and('"env": {"A": 1}')], 2, ["env"]),
+    ("requires-not-object", ["enqueue", true_and('"requires": ["gpu"]')], 2, ["requires"]),
+    ("bad-id", ["enqueue", true_and('"id": "has space"')], 2, ["id"]),
+    ("state-not-pending", ["enqueue", true_and('"state": "completed"')], 2, ["state"]),
+    ("attempts-not-zero", ["enqueue", true_and('"attempts": 2')], 2, ["attempts"]),
+    ("bad-timestamp", ["enqueue", true_and('"run_at": "next tuesday"')], 2, ["run_at"]),
+    ("timestamp-not-string", ["enqueue", true_and('"run_at": 1700000000')], 2, ["run_at"]),
+    ("bad-delay", ["enqueue", true_and('"delay": "soon"')], 2, ["delay"]),
+    ("negative-delay", ["enqueue", true_and('"delay": -5')], 2, ["delay"]),
     ("run_at-and-delay",
-     ["enqueue", "{%s, \"run_at\": \"2030-01-01T00:00:00Z\", \"delay\": \"5s\"}" % TRUE],
+     ["enqueue", true_and('"run_at": "2030-01-01T00:00:00Z", "delay": "5s"')],
      2, ["run_at", "delay"]),
     ("lone-surrogate", ["enqueue", '{"command": "echo \\ud800"}'], 2, ["surrogate"]),
     ("no-job-given", ["enqueue"], 2, []),
-    ("missing-file", ["enqueue", "--file", "/nonexistent/jobs.jsonl"], 2, ["/nonexistent/jobs.jsonl"]),
+    ("missing-file", ["enqueue", "--file", "/nonexistent/jobs.jsonl"], 2,
+     ["/nonexistent/jobs.jsonl"]),
     ("list-bogus-state", ["list", "--state", "bogus"], 2, ["bogus"]),
     ("list-limit-zero", ["list", "--limit", "0"], 2, ["limit"]),
     ("config-set-unknown-key", ["config", "set", "colour", "red"], 2, ["colour"]),
@@ -125,7 +145,8 @@ def test_bad_input_changed_nothing(shared_broker):
     """Runs after the error cases: no job was added and the config kept its defaults."""
     assert cli_json(shared_broker, "list") == []
     config = cli_json(shared_broker, "config", "show")
-    assert {k: config[k] for k in ("max_retries", "base_backoff", "max_backoff", "timeout_sec")} == \
+    keys = ("max_retries", "base_backoff", "max_backoff", "timeout_sec")
+    assert {k: config[k] for k in keys} == \
         {"max_retries": 3, "base_backoff": 2, "max_backoff": 3600, "timeout_sec": 60}
 
 
@@ -146,17 +167,20 @@ def test_unreachable_broker_exits_3_quickly():
 def test_file_with_one_bad_line_enqueues_nothing(broker, tmp_path):
     good = json.dumps({"id": "file-good", "command": "true"})
     cases = {
-        "invalid-json": ([good, "{not json", json.dumps({"id": "after", "command": "true"})], 2, "line 2"),
+        "invalid-json": ([good, "{not json", json.dumps({"id": "after", "command": "true"})], 2,
+                         "line 2"),
         "unknown-field": ([good, "", json.dumps({"command": "true", "colour": 1})], 2, "line 3"),
         "bad-timestamp": ([good, json.dumps({"command": "true", "run_at": "later"})], 2, "line 2"),
-        "duplicate-in-file": ([good, json.dumps({"id": "file-good", "command": "false"})], 1, "file-good"),
+        "duplicate-in-file": ([good, json.dumps({"id": "file-good", "command": "false"})], 1,
+                              "file-good"),
     }
     for name, (lines, code, where) in cases.items():
         path = tmp_path / f"{name}.jsonl"
         path.write_text("\n".join(lines) + "\n")
         assert_user_error(run_cli(broker, "enqueue", "--file", str(path)), code, where)
         # the same through stdin
-        assert_user_error(run_cli(broker, "enqueue", "--file", "-", input=path.read_text()), code, where)
+        assert_user_error(run_cli(broker, "enqueue", "--file", "-", input=path.read_text()),
+                          code, where)
     assert cli_json(broker, "list") == [], "a rejected file must enqueue none of its jobs"
 
     # a line whose id already exists in the queue: the whole file is refused
@@ -171,7 +195,8 @@ def test_file_with_one_bad_line_enqueues_nothing(broker, tmp_path):
 
 def test_duplicate_id_and_wrong_state_exit_1(broker, start_agent):
     assert enqueue(broker, {"id": "dup", "command": "true", "delay": "1h"}) == "dup"
-    assert_user_error(run_cli(broker, "enqueue", '{"id": "dup", "command": "echo other"}'), 1, "dup")
+    assert_user_error(run_cli(broker, "enqueue", '{"id": "dup", "command": "echo other"}'),
+                      1, "dup")
     assert get_job(broker, "dup")["command"] == "true", "the duplicate must not replace the job"
     # dlq retry of a job that is not dead
     assert_user_error(run_cli(broker, "dlq", "retry", "dup"), 1, "dup")
@@ -190,7 +215,7 @@ def test_duplicate_id_and_wrong_state_exit_1(broker, start_agent):
 # --- --json documents ------------------------------------------------------------
 
 def assert_job_document(job: dict) -> None:
-    assert JOB_KEYS <= set(job), JOB_KEYS - set(job)
+    assert set(job) >= JOB_KEYS, JOB_KEYS - set(job)
     assert job["state"] in STATES
     for key in ("run_at", "created_at", "updated_at", "started_at", "finished_at"):
         assert job[key] is None or ISO_UTC.match(job[key]), (key, job[key])
@@ -207,7 +232,8 @@ def test_json_documents_match_the_contract(broker, start_agent, tmp_path):
     assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", generated["id"])
     dead_id = generated["id"]
     # the job format users already write is accepted
-    compat = {"id": "compat", "command": "true", "state": "pending", "attempts": 0, "max_retries": 3,
+    compat = {"id": "compat", "command": "true", "state": "pending", "attempts": 0,
+              "max_retries": 3,
               "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z",
               "delay": "1h"}
     assert cli_json(broker, "enqueue", json.dumps(compat))["id"] == "compat"
@@ -283,7 +309,8 @@ def test_json_documents_match_the_contract(broker, start_agent, tmp_path):
 
     # config --json
     config = cli_json(broker, "config", "show")
-    assert {"max_retries": 3, "base_backoff": 2, "max_backoff": 3600, "timeout_sec": 60}.items() <= config.items()
+    defaults = {"max_retries": 3, "base_backoff": 2, "max_backoff": 3600, "timeout_sec": 60}
+    assert defaults.items() <= config.items()
     assert cli_json(broker, "config", "get", "max-retries") == {"max_retries": 3}
     assert cli_json(broker, "config", "set", "max_backoff", "120") == {"max_backoff": 120}
     assert cli_json(broker, "config", "show")["max_backoff"] == 120
@@ -430,7 +457,7 @@ def test_worker_start_exits_non_zero_when_the_broker_refuses_it(procs):
     import msgpack
     import zmq
 
-    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     try:
@@ -462,7 +489,8 @@ def test_ctrl_c_interrupts_logs_follow_with_exit_130(broker, start_agent, procs)
         follower.send_signal(signal.SIGINT)
         assert follower.wait(10) == 130, output.read_text()
         assert "Traceback" not in output.read_text()
-        assert get_job(broker, "endless")["state"] == "processing", "Ctrl-C of logs must not stop the job"
+        assert get_job(broker, "endless")["state"] == "processing", \
+            "Ctrl-C of logs must not stop the job"
     finally:
         kill_if_alive(pid, group=True)
 
@@ -513,9 +541,8 @@ def test_up_runs_broker_and_agents_until_ctrl_c(procs, tmp_path):
         assert up.wait(30) == 0, Path(up.log_path).read_text()
         wait_until(lambda: not pid_alive(broker_pid) and not pid_alive(agent_pid), 5,
                    message="the broker and agent of `up` to exit")
-        with pytest.raises(BrokerUnreachable):
-            with Client(endpoint, timeout=0.5) as qc:
-                qc.ping()
+        with pytest.raises(BrokerUnreachable), Client(endpoint, timeout=0.5) as qc:
+            qc.ping()
         assert "Traceback" not in Path(up.log_path).read_text()
     finally:
         kill_if_alive(broker_pid, agent_pid, group=True)

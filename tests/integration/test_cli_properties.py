@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, assume, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
+from hypothesis import strategies as st
 
 from harness import Broker, Processes, run_cli
 from queuectl.cli.main import main
@@ -135,18 +136,20 @@ def cli(cli_broker, capsys):
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(), FINITE, st.text(max_size=20))
 JSON_VALUE = st.recursive(JSON_SCALAR, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12)
 HUGE_INTS = st.one_of(st.integers(min_value=2**63), st.integers(max_value=-(2**63) - 1),
                       st.sampled_from([10**30, -(10**30), 2**64, 2**1000, 2**1100, -(2**1100)]))
 NUMBERS = st.one_of(st.integers(), HUGE_INTS, FINITE)
 # Text that travels on any wire: no lone surrogates.
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
 PRINTABLE = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=60)
-NO_NUL = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=40)
+NO_NUL = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"),
+                 max_size=40)
 # What an argv entry can hold: a byte that is not UTF-8 arrives as a lone surrogate (PEP 383).
-ARGV_TEXT = st.one_of(TEXT, TEXT, st.builds(lambda a, b, c: a + b + c, TEXT,
-                                            st.text(st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
-                                                    min_size=1, max_size=3), TEXT))
+LONE_SURROGATES = st.text(st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
+                          min_size=1, max_size=3)
+ARGV_TEXT = st.one_of(TEXT, TEXT, st.builds(lambda a, b, c: a + b + c, TEXT, LONE_SURROGATES, TEXT))
 
 
 def not_a(*types: type) -> st.SearchStrategy:
@@ -181,10 +184,14 @@ def cases(valid=None, invalid=None, either=None) -> st.SearchStrategy:
     return st.one_of(*parts)
 
 
-ISO_ZONES = st.one_of(st.none(), st.just(dt.timezone.utc),
-                      st.integers(-14 * 60, 14 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m))))
+ISO_ZONES = st.one_of(st.none(), st.just(dt.UTC),
+                      st.integers(-14 * 60, 14 * 60).map(
+                          lambda m: dt.timezone(dt.timedelta(minutes=m))))
+# st.datetimes takes naive bounds; the zone is put on after.
+EARLIEST = dt.datetime(1971, 1, 1)  # noqa: DTZ001 - a naive bound, as st.datetimes wants
+LATEST = dt.datetime(2200, 1, 1)  # noqa: DTZ001 - a naive bound, as st.datetimes wants
 DATETIMES = st.builds(lambda moment, zone: moment.replace(tzinfo=zone),
-                      st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2200, 1, 1)),
+                      st.datetimes(min_value=EARLIEST, max_value=LATEST),
                       ISO_ZONES)
 
 
@@ -195,8 +202,9 @@ def iso_text(moment: dt.datetime, style: int) -> str:
 
 RUN_AT = cases(
     valid=st.builds(iso_text, DATETIMES, st.integers(0, 5)),
-    invalid=st.one_of(not_a(str), st.sampled_from(["", "tomorrow", "2030-13-01T00:00:00Z", "31/01/2030",
-                                                   "2030-01-01T25:00:00", "now", "1700000000"])),
+    invalid=st.one_of(not_a(str), st.sampled_from(["", "tomorrow", "2030-13-01T00:00:00Z",
+                                                   "31/01/2030", "2030-01-01T25:00:00", "now",
+                                                   "1700000000"])),
     either=TEXT)
 
 DURATION_TEXT = st.builds(lambda n, unit, pad: f"{pad}{n}{pad}{unit}" if unit else f"{n}",
@@ -209,7 +217,7 @@ DELAY = cases(
                       st.sampled_from(["soon", "5 minutes", "-5s", "", "s", "5x", "1e3", "NaN"])),
     either=st.one_of(TEXT, NUMBERS))
 
-UNICODE_KEYS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="=\0"),
+UNICODE_KEYS = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="=\0"),
                        min_size=1, max_size=12)
 
 FIELD_CASES: dict[str, st.SearchStrategy] = {
@@ -226,7 +234,8 @@ FIELD_CASES: dict[str, st.SearchStrategy] = {
     "delay": DELAY,
     "timeout_sec": cases(
         valid=st.one_of(st.floats(min_value=1e-3, max_value=1e12), st.integers(1, 10**9)),
-        invalid=st.one_of(not_a(int, float), st.floats(max_value=0, allow_infinity=False, allow_nan=False),
+        invalid=st.one_of(not_a(int, float),
+                          st.floats(max_value=0, allow_infinity=False, allow_nan=False),
                           st.integers(max_value=0)),
         either=NUMBERS),
     "max_retries": cases(
@@ -240,7 +249,8 @@ FIELD_CASES: dict[str, st.SearchStrategy] = {
         either=st.one_of(TEXT, st.just(""), st.text(min_size=129, max_size=300))),
     "env": cases(
         valid=st.dictionaries(UNICODE_KEYS, NO_NUL, max_size=4),
-        invalid=st.one_of(not_a(dict), st.dictionaries(UNICODE_KEYS, not_a(str), min_size=1, max_size=3)),
+        invalid=st.one_of(not_a(dict),
+                          st.dictionaries(UNICODE_KEYS, not_a(str), min_size=1, max_size=3)),
         either=st.dictionaries(TEXT, TEXT, max_size=3)),
     "cwd": cases(
         valid=NO_NUL.filter(bool),
@@ -248,7 +258,8 @@ FIELD_CASES: dict[str, st.SearchStrategy] = {
         either=st.one_of(TEXT, st.just(""))),
     "requires": cases(
         valid=st.dictionaries(UNICODE_KEYS, NO_NUL, max_size=4),
-        invalid=st.one_of(not_a(dict), st.dictionaries(UNICODE_KEYS, not_a(str), min_size=1, max_size=3)),
+        invalid=st.one_of(not_a(dict),
+                          st.dictionaries(UNICODE_KEYS, not_a(str), min_size=1, max_size=3)),
         either=st.dictionaries(TEXT, TEXT, max_size=3)),
     # The compatibility fields: the queue sets them, so only these values are accepted.
     "state": cases(
@@ -283,6 +294,7 @@ def duration(value: Any) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+    assert match is not None, value
     unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[match.group(2)]
     return float(match.group(1)) * unit
 
@@ -296,16 +308,19 @@ def assert_round_trip(field: str, value: Any, job: dict, enqueued_at: float) -> 
     elif field in ("state", "attempts"):
         assert job["state"] == "pending" and job["attempts"] == 0, job
     elif field in ("created_at", "updated_at"):
-        assert abs(epoch(job[field]) - enqueued_at) < 60, (value, job[field])  # the queue's, not ours
+        # the queue's time, not ours
+        assert abs(epoch(job[field]) - enqueued_at) < 60, (value, job[field])
     elif field == "timeout_sec":  # a number: stored as a double
         assert math.isclose(job[field], value, rel_tol=1e-15), (value, job[field])
     elif field in ("env", "requires") and not value:
         assert job[field] in ({}, None), (field, value, job[field])  # an empty map is no map
     else:
-        assert job[field] == value and type(job[field]) in (type(value), float), (field, value, job[field])
+        assert job[field] == value and type(job[field]) in (type(value), float), \
+            (field, value, job[field])
 
 
-def enqueue_and_check(cli: CLI, used_ids: set, spec: dict, text: str, field: str, case: Case) -> None:
+def enqueue_and_check(cli: CLI, used_ids: set, spec: dict, text: str, field: str,
+                      case: Case) -> None:
     started = time.time()
     result = cli("enqueue", text, "--json")
     if case.expect == "valid" and spec.get("id") in used_ids:
@@ -327,7 +342,7 @@ def enqueue_and_check(cli: CLI, used_ids: set, spec: dict, text: str, field: str
     assert_round_trip(field, case.value, job, started)
 
 
-# --- tests: every job field ---------------------------------------------------------------------------
+# --- tests: every job field ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def used_ids():
@@ -385,24 +400,28 @@ def test_unknown_fields_are_refused_by_name(cli):
 @pytest.mark.timeout(120)
 def test_run_at_and_delay_together_are_refused(cli):
     @PROPS
-    @given(run_at=st.builds(iso_text, DATETIMES, st.integers(0, 5)), delay=DELAY.map(lambda c: c.value))
+    @given(run_at=st.builds(iso_text, DATETIMES, st.integers(0, 5)),
+           delay=DELAY.map(lambda c: c.value))
     def check(run_at, delay):
-        assert_error(cli("enqueue", json.dumps({"command": "true", "run_at": run_at, "delay": delay})),
-                     (2,))
+        spec = {"command": "true", "run_at": run_at, "delay": delay}
+        assert_error(cli("enqueue", json.dumps(spec)), (2,))
 
     check()
 
 
 @pytest.mark.timeout(120)
 def test_text_that_is_not_a_json_object_is_refused_cleanly(cli):
-    valid_job = st.builds(lambda n: json.dumps({"command": "true", "id": f"never-{n}", "env": {"A": "1"}}),
-                          st.integers(0, 10**9))
+    valid_job = st.builds(
+        lambda n: json.dumps({"command": "true", "id": f"never-{n}", "env": {"A": "1"}}),
+        st.integers(0, 10**9))
     not_json = st.one_of(
         TEXT.filter(lambda s: not _parses(s)),
         st.builds(lambda text, cut: text[:cut], valid_job, st.integers(0, 40)).filter(
             lambda s: not _parses(s)),
-        st.builds(lambda text, junk: text + junk, valid_job, st.sampled_from([",", "}", " x", "\0", "]"])),
-        st.sampled_from(["", " ", "{", "{command: true}", "{'command': 'true'}", "NaN", "\ufeff{}"]),
+        st.builds(lambda text, junk: text + junk, valid_job,
+                  st.sampled_from([",", "}", " x", "\0", "]"])),
+        st.sampled_from(["", " ", "{", "{command: true}", "{'command': 'true'}", "NaN",
+                         "\ufeff{}"]),
     )
     not_an_object = JSON_VALUE.filter(lambda v: not isinstance(v, dict)).map(json.dumps)
 
@@ -431,9 +450,9 @@ def test_deeply_nested_json_is_refused_or_ignored_cleanly(cli, field):
     @given(depth=st.one_of(st.integers(1, 50), st.integers(900, 1100), st.integers(1100, 20_000)),
            kind=st.sampled_from(["list", "object"]))
     def check(depth, kind):
-        text = '{"command": "true", "%s": %s}' % (field, deep(depth, kind))
+        text = '{"command": "true", "' + field + '": ' + deep(depth, kind) + "}"
         if field == "command":
-            text = '{"command": %s}' % deep(depth, kind)
+            text = '{"command": ' + deep(depth, kind) + "}"
         result = cli("enqueue", text)
         if field == "created_at":
             assert_either(result)
@@ -466,9 +485,10 @@ def test_config_set_accepts_the_documented_values_and_refuses_the_rest(cli):
 
     def invalid_value(key: str) -> st.SearchStrategy:
         integer, rule = CONFIG_RULES[key]
-        out_of_range = st.one_of(st.integers(-10**6, 10), st.floats(-1e6, 1.0)).filter(lambda v: not rule(v))
-        words = st.sampled_from(["", " ", "abc", "nan", "inf", "-inf", "1e999", "5s", "one", "0x10", "--1",
-                                 "\udcff", "1\udcff"])
+        out_of_range = st.one_of(st.integers(-10**6, 10), st.floats(-1e6, 1.0)).filter(
+            lambda v: not rule(v))
+        words = st.sampled_from(["", " ", "abc", "nan", "inf", "-inf", "1e999", "5s", "one", "0x10",
+                                 "--1", "\udcff", "1\udcff"])
         parts = [out_of_range.map(str), words]
         if integer:
             parts.append(st.floats(1.01, 1e6).filter(lambda f: not f.is_integer()).map(repr))
@@ -523,8 +543,8 @@ def test_liveness_settings_keep_the_lease_at_least_four_heartbeats(cli):
     An accepted value is the setting now, and a refused one changes nothing."""
     @PROPS
     @given(key=st.sampled_from(["heartbeat_sec", "lease_sec", "heartbeat-sec", "lease-sec"]),
-           value=st.one_of(st.floats(0.01, 100).map(lambda f: f"{f:.3f}"), st.integers(-5, 4000).map(str),
-                           ARGV_TEXT))
+           value=st.one_of(st.floats(0.01, 100).map(lambda f: f"{f:.3f}"),
+                           st.integers(-5, 4000).map(str), ARGV_TEXT))
     def check(key, value):
         name = key.replace("-", "_")
         before = cli.json("config", "show")
@@ -550,7 +570,7 @@ def test_liveness_settings_keep_the_lease_at_least_four_heartbeats(cli):
             assert cli("config", "set", key, value).code == 0
 
 
-# --- tests: list options and job-id arguments --------------------------------------------------------
+# --- tests: list options and job-id arguments --------------------------------------------
 
 @pytest.mark.timeout(120)
 def test_list_state_and_limit_filter_or_are_refused_cleanly(cli):
@@ -571,7 +591,8 @@ def test_list_state_and_limit_filter_or_are_refused_cleanly(cli):
         result = cli(*argv)
         state_ok = state is None or state in ALL_STATES
         limit_ok = limit is None or (limit.isdigit() and 1 <= int(limit) <= 1000)
-        limit_bad = limit is not None and (not re.fullmatch(r"\s*-?\d+\s*", limit) or int(limit) < 1)
+        limit_bad = limit is not None and (not re.fullmatch(r"\s*-?\d+\s*", limit)
+                                           or int(limit) < 1)
         if state_ok and limit_ok:
             assert result.code == 0, str(result)
         elif not state_ok or limit_bad:
@@ -624,11 +645,12 @@ def test_an_unknown_job_id_is_a_one_line_error(cli, used_ids, command):
     check()
 
 
-# --- a few examples through the real program --------------------------------------------------------
+# --- a few examples through the real program ---------------------------------------------
 
 REAL_PROGRAM = [
-    (["enqueue", json.dumps({"id": "real-1", "command": "true", "queue": "ünï ✓", "priority": -(2**63),
-                             "env": {"K": "v=1"}, "timeout_sec": 1e-3})], 0, None),
+    (["enqueue", json.dumps({"id": "real-1", "command": "true", "queue": "ünï ✓",
+                             "priority": -(2**63), "env": {"K": "v=1"}, "timeout_sec": 1e-3})],
+     0, None),
     (["enqueue", json.dumps({"command": "true", "max_retries": "3"})], 2, "max_retries"),
     (["enqueue", '{"command": "true", "env": ' + deep(5000) + "}"], 2, None),
     (["enqueue", '{"command": "true", "run_at": "soon"'], 2, None),

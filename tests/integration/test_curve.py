@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from harness import Broker, free_port, run_cli, start_agent, wait_until
+from harness import Agent, Broker, free_port, run_cli, start_agent, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -136,8 +136,10 @@ def test_agents_without_an_allowed_key_get_nothing(secure, procs, tmp_path):
     added = run_cli(secure, "enqueue", '{"id": "p1", "command": "true"}')
     assert added.returncode == 0, added.stderr
     for agent in agents:  # each one tried, and was refused at the handshake
-        wait_until(lambda: "handshake with broker" in agent.log(), 20,
-                   message=f"a refused handshake in {agent.proc.args}")
+        def refused(agent: Agent = agent) -> bool:
+            return "handshake with broker" in agent.log()
+
+        wait_until(refused, 20, message=f"a refused handshake in {agent.proc.args!r}")
     assert agent_ids(secure) == []
     with secure.client() as qc:
         assert qc.get("p1")["state"] == "pending"
@@ -217,12 +219,14 @@ class Relay:
                     self.selector.register(client, selectors.EVENT_READ, upstream)
                     self.selector.register(upstream, selectors.EVENT_READ, client)
                     continue
+                conn = key.fileobj
+                assert isinstance(conn, socket.socket)  # only sockets are registered
                 try:
-                    data = key.fileobj.recv(65536)
+                    data = conn.recv(65536)
                 except OSError:
                     data = b""
                 if not data:
-                    for sock in (key.fileobj, key.data):
+                    for sock in (conn, key.data):
                         try:
                             self.selector.unregister(sock)
                         except (KeyError, ValueError):
@@ -236,6 +240,7 @@ class Relay:
         self.stopping = True
         self.thread.join(5)
         for key in list(self.selector.get_map().values()):
+            assert isinstance(key.fileobj, socket.socket)  # only sockets are registered
             key.fileobj.close()
 
 
@@ -279,8 +284,9 @@ def test_the_stats_page_with_a_reader_key_shows_but_changes_nothing(secure, monk
     stats = client.get("/api/stats")
     assert stats.status_code == 200 and stats.get_json()["counts"]["pending"] == 1
     assert b"queuectl_queue_depth 1.0" in client.get("/metrics").data
-    token = re.search(r'name="csrf-token" content="([^"]+)"',
-                      client.get("/").get_data(as_text=True)).group(1)
+    meta = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").get_data(as_text=True))
+    assert meta is not None
+    token = meta.group(1)
     refused = client.post("/jobs/stays/cancel",
                           headers={"X-CSRFToken": token, "Accept": "application/json"})
     assert refused.status_code == 403
@@ -363,10 +369,9 @@ def test_another_key_cannot_take_over_an_agents_identity(secure, procs, intruder
     """An allowed key (an agent key of another host, or a read-only key) connects with the socket
     identity of a connected agent. It must receive none of that agent's
     dispatches, and must not get the agent stopped."""
+    from queuectl.keys import client_keys, secure_client
     from queuectl.proto import decode_batch, encode_batch
     from queuectl.proto import messages as m
-
-    from queuectl.keys import client_keys, secure_client
 
     victim = start_agent(procs, secure, 2, name="hostb", env=issued(secure, "hostb"), wait=False)
     wait_until(lambda: len(agent_ids(secure)) == 1, 15, message="the agent")
@@ -374,7 +379,7 @@ def test_another_key_cannot_take_over_an_agents_identity(secure, procs, intruder
 
     creds = issued(secure, intruder)
     keys = client_keys(creds["QUEUECTL_KEY"], creds["QUEUECTL_BROKER_KEY"])
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, victim_id.encode())
@@ -408,10 +413,7 @@ def test_another_key_cannot_take_over_an_agents_identity(secure, procs, intruder
 
 @pytest.mark.timeout(60)
 def test_revoking_an_agent_mid_job_never_runs_the_job_twice_at_once(secure, procs, tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
-    from ledger import Ledger
+    from faults.ledger import Ledger  # tests/ is on sys.path (pyproject: pythonpath)
 
     ledger = Ledger(tmp_path / "ledger")
     assert keys_cli(secure.home, "add-agent", "spare").returncode == 0

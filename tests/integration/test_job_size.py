@@ -8,7 +8,6 @@ import json
 import pytest
 
 from harness import run_cli
-
 from queuectl.client import InvalidInput
 
 pytestmark = pytest.mark.integration
@@ -51,7 +50,7 @@ def test_an_environment_exec_cannot_take_is_refused_and_one_just_inside_runs(bro
                 qc.call("enqueue", job=job)
         with pytest.raises(InvalidInput, match="job 2: field 'env'"):
             qc.call("enqueue", jobs=[json.loads(TRUE), over])
-        with pytest.raises(InvalidInput, match="field 'command'.*131071"):
+        with pytest.raises(InvalidInput, match=r"field 'command'.*131071"):
             qc.call("enqueue", job={"command": "x" * (MAX_COMMAND_BYTES + 1)})
         assert qc.list() == []
 

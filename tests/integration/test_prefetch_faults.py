@@ -15,6 +15,7 @@ import time
 
 import apsw
 import pytest
+
 from harness import configure, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -46,7 +46,7 @@ def test_a_limit_holds_across_agents(broker, start_agent, tmp_path):
         other = qc.enqueue({"command": "true"})["id"]  # another queue is not held up
         assert qc.wait(other, timeout=20)["state"] == "completed"
         wait_until(lambda: waiting(broker, ids[-1]) is not None
-                   and "at its limit: 2 of 2" in waiting(broker, ids[-1]), 10,
+                   and "at its limit: 2 of 2" in (waiting(broker, ids[-1]) or ""), 10,
                    message="show to explain the limit")
         for job_id in ids:
             assert qc.wait(job_id, timeout=30)["state"] == "completed"
@@ -90,7 +90,7 @@ def test_show_explains_a_job_no_agent_can_take(broker, start_agent):
     reason = waiting(broker, job)
     assert reason == ("no connected agent has the labels it requires (gpu=a100); "
                       "connected agents' labels: zone=eu")
-    assert waiting(broker, later).startswith("scheduled: it may start at ")
+    assert (waiting(broker, later) or "").startswith("scheduled: it may start at ")
     start_agent(count=1, labels={"gpu": "a100"})
     with broker.client() as qc:
         assert qc.wait(job, timeout=20)["state"] == "completed"

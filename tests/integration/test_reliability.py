@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (cli_json, kill_if_alive, pid_alive, read_pid, run_cli, wait_until,
-                     watchdog_pid)
+from harness import cli_json, kill_if_alive, pid_alive, read_pid, run_cli, wait_until, watchdog_pid
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +68,7 @@ def test_failing_job_backs_off_2s_then_4s_lands_in_dlq_and_dlq_retry_runs_it_aga
     assert [a["exit_code"] for a in log] == [1, 1, 1]
     # Retry n waits base_backoff ** n seconds after failed attempt n.
     gaps = [when(log[n + 1]["started_at"]) - when(log[n]["finished_at"]) for n in range(2)]
-    for gap, expected in zip(gaps, (2.0, 4.0)):
+    for gap, expected in zip(gaps, (2.0, 4.0), strict=True):
         assert expected - 0.3 <= gap <= expected + 0.8, f"retry gaps {gaps}, expected ~2s then ~4s"
 
     dlq = cli_json(broker, "dlq", "list")
@@ -179,7 +178,7 @@ def test_jobs_whose_enqueue_succeeded_survive_a_broker_sigkill(broker, start_age
                     qc.enqueue({"id": f"durable-{n}", "command": "true"})
                 except BrokerUnreachable:
                     return
-                except BaseException as exc:  # reported by the test below
+                except BaseException as exc:  # noqa: BLE001 - reported by the test below
                     failed.append(exc)
                     return
                 accepted.append(f"durable-{n}")

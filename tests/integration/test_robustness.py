@@ -123,12 +123,13 @@ def test_worker_stop_returns_after_the_agent_process_exited(broker, start_agent)
 
 def test_hostile_hellos_are_refused_and_register_nothing(broker, start_agent):
     agent = start_agent(count=1)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, b"intruder")
     sock.connect(broker.endpoint)
     try:
-        bad = [m.Hello(agent_id="intruder", host="x", pid=1, slots=1, labels={}, tokens=[2**64 - 1]),
+        bad = [m.Hello(agent_id="intruder", host="x", pid=1, slots=1, labels={},
+                       tokens=[2**64 - 1]),
                m.Hello(agent_id="intruder", host="x", pid=-5, slots=1, labels={}),
                m.Hello(agent_id="intruder", host="x", pid=1, slots=0, labels={}),
                m.Hello(agent_id="someone-else", host="x", pid=1, slots=1, labels={})]
@@ -168,7 +169,7 @@ def test_a_client_that_never_reads_its_replies_costs_the_broker_little(broker):
     with broker.client() as qc:
         qc.enqueue({"id": "fat", "command": "x" * 120_000, "delay": 3600})
     before = rss_mib()
-    deaf = zmq.Context.instance().socket(zmq.DEALER)
+    deaf: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     deaf.setsockopt(zmq.LINGER, 0)
     deaf.setsockopt(zmq.RCVHWM, 1)
     deaf.setsockopt(zmq.RCVBUF, 4096)

@@ -4,6 +4,7 @@ per-minute series (``Client.metrics``), and job search (``list --search``)."""
 from __future__ import annotations
 
 import pytest
+
 from harness import cli_json, configure, run_cli, wait_until
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,6 @@ import pytest
 import zmq
 
 from harness import cli_json, program, run_in_terminal
-
 from queuectl.proto import decode, encode
 from queuectl.proto import messages as m
 

@@ -22,28 +22,42 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import operator
 import reprlib
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 import pytest
 import zmq
-from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
+from hypothesis import strategies as st
 
 from harness import wait_until
-from hostile import (AGENT_MESSAGES, BLOB, FLOATS, GARBAGE, INTS, TEXT, assert_alive, broker_bugs,
-                     field_types, typed_value, well_typed)
-from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, decode, encode
-from queuectl.proto import codec, config as config_keys, messages as m, ops
+from hostile import (
+    AGENT_MESSAGES,
+    BLOB,
+    FLOATS,
+    GARBAGE,
+    INTS,
+    TEXT,
+    assert_alive,
+    broker_bugs,
+    field_types,
+    typed_value,
+    well_typed,
+)
+from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, codec, decode, encode, ops
+from queuectl.proto import config as config_keys
+from queuectl.proto import messages as m
 from queuectl.proto.jobspec import COMPAT_FIELDS, FIELDS
 from queuectl.proto.states import ALL_STATES, Outcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
+MESSAGES: list[Any] = sorted(codec._REGISTRY.values(), key=operator.attrgetter("TYPE"))
 TYPE_NAMES = sorted(cls.TYPE for cls in MESSAGES)
 # Every admin operation and the arguments it declares (queuectl/proto/ops.py),
 # except stop_agents.
@@ -78,7 +92,9 @@ def wrong_body(draw, cls) -> dict:
 
 
 def nested(depth: int, kind: str) -> bytes:
-    return (b"\x91" if kind == "array" else b"\x81\xa1k") * depth + (b"\x90" if kind == "array" else b"\x80")
+    if kind == "array":
+        return b"\x91" * depth + b"\x90"
+    return b"\x81\xa1k" * depth + b"\x80"
 
 
 @st.composite
@@ -143,8 +159,8 @@ def config_accepts(key: Any, value: Any) -> bool:
     return True
 
 
-CONFIG_KEYS = st.one_of(st.sampled_from(sorted(config_keys.SETTINGS) + ["backoff-base", "LEASE-SEC"]),
-                        TEXT, GARBAGE)
+CONFIG_KEYS = st.one_of(
+    st.sampled_from(sorted(config_keys.SETTINGS) + ["backoff-base", "LEASE-SEC"]), TEXT, GARBAGE)
 CONFIG_VALUES = st.one_of(GARBAGE, st.from_regex(r"\A-?[0-9]{1,30}(\.[0-9]*)?(e-?[0-9]{1,4})?\Z"),
                           st.sampled_from(["nan", "inf", "-1", "0", "", " ", "1e999", "0x10"]))
 
@@ -164,7 +180,8 @@ def request_args(draw, op: str) -> Any:
             args.pop("job", None)
             args["jobs"] = draw(st.one_of(st.lists(job_specs(), max_size=4), GARBAGE))
     elif op == "config_set":
-        key, value = draw(st.tuples(CONFIG_KEYS, CONFIG_VALUES).filter(lambda kv: not config_accepts(*kv)))
+        key, value = draw(st.tuples(CONFIG_KEYS, CONFIG_VALUES)
+                          .filter(lambda kv: not config_accepts(*kv)))
         args.update(key=key, value=value)
     elif op in ("list", "dlq_list") and draw(st.booleans()):
         args["state"] = draw(st.one_of(st.sampled_from(ALL_STATES), TEXT))
@@ -181,14 +198,15 @@ def request_args(draw, op: str) -> Any:
 @st.composite
 def requests(draw) -> bytes:
     op = draw(st.one_of(st.sampled_from(sorted(OPS)), st.sampled_from(sorted(OPS)),
-                        st.sampled_from(["stop-agents", "Ping", "", "STOP_AGENTS", "__init__"]), TEXT))
+                        st.sampled_from(["stop-agents", "Ping", "", "STOP_AGENTS", "__init__"]),
+                        TEXT))
     if op == "stop_agents":
         op = "stop-agents"  # unknown; the real one is left out (see the module docstring)
     req_id = draw(INTS)
     if draw(st.integers(0, 5)) == 0:
         return envelope(draw(wrong_body(m.Request)), "request")
-    return envelope({"req_id": req_id, "op": op, "args": draw(request_args(op if op in OPS else "ping"))},
-                    "request")
+    args = draw(request_args(op if op in OPS else "ping"))
+    return envelope({"req_id": req_id, "op": op, "args": args}, "request")
 
 
 @st.composite
@@ -215,7 +233,7 @@ def merged(frames: list[bytes]) -> bytes:
     for frame_bytes in frames:
         try:
             parts = msgpack.unpackb(frame_bytes, raw=False, strict_map_key=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - fuzzed bytes: any unpack error, not a frame
             continue
         if isinstance(parts, list) and len(parts) == 3:
             merged_envelope += parts[1:]
@@ -228,11 +246,11 @@ def hostile_frame(agent_id: str) -> st.SearchStrategy:
         st.binary(max_size=300),
         st.just(b""),
         truncated_or_mutated(),
-        st.builds(envelope, st.sampled_from(MESSAGES).flatmap(wrong_body), st.sampled_from(TYPE_NAMES)),
+        st.builds(envelope, st.sampled_from(MESSAGES).flatmap(wrong_body),
+                  st.sampled_from(TYPE_NAMES)),
         st.builds(envelope, GARBAGE, st.sampled_from(TYPE_NAMES)),
         st.builds(envelope, GARBAGE, GARBAGE.filter(lambda t: t not in TYPE_NAMES)),
-        st.builds(lambda msg, v: envelope(dict(zip(field_types(type(msg)),
-                                                   (getattr(msg, f) for f in field_types(type(msg))))),
+        st.builds(lambda msg, v: envelope({f: getattr(msg, f) for f in field_types(type(msg))},
                                           msg.TYPE, v),
                   st.sampled_from(MESSAGES).flatmap(well_typed),
                   GARBAGE.filter(lambda v: not (type(v) is int and v == VERSION))),
@@ -269,14 +287,14 @@ class Attacker:
     """Two raw DEALERs on one broker: ``anon`` never says Hello, ``agent`` is a
     welcomed agent that drains at once, so the broker never leases it a job."""
 
-    ACCEPTED = {"anon": (m.Error, m.Reply),
+    ACCEPTED: ClassVar[dict[str, tuple[type[Any], ...]]] = {"anon": (m.Error, m.Reply),
                 "agent": (m.Error, m.Reply, m.Welcome, m.Heartbeat, m.Ack, m.Cancel, m.Stop,
                           m.Dispatch)}
 
     def __init__(self, endpoint: str, broker=None):
         self.endpoint = endpoint
         self.broker = broker  # a harness.Broker: fail at once, with its log, if it died
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.agent_id = f"fz-agent-{uuid.uuid4().hex[:8]}"
         self.routing = f"{self.agent_id}/{uuid.uuid4().hex}"  # the secret identity agents use
         self.sockets = {"anon": self._dealer(None), "agent": self._dealer(self.routing.encode())}
@@ -320,8 +338,9 @@ class Attacker:
             while True:
                 while not sock.poll(200):
                     if self.broker is not None and self.broker.proc.poll() is not None:
-                        raise AssertionError(f"the broker exited with {self.broker.proc.returncode}; "
-                                             f"its log ends:\n{self.broker.log()[-1500:]}")
+                        raise AssertionError(
+                            f"the broker exited with {self.broker.proc.returncode}; "
+                            f"its log ends:\n{self.broker.log()[-1500:]}")
                     assert time.monotonic() < deadline, \
                         f"the broker did not answer the {who} socket within {timeout}s"
                 replies = self.receive(who, sock.recv_multipart())
@@ -336,7 +355,8 @@ class Attacker:
         agent may get several messages in one frame, a client one reply per frame."""
         assert len(parts) == 1, f"the broker sent a {len(parts)}-part message to {who}"
         try:
-            msgs = codec.decode_batch(parts[0]) if who == "agent" else [decode(parts[0])]
+            msgs: list[Any] = (codec.decode_batch(parts[0]) if who == "agent"
+                               else [decode(parts[0])])
         except ProtocolError as exc:
             raise AssertionError(f"the broker sent {who} a malformed frame: {exc}") from None
         for msg in msgs:
@@ -452,7 +472,7 @@ def test_a_frame_over_max_frame_drops_only_that_connection(broker, start_agent, 
     agent = start_agent(count=1)
     pid = broker.proc.pid
     before = vm_kib(pid)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(broker.endpoint)
     try:
@@ -485,7 +505,7 @@ def test_a_frame_over_max_frame_drops_only_that_connection(broker, start_agent, 
 def test_a_1kb_frame_nested_1000_deep_does_not_end_the_broker(broker, where):
     """About 1,000 levels still unpack (msgpack stops at 1,024), and turning them
     into the text of an error must not hit Python's recursion limit."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(broker.endpoint)
     try:
@@ -503,7 +523,7 @@ def test_a_1kb_frame_nested_1000_deep_does_not_end_the_broker(broker, where):
 def test_the_error_for_a_wrong_version_is_not_bigger_than_the_frame(broker):
     """The broker echoes the peer's version in its error: a 1 MiB version must
     not come back as 4 MiB (a 60 MiB frame would cost it about 1 GB)."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(broker.endpoint)
     try:
@@ -531,7 +551,7 @@ def test_hostile_requests_and_agent_messages_never_reach_a_broker_bug(broker):
             internal.append(msg.error or "")
         return msg
 
-    attacker.receive = watch
+    attacker.receive = watch  # type: ignore[method-assign]  # wraps it for this test only
 
     known = [  # found by this test: tokens and limits beyond SQLite's 64-bit integers
         ("agent", [encode(m.Result(token=2**64 - 1, outcome="ok", exit_code=0, detail="",
@@ -554,4 +574,5 @@ def test_hostile_requests_and_agent_messages_never_reach_a_broker_bug(broker):
     assert_alive(broker)
     bugs = broker_bugs(Path(broker.proc.log_path).read_text(errors="replace"))
     assert not internal and not bugs, \
-        f"{len(internal)} requests were answered 'internal error'; broker bugs hit:\n" + "\n".join(bugs)
+        f"{len(internal)} requests were answered 'internal error'; broker bugs hit:\n" \
+        + "\n".join(bugs)

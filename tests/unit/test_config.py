@@ -32,7 +32,8 @@ def test_dash_and_underscore_are_the_same_and_backoff_base_is_an_alias(typed, ke
     assert normalize_key(typed) == key
 
 
-@pytest.mark.parametrize("typed", ["", "retries", "max__retries", "backoff", "maxretries", "max retries"])
+@pytest.mark.parametrize("typed", ["", "retries", "max__retries", "backoff", "maxretries",
+                                   "max retries"])
 def test_unknown_keys_are_rejected_with_the_known_keys(typed):
     with pytest.raises(ConfigError) as info:
         normalize_key(typed)

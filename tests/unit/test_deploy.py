@@ -55,8 +55,10 @@ def test_systemd_units_verify(tmp_path):
 
 def test_the_agent_unit_stops_gracefully_within_its_timeout():
     unit = (DEPLOY / "systemd" / "queuectl-agent.service").read_text()
-    grace = float(re.search(r"--grace (\d+)", unit).group(1))
-    timeout = float(re.search(r"^TimeoutStopSec=(\d+)", unit, re.M).group(1))
+    grace_match = re.search(r"--grace (\d+)", unit)
+    timeout_match = re.search(r"^TimeoutStopSec=(\d+)", unit, re.M)
+    assert grace_match is not None and timeout_match is not None, unit
+    grace, timeout = float(grace_match.group(1)), float(timeout_match.group(1))
     assert "KillMode=mixed" in unit and "Restart=on-failure" in unit
     assert timeout >= grace + 5 + 10  # grace + kill_grace_sec + delivering results
 
@@ -111,7 +113,9 @@ def test_the_kubernetes_pieces_fit_together():
     assert keda["spec"]["scaleTargetRef"]["name"] == agents["metadata"]["name"]
     [trigger] = keda["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
-    metric = re.search(r"queuectl_\w+", trigger["metadata"]["query"]).group(0)
+    named = re.search(r"queuectl_\w+", trigger["metadata"]["query"])
+    assert named is not None, trigger
+    metric = named.group(0)
     exported = (ROOT / "queuectl" / "dashboard" / "metrics.py").read_text()
     assert f'"{metric}"' in exported
 

@@ -18,10 +18,9 @@ from queuectl.broker.dispatch import dispatch
 from queuectl.broker.intake import owner_of
 from queuectl.broker.parking import PARKED
 from queuectl.broker.server import Broker
-from queuectl.proto import ErrorCode, decode_batch, encode
+from queuectl.proto import ErrorCode, decode_batch, encode, ops
 from queuectl.proto import config as config_keys
 from queuectl.proto import messages as m
-from queuectl.proto import ops
 from queuectl.proto.jobspec import SpecError
 
 T0 = 1_800_000_000.0  # a wall clock well within the sane window of any test run
@@ -183,5 +182,7 @@ def test_a_restarted_broker_hands_leases_back_only_to_their_owner(ctx):
     assert welcome.cancel == [job.token]  # not its lease: it is told to cancel it
     hello(restarted, tokens=(job.token,))
     [(_, welcome)] = sent(restarted, m.Welcome)
-    assert welcome.cancel == [] and job.token in restarted.agents.get(AGENT).inflight
-    assert restarted.store.lease(job.token).owner == owner_of(AGENT, None)
+    conn, lease = restarted.agents.get(AGENT), restarted.store.lease(job.token)
+    assert conn is not None and lease is not None
+    assert welcome.cancel == [] and job.token in conn.inflight
+    assert lease.owner == owner_of(AGENT, None)

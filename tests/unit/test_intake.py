@@ -4,12 +4,20 @@ carry, and which reported numbers the broker believes."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import apsw
 import pytest
 
-from queuectl.broker.intake import (MAX_OFFSET, Intake, Lease, hello_problem, output_problem,
-                                    owner_of, peer_name)
+from queuectl.broker.intake import (
+    MAX_OFFSET,
+    Intake,
+    Lease,
+    hello_problem,
+    output_problem,
+    owner_of,
+    peer_name,
+)
 from queuectl.broker.store import MIGRATIONS, Store
 from queuectl.broker.views import attempt_view, job_view
 from queuectl.proto import messages as m
@@ -19,8 +27,8 @@ LEASE = Lease(owner=b"o", dispatched_at=NOW - 10, started_at=NOW - 9, stdout_end
 
 
 def hello(**fields) -> m.Hello:
-    body = dict(agent_id="host-1-ab12", host="host", pid=123, slots=2, labels={"zone": "eu"},
-                tokens=[], seq=1, routing="host-1-ab12/" + "f" * 32)
+    body: dict[str, Any] = {"agent_id": "host-1-ab12", "host": "host", "pid": 123, "slots": 2,
+            "labels": {"zone": "eu"}, "tokens": [], "seq": 1, "routing": "host-1-ab12/" + "f" * 32}
     body.update(fields)
     return m.Hello(**body)
 
@@ -45,7 +53,7 @@ def test_control_characters_are_refused_wherever_a_hello_carries_text(field, tex
         msg = hello(labels={text: "v"})
     else:
         msg = hello(labels={"k": text})
-    assert "control characters" in hello_problem(msg)
+    assert "control characters" in (hello_problem(msg) or "")
 
 
 @pytest.mark.parametrize("fields, words", [
@@ -67,7 +75,7 @@ def test_control_characters_are_refused_wherever_a_hello_carries_text(field, tex
     ({"agent_id": "a" * 257}, "at most 256"),
 ])
 def test_what_a_hello_may_make_the_broker_hold_is_bounded(fields, words):
-    assert words in hello_problem(hello(**fields))
+    assert words in (hello_problem(hello(**fields)) or "")
 
 
 def test_the_owner_digest_binds_identity_and_key_and_hides_the_secret():
@@ -108,7 +116,8 @@ def test_numbers_out_of_range_become_unknown_not_stored():
     assert checked.exit_code is None and "1099511627776" in checked.detail
     assert checked.pid is None
     assert (checked.stdout_end, checked.stderr_end) == (0, MAX_OFFSET)
-    started = intake.started(m.Started(token=7, pid=-3, started_at=math.nan), NOW - 60, NOW, "agent")
+    started = intake.started(m.Started(token=7, pid=-3, started_at=math.nan), NOW - 60, NOW,
+                             "agent")
     assert (started.pid, started.started_at) == (0, NOW)
 
 
@@ -129,7 +138,7 @@ def test_a_results_printable_detail_is_kept_as_it_is():
 
 
 def test_output_must_name_a_stream_and_a_sane_offset():
-    chunk = dict(token=1, data=b"abc")
+    chunk: dict[str, Any] = {"token": 1, "data": b"abc"}
     assert output_problem(m.Output(stream=m.STDOUT, offset=0, **chunk)) is None
     assert output_problem(m.Output(stream=3, offset=0, **chunk)) == "a bad stream"
     assert output_problem(m.Output(stream=m.STDERR, offset=-1, **chunk)) == "a bad offset"
@@ -158,6 +167,7 @@ def test_a_store_poisoned_before_version_7_is_repaired_and_reads_again(tmp_path)
     store = Store(path)
     try:
         job = store.job("poisoned")
+        assert job is not None
         assert (job.started_at, job.finished_at, job.exit_code) == (None, NOW + 1, None)
         attempt = store.attempts(job.seq)[0]
         assert (attempt.started_at, attempt.finished_at, attempt.pid, attempt.exit_code) == \

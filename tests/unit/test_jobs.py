@@ -3,6 +3,8 @@ cancel, DLQ retry, release of never-started leases, and enqueue defaults."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from queuectl.broker.jobs import JobError, JobService
@@ -102,7 +104,7 @@ def test_a_job_that_always_fails_runs_max_retries_times_then_is_dead(svc):
             break
         assert job.state is F
         now = job.run_at
-    assert [b - a for a, b in zip(starts, starts[1:])] == [2.0, 4.0]
+    assert [b - a for a, b in itertools.pairwise(starts)] == [2.0, 4.0]
     assert job.attempts == 3 == job.max_retries
     assert job.last_error == "exit code 1"
     assert job.token is None
@@ -464,10 +466,10 @@ def test_a_batch_with_one_bad_job_inserts_nothing_and_names_the_job(svc):
                          batch=True)
     assert svc.store.list_jobs() == []
     svc.enqueue(id="taken")
-    with pytest.raises(JobError) as info:  # an id already stored: the batch names the job
+    with pytest.raises(JobError) as taken:  # an id already stored: the batch names the job
         svc.jobs.enqueue([{"command": "true"}, {"id": "taken", "command": "true"}], NOW,
                          batch=True)
-    assert str(info.value).startswith("job 2: ") and "taken" in str(info.value)
+    assert str(taken.value).startswith("job 2: ") and "taken" in str(taken.value)
 
 
 # --- generated ids ------------------------------------------------------------------

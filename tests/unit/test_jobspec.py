@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from queuectl.proto.jobspec import FIELDS, MAX_COMMAND_BYTES, SpecError, validate
 from queuectl.proto.timefmt import parse_iso
@@ -88,7 +90,8 @@ def test_id_rejected(value):
 
 # --- command ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["true", "  sleep 1  ", "echo 'ü'", "a\nb", "x" * MAX_COMMAND_BYTES])
+@pytest.mark.parametrize("value", ["true", "  sleep 1  ", "echo 'ü'", "a\nb",
+                                   "x" * MAX_COMMAND_BYTES])
 def test_command_accepted(value):
     assert validate({"command": value})["command"] == value
 
@@ -227,7 +230,8 @@ def test_env_accepted(value):
 
 
 @pytest.mark.parametrize("value", [
-    {"A": 1}, {"A": None}, {"": "x"}, {"A=B": "x"}, {"A": "a\0b"}, {"A\0": "x"}, ["A=1"], "A=1", None,
+    {"A": 1}, {"A": None}, {"": "x"}, {"A=B": "x"}, {"A": "a\0b"}, {"A\0": "x"}, ["A=1"], "A=1",
+    None,
 ])
 def test_env_rejected(value):
     assert_rejects("env", job(env=value))
@@ -301,7 +305,8 @@ def test_the_job_format_users_already_write_is_accepted():
     assert validate(raw) == {"id": "job1", "command": "sleep 2", "max_retries": 3}
 
 
-@pytest.mark.parametrize("value", ["processing", "completed", "failed", "dead", "canceled", "PENDING", "", None, 0])
+@pytest.mark.parametrize("value", ["processing", "completed", "failed", "dead", "canceled",
+                                   "PENDING", "", None, 0])
 def test_state_other_than_pending_is_rejected(value):
     assert_rejects("state", job(state=value))
 
@@ -318,10 +323,18 @@ def test_created_and_updated_at_are_ignored_whatever_they_hold(value):
 
 # --- idempotence ------------------------------------------------------------------------------
 
-OFFSETS = st.sampled_from([None, dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30)),
-                           dt.timezone(dt.timedelta(hours=-8))])
+# None among them (a naive moment), which st.datetimes' overloads do not foresee:
+# so the strategy is typed Any.
+OFFSETS: st.SearchStrategy[Any] = st.sampled_from(
+    [None, dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)),
+     dt.timezone(dt.timedelta(hours=-8))])
 NAME = st.from_regex(r"\A[A-Za-z0-9._:-]{1,20}\Z")
 TEXT = st.text(st.characters(blacklist_characters="\0"), max_size=10)
+
+
+def naive(year: int, month: int, day: int) -> dt.datetime:
+    """A bound for st.datetimes, which takes naive ones (timezones= gives the zone)."""
+    return dt.datetime(year, month, day)  # noqa: DTZ001 - naive on purpose, see above
 
 
 @st.composite
@@ -329,10 +342,10 @@ def run_at_strings(draw):
     if draw(st.booleans()):
         # Any year, whole seconds. (Far from 1970 an epoch float cannot hold
         # milliseconds exactly, so sub-second values are drawn only below.)
-        moment = draw(st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30),
+        moment = draw(st.datetimes(min_value=naive(1, 1, 2), max_value=naive(9999, 12, 30),
                                    timezones=OFFSETS)).replace(microsecond=0)
     else:
-        moment = draw(st.datetimes(min_value=dt.datetime(1902, 1, 1), max_value=dt.datetime(2100, 1, 1),
+        moment = draw(st.datetimes(min_value=naive(1902, 1, 1), max_value=naive(2100, 1, 1),
                                    timezones=OFFSETS))
     text = moment.isoformat()
     if text.endswith("+00:00") and draw(st.booleans()):

@@ -42,5 +42,6 @@ def test_proto_depends_on_the_standard_library_and_msgpack_only():
 
 def test_only_the_broker_opens_the_database():
     for folder in ("agent", "cli", "proto", "queuectl"):
-        offenders = [(f, mod) for f, mod in imports(folder) if mod.split(".")[0] in ("apsw", "sqlite3")]
+        offenders = [(f, mod) for f, mod in imports(folder)
+                     if mod.split(".")[0] in ("apsw", "sqlite3")]
         assert offenders == [], folder

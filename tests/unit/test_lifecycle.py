@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from queuectl.broker import lifecycle
 from queuectl.proto.states import JobState, Outcome
-
 
 # --- backoff_delay ------------------------------------------------------------
 
@@ -124,14 +124,14 @@ def test_transition_table_is_the_contracts_lifecycle():
     """Spelled out, so a change to the table is a deliberate change to this test."""
     P, R, C, F, D, X = (JobState.PENDING, JobState.PROCESSING, JobState.COMPLETED,
                         JobState.FAILED, JobState.DEAD, JobState.CANCELED)
-    assert lifecycle.TRANSITIONS == {
+    assert {
         P: {R, X},           # claimed; canceled
         F: {R, X},           # retried; canceled while waiting for the retry
         R: {C, F, D, X, P},  # done; retry later; DLQ; canceled; never started (released)
         D: {P},              # dlq retry
         C: set(),
         X: set(),
-    }
+    } == lifecycle.TRANSITIONS
     assert set(lifecycle.RUNNABLE) == {P, F}
 
 

@@ -23,6 +23,7 @@ def job(tmp_path) -> Job:
                               requires=None)], NOW)
     row = store.job("j")
     store.close()
+    assert row is not None
     return row
 
 
@@ -55,10 +56,9 @@ def test_a_discarded_batch_counts_nothing(job):
 def test_a_rolled_back_savepoint_drops_only_its_own_events(job):
     metrics = Metrics(NOW)
     metrics.enqueued(1)
-    with pytest.raises(RuntimeError):
-        with metrics.transaction():
-            metrics.enqueued(10)
-            raise RuntimeError("the request failed")
+    with pytest.raises(RuntimeError), metrics.transaction():
+        metrics.enqueued(10)
+        raise RuntimeError("the request failed")
     with metrics.transaction():
         metrics.job_changed(ended(job, JobState.COMPLETED))
     metrics.commit()

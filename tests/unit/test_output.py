@@ -3,7 +3,8 @@ sent bytes kept for a broker that comes back without them."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from queuectl.agent.output import StreamBuffer
 

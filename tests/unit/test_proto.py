@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
+from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostile import assert_decoded_as_sent, body_fits
-from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, decode, encode
-from queuectl.proto import codec, messages as m
+from queuectl.proto import MAX_FRAME, VERSION, ProtocolError, VersionMismatch, codec, decode, encode
+from queuectl.proto import messages as m
 
-MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
+MESSAGES: list[Any] = sorted(codec._REGISTRY.values(), key=operator.attrgetter("TYPE"))
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 FLOAT = st.floats(allow_nan=False)  # NaN != NaN would defeat the equality check
@@ -55,7 +58,7 @@ def sample(cls):
     """One valid instance with plain values, for the malformed-frame tests."""
     values = {int: 7, float: 1.5, str: "x", bytes: b"x", bool: True, dict: {"k": "v"}, list: [1]}
     hints = typing.get_type_hints(cls)
-    body = {}
+    body: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         annotation = hints[field.name]
         if annotation is typing.Any:
@@ -123,7 +126,7 @@ def test_bytes_and_text_stay_distinct():
 
 def test_every_frame_carries_the_protocol_version():
     for cls in MESSAGES:
-        version, type_name, body = msgpack.unpackb(encode(sample(cls)), raw=False)
+        version, type_name, _body = msgpack.unpackb(encode(sample(cls)), raw=False)
         assert version == VERSION
         assert type_name == cls.TYPE
 
@@ -237,8 +240,8 @@ def test_trailing_garbage_is_rejected():
 @pytest.mark.parametrize("value", [
     None, 1, "hello", b"bytes", {"type": "hello"}, [], [VERSION], [VERSION, "heartbeat"],
     [VERSION, "heartbeat", {}, "extra"], [VERSION, "heartbeat", []], [VERSION, "heartbeat", None],
-    [VERSION, "heartbeat", "body"], [VERSION, None, {}], [VERSION, 5, {}], [VERSION, b"heartbeat", {}],
-    [VERSION, ["heartbeat"], {}],
+    [VERSION, "heartbeat", "body"], [VERSION, None, {}], [VERSION, 5, {}],
+    [VERSION, b"heartbeat", {}], [VERSION, ["heartbeat"], {}],
 ])
 def test_valid_msgpack_of_the_wrong_shape_is_rejected(value):
     only_protocol_error(msgpack.packb(value, use_bin_type=True))
@@ -299,7 +302,8 @@ def test_wrong_field_types_are_rejected(cls, name, value):
     only_protocol_error(frame(VERSION, cls.TYPE, body))
 
 
-@pytest.mark.parametrize("msg", [m.Reject(token=True), m.Started(token=1, pid=False, started_at=0.0),
+@pytest.mark.parametrize("msg", [m.Reject(token=True),
+                                 m.Started(token=1, pid=False, started_at=0.0),
                                  m.Started(token=1, pid=1, started_at=True)], ids=repr)
 def test_bool_where_a_number_is_expected_is_rejected(msg):
     # msgpack has a real boolean type; True must not pass for token 1
@@ -315,7 +319,8 @@ def test_invalid_utf8_in_a_string_is_rejected():
     good = encode(m.Error(code="abc", message="hello"))
     assert b"hello" in good
     only_protocol_error(good.replace(b"hello", b"hel\xffo"))
-    only_protocol_error(encode(m.Error(code="abc", message="x")).replace(b"\xa3abc", b"\xa3\xc3\x28c"))
+    only_protocol_error(encode(m.Error(code="abc", message="x"))
+                        .replace(b"\xa3abc", b"\xa3\xc3\x28c"))
     only_protocol_error(encode(m.Heartbeat()).replace(b"heartbeat", b"heartbea\xff"))
 
 

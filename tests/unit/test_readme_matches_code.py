@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -67,7 +68,7 @@ def leaf_commands() -> dict[str, object]:
     return found
 
 
-def long_options(command: object) -> set[str]:
+def long_options(command: Any) -> set[str]:  # a click.Command
     return {name for param in command.params if param.param_type_name == "option"
             for name in (*param.opts, *param.secondary_opts) if name.startswith("--")}
 

@@ -11,12 +11,21 @@ import pytest
 
 from queuectl.broker.jobs import JobService
 from queuectl.broker.lifecycle import RUNNABLE
-from queuectl.broker.rows import (ATTEMPTS, BATCHES, DEFAULT_PRIORITY, DEFAULT_QUEUE, JOBS, Job,
-                                  NewJob, literal, one_of)
+from queuectl.broker.rows import (
+    ATTEMPTS,
+    BATCHES,
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    JOBS,
+    Job,
+    NewJob,
+    literal,
+    one_of,
+)
 from queuectl.proto.states import JobState, Outcome
 
 NOW = 1_700_000_000.0
-CONFIG = dict(timeout_sec=30.0, max_retries=4, base_backoff=2.0, max_backoff=60.0)
+CONFIG = {"timeout_sec": 30.0, "max_retries": 4, "base_backoff": 2.0, "max_backoff": 60.0}
 
 
 @pytest.mark.parametrize("table", [JOBS, ATTEMPTS, BATCHES], ids=lambda t: t.name)

@@ -9,10 +9,12 @@ import json
 
 import apsw
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from queuectl.broker import lifecycle
 from queuectl.broker.lifecycle import TRANSITIONS, InvalidTransition
+from queuectl.broker.rows import Job
 from queuectl.broker.store import MIGRATIONS, DuplicateId, NewJob, StaleState, Store
 from queuectl.proto.states import ALL_STATES, JobState
 
@@ -34,19 +36,39 @@ def claim_id(store: Store, now: float = NOW, labels: dict | None = None) -> str 
     return claimed[0].id if claimed else None
 
 
+def claimed(store: Store, now: float = NOW,
+            closed: frozenset[str] = frozenset()) -> tuple[Job, int]:
+    """The job and token the next claim leases (the test has made a job due)."""
+    lease = store.claim(now, AGENT, b"owner", None, closed)
+    assert lease is not None
+    return lease
+
+
+def next_job(store: Store, closed: frozenset[str] = frozenset()) -> Job:
+    """The job the next claim leases (the test has made one due)."""
+    return claimed(store, closed=closed)[0]
+
+
+def stored(store: Store, job_id: str) -> Job:
+    """Job ``job_id``, which the test has stored."""
+    job = store.job(job_id)
+    assert job is not None, job_id
+    return job
+
+
 def make_job_in(store: Store, state: JobState, job_id: str = "j1"):
     """Drive real store calls until job ``job_id`` is in ``state``."""
     store.insert_jobs([new_job(job_id)], NOW)
-    job = store.job(job_id)
+    job = stored(store, job_id)
     if state is P:
         return job
     if state is X:
         return store.transition(job, X, NOW + 1, last_error="canceled")
-    job, token = store.claim(NOW + 1, AGENT, b"owner", None)
+    job, token = claimed(store, NOW + 1)
     assert job.id == job_id and job.state is R and job.token == token
     if state is R:
         return job
-    ended = dict(attempts=1, token=None, started_at=NOW + 1, finished_at=NOW + 2)
+    ended = {"attempts": 1, "token": None, "started_at": NOW + 1, "finished_at": NOW + 2}
     if state is C:
         return store.transition(job, C, NOW + 2, exit_code=0, **ended)
     if state is F:
@@ -260,10 +282,11 @@ def test_counts_stay_exact_through_every_kind_of_change(store):
         assert store.counts() == recount(store)
 
     check()
-    store.insert_jobs([new_job(f"j{n}", run_at=NOW + (100 if n >= 8 else 0)) for n in range(10)], NOW)
+    store.insert_jobs([new_job(f"j{n}", run_at=NOW + (100 if n >= 8 else 0)) for n in range(10)],
+                      NOW)
     check()
     assert store.counts()["pending"] == 10
-    running = [store.claim(NOW, AGENT, b"owner", None)[0] for _ in range(5)]
+    running = [next_job(store) for _ in range(5)]
     check()
     done = store.transition(running[0], C, NOW + 1, started_at=NOW, finished_at=NOW + 1, token=None)
     store.transition(running[1], F, NOW + 1, run_at=NOW + 3, attempts=1, token=None)
@@ -300,7 +323,7 @@ def test_set_fields_does_not_move_counts(store):
 def test_completed_duration_sums_completed_jobs_only(store):
     assert store.completed_duration() == (0, 0.0)
     store.insert_jobs([new_job(f"j{n}") for n in range(4)], NOW)
-    jobs = [store.claim(NOW, AGENT, b"owner", None)[0] for _ in range(4)]
+    jobs = [next_job(store) for _ in range(4)]
     store.transition(jobs[0], C, NOW + 10, started_at=NOW, finished_at=NOW + 10, token=None)
     store.transition(jobs[1], C, NOW + 3, started_at=NOW + 0.5, finished_at=NOW + 3, token=None)
     store.transition(jobs[2], F, NOW + 3, started_at=NOW, finished_at=NOW + 100, token=None,
@@ -371,7 +394,8 @@ def test_inserted_job_keeps_what_was_enqueued(store):
 def test_list_jobs_filters_by_state_and_queue_newest_first(store):
     store.insert_jobs([new_job("a"), new_job("b")], NOW)
     store.insert_jobs([NewJob(id="c", command="x", queue="other", priority=1, run_at=NOW,
-                              timeout_sec=1, max_retries=1, env=None, cwd=None, requires=None)], NOW)
+                              timeout_sec=1, max_retries=1, env=None, cwd=None, requires=None)],
+                      NOW)
     store.transition(store.job("a"), X, NOW)
     assert [j.id for j in store.list_jobs()] == ["c", "b", "a"]
     assert [j.id for j in store.list_jobs(state="pending")] == ["c", "b"]
@@ -384,14 +408,15 @@ def test_list_jobs_filters_by_state_and_queue_newest_first(store):
 
 def claimed_token(store: Store, job_id: str) -> int:
     store.insert_jobs([new_job(job_id)], NOW)
-    job, token = store.claim(NOW, AGENT, b"owner", None)
+    job, token = claimed(store)
     assert job.id == job_id
     return token
 
 
-def stream_text(store: Store, token: int, stream: int, after=None) -> tuple[int, bytes]:
+def stream_text(store: Store, token: int, stream: int,
+                after=None) -> tuple[int | None, bytes]:
     chunks = [c for c in store.output(token, after) if c.stream == stream]
-    for first, second in zip(chunks, chunks[1:]):
+    for first, second in itertools.pairwise(chunks):
         assert second.offset == first.offset + len(first.data)  # contiguous
     return (chunks[0].offset if chunks else None), b"".join(c.data for c in chunks)
 
@@ -515,7 +540,7 @@ def test_a_version_1_store_is_migrated_in_place_keeping_its_jobs_and_attempts(tm
     store = Store(path)
     try:
         assert store.conn.pragma("user_version") == len(MIGRATIONS)
-        job = store.job("old")
+        job = stored(store, "old")
         assert job.state is JobState.COMPLETED
         [attempt] = store.attempts(job.seq)
         assert (attempt.exit_code, attempt.late_result) == (0, None)
@@ -544,16 +569,17 @@ def test_a_version_2_store_keeps_its_attempts_and_output_through_the_token_migra
                     " 'default', 0, 'processing', 1, 60, 3, 1, 2, 9, 'a')")
         old.execute("INSERT INTO attempts (id, job_seq, number, agent, dispatched_at,"
                     " late_result) VALUES (7, 1, 1, 'a', 1, 'exit code 0')")
-        old.execute("INSERT INTO output (attempt_id, stream, offset, data) VALUES (7, 1, 0, X'6869')")
+        old.execute("INSERT INTO output (attempt_id, stream, offset, data)"
+                    " VALUES (7, 1, 0, X'6869')")
     old.close()
 
     store = Store(path)
     try:
-        [attempt] = store.attempts(store.job("run").seq)
+        [attempt] = store.attempts(stored(store, "run").seq)
         assert (attempt.id, attempt.late_result) == (7, "exit code 0")
         assert b"".join(c.data for c in store.output(7)) == b"hi"
         store.insert_jobs([new_job("next")], NOW)
-        _, token = store.claim(NOW, AGENT, b"owner", None)
+        _, token = claimed(store)
         assert token > 9, "a token past every one the old store issued, leases included"
     finally:
         store.close()
@@ -563,7 +589,7 @@ def test_a_reopened_store_keeps_its_data_and_schema_version(tmp_path):
     path = str(tmp_path / "queue.db")
     first = Store(path)
     first.insert_jobs([new_job("kept"), new_job("also-kept", run_at=NOW + 50)], NOW)
-    make_job = first.claim(NOW, AGENT, b"owner", None)
+    make_job = claimed(first)
     first.append_output(make_job[1], 1, 0, b"output survives", 1024)
     first.set_config("max_retries", 5)
     counts = first.counts()
@@ -572,8 +598,8 @@ def test_a_reopened_store_keeps_its_data_and_schema_version(tmp_path):
     second = Store(path)
     try:
         assert second.conn.pragma("user_version") == len(MIGRATIONS)
-        assert second.job("kept").state is R
-        assert second.job("also-kept").state is P
+        assert stored(second, "kept").state is R
+        assert stored(second, "also-kept").state is P
         assert second.counts() == counts
         assert second.next_due() == NOW + 50
         assert b"".join(c.data for c in second.output(make_job[1])) == b"output survives"
@@ -620,7 +646,8 @@ def test_an_unplaceable_backlog_does_not_hide_a_job_that_becomes_placeable(store
     """Claims remember that no due job matches a label set; that memory must
     end when a matching job becomes due (inserted, promoted or retried)."""
     gpu = {"gpu": "a100"}
-    store.insert_jobs([new_job(f"tpu{n}", priority=1, requires={"tpu": "v5"}) for n in range(50)], NOW)
+    store.insert_jobs([new_job(f"tpu{n}", priority=1, requires={"tpu": "v5"}) for n in range(50)],
+                      NOW)
     assert claim_id(store, labels=gpu) is None
     store.insert_jobs([new_job("inserted", requires=gpu)], NOW)
     assert claim_id(store, labels=gpu) == "inserted"
@@ -651,7 +678,7 @@ def test_claims_take_the_best_job_across_queues_and_skip_closed_ones(store):
     assert job.id == "c-mid"  # b's jobs (placed or not) are closed; c's head beats a's
     job, _ = store.claim(NOW, AGENT, b"owner", json.dumps({"gpu": "x"}))
     assert job.id == "b-placed"  # open again: the cached "no placed match" did not stick
-    assert [store.claim(NOW, AGENT, b"owner", None)[0].id for _ in range(2)] == ["b-first", "a-late"]
+    assert [next_job(store).id for _ in range(2)] == ["b-first", "a-late"]
     assert store.claim(NOW, AGENT, b"owner", None) is None
 
 
@@ -688,7 +715,7 @@ def test_a_version_5_store_keeps_its_due_jobs_claimable(tmp_path):
     store = Store(path)
     try:
         assert store.conn.pragma("user_version") == len(MIGRATIONS)
-        assert store.claim(NOW, AGENT, b"owner", None)[0].id == "due"
+        assert next_job(store).id == "due"
     finally:
         store.close()
 
@@ -701,12 +728,12 @@ def test_a_long_closed_backlog_ahead_switches_to_the_head_of_each_queue(store):
     store.insert_jobs(backlog + [new_job("z-open", queue="z", priority=7),
                                  new_job("a-open", queue="a", priority=9)], NOW)
     closed = frozenset({"paused"})
-    assert [store.claim(NOW, AGENT, b"owner", None, closed)[0].id for _ in range(2)] == ["z-open", "a-open"]
+    assert [next_job(store, closed).id for _ in range(2)] == ["z-open", "a-open"]
     assert store.claim(NOW, AGENT, b"owner", None, closed) is None
-    assert store.claim(NOW, AGENT, b"owner", None)[0].id == "paused-0"  # open again: its backlog first
+    assert next_job(store).id == "paused-0"  # open again: its backlog first
     store.use_queue_index(False)  # without the index, the same answers (by walking)
     assert store.claim(NOW, AGENT, b"owner", None, frozenset({"paused"})) is None
-    assert store.claim(NOW, AGENT, b"owner", None)[0].id == "paused-1"
+    assert next_job(store).id == "paused-1"
 
 
 def test_the_queue_index_exists_only_while_a_queue_has_a_rule(tmp_path):
@@ -739,7 +766,7 @@ def test_a_claim_among_thousands_of_open_queues_runs_a_constant_number_of_statem
 
     store.conn.exec_trace = trace
     try:
-        assert store.claim(NOW, AGENT, b"owner", None)[0].id == "hot"
+        assert next_job(store).id == "hot"
     finally:
         store.conn.exec_trace = None
     assert len(statements) <= 6, statements  # not one seek per queue

@@ -11,7 +11,7 @@ import pytest
 
 from queuectl.broker.batches import Batches
 from queuectl.broker.jobs import JobError
-from queuectl.broker.store import BatchState, DuplicateId, NewJob, Store
+from queuectl.broker.store import Batch, BatchState, DuplicateId, NewJob, Store
 from queuectl.proto.states import JobState
 
 NOW = 1_700_000_000.0
@@ -31,9 +31,16 @@ def staged_batch(store: Store, *chunks: list[NewJob]) -> int:
     return batch
 
 
+def stored_batch(store: Store, batch_id: int) -> Batch:
+    """Batch ``batch_id``, which the test has opened."""
+    batch = store.batch(batch_id)
+    assert batch is not None, batch_id
+    return batch
+
+
 def walk(store: Store, batch_id: int, span: int, now: float = NOW + 1) -> list[int]:
     """Advance the batch to its end; returns the rows made visible by each slice."""
-    batch, visible = store.batch(batch_id), []
+    batch, visible = stored_batch(store, batch_id), []
     while batch.unfinished:
         batch, count, _ = store.advance_batch(batch, now, span)
         visible.append(count)
@@ -134,20 +141,20 @@ def test_a_restart_aborts_open_batches_and_finishes_committed_ones(tmp_path):
     open_id = staged_batch(store, [job("o1"), job("o2")])
     done_id = staged_batch(store, [job(f"c{n}") for n in range(5)])
     store.end_batch(done_id, BatchState.COMMITTED, NOW)
-    store.advance_batch(store.batch(done_id), NOW, 2)  # then the broker dies
+    store.advance_batch(stored_batch(store, done_id), NOW, 2)  # then the broker dies
     store.close()
 
     store = Store(path)
     try:
         batches = Batches(store)
         batches.recover(NOW + 10, mono=0.0)
-        assert store.batch(open_id).state is BatchState.ABORTED
-        assert "restarted" in store.batch(open_id).reason
+        assert stored_batch(store, open_id).state is BatchState.ABORTED
+        assert "restarted" in (stored_batch(store, open_id).reason or "")
         assert [b.id for b in batches.work] == [open_id, done_id]
         while batches.work:
             batches.advance(NOW + 10)
         assert visible_ids(store) == {f"c{n}" for n in range(5)}
-        assert store.batch(done_id).state is BatchState.DONE
+        assert stored_batch(store, done_id).state is BatchState.DONE
         store.insert_jobs([job("o1")], NOW)  # the aborted batch's ids are free
     finally:
         store.close()
@@ -183,7 +190,7 @@ def test_a_commit_checks_the_count_and_may_be_asked_again(store):
     with pytest.raises(JobError, match="committed already"):
         batches.open(batch_id, key, NOW)
     visible, _, finished = batches.advance(NOW)
-    assert visible == 2 and finished.state is BatchState.DONE
+    assert visible == 2 and finished is not None and finished.state is BatchState.DONE
     assert batches.commit(batch_id, key, 2, NOW).state is BatchState.DONE
     with pytest.raises(JobError, match="no batch 99"):
         batches.commit(99, key, 1, NOW)
@@ -196,7 +203,7 @@ def test_a_batch_is_its_clients_alone(store):
     batches = Batches(store)
     batch_id, key = batches.open(None, None, NOW)
     store.insert_jobs([job("a")], NOW, stage=batch_id)
-    other_id, other_key = batches.open(None, None, NOW)
+    _other_id, other_key = batches.open(None, None, NOW)
     assert other_key != key
     for wrong in (None, other_key, key + "0"):
         with pytest.raises(JobError, match=f"no batch {batch_id} of this client") as refused:

@@ -4,6 +4,7 @@ ended attempts that seed the per-minute chart (with the index migration)."""
 from __future__ import annotations
 
 import apsw
+
 from queuectl.broker.lifecycle import reason_text
 from queuectl.broker.store import MIGRATIONS, NewJob, Store
 from queuectl.proto.states import JobState, Outcome
@@ -57,7 +58,9 @@ def test_search_combines_with_state_queue_and_limit(store):
 def run_attempt(store: Store, job_id: str, *, finished_at: float, outcome: Outcome,
                 stale: bool = False) -> None:
     add(store, job_id, "true")
-    job, token = store.claim(NOW, "agent", b"owner", None)
+    lease = store.claim(NOW, "agent", b"owner", None)
+    assert lease is not None
+    job, token = lease
     assert job.id == job_id
     exit_code = {Outcome.OK: 0, Outcome.EXIT: 1}.get(outcome)
     store.end_attempt(token, outcome=outcome, started_at=finished_at - 1,

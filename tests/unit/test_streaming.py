@@ -29,5 +29,6 @@ def test_a_small_or_empty_input_is_one_chunk():
 
 def test_an_id_twice_in_one_chunk_names_both_labels():
     jobs = [{"id": "a", "command": "true"}, {"command": "true"}, {"id": "a", "command": "x"}]
-    with pytest.raises(Conflict, match=r"line 3: id 'a' appears twice in the batch \(first at line 1\)"):
+    with pytest.raises(Conflict,
+                       match=r"line 3: id 'a' appears twice in the batch \(first at line 1\)"):
         cut(jobs, (f"line {n}" for n in itertools.count(1)))

@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 import sys
 import types
 import typing
+from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, Phase, assume, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
+from hypothesis import strategies as st
 
 from hostile import assert_decoded_as_sent, field_types, holds
-from queuectl.proto import VERSION, ProtocolError, VersionMismatch, decode, encode
-from queuectl.proto import codec, messages as m
+from queuectl.proto import VERSION, ProtocolError, VersionMismatch, codec, decode, encode
+from queuectl.proto import messages as m
 
-MESSAGES = sorted(codec._REGISTRY.values(), key=lambda cls: cls.TYPE)
+MESSAGES: list[Any] = sorted(codec._REGISTRY.values(), key=operator.attrgetter("TYPE"))
 TYPE_NAMES = {cls.TYPE for cls in MESSAGES}
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # msgpack's unpacker refuses nesting deeper than this (StackError); up to it,
@@ -90,7 +93,8 @@ def must_reject(data: bytes, kind: type[ProtocolError] = ProtocolError) -> Proto
 
 # --- strategies ----------------------------------------------------------------------
 
-INTS = st.one_of(st.integers(-(2**63), 2**64 - 1), st.sampled_from([0, 1, -1, 2**63 - 1, 2**64 - 1]))
+INTS = st.one_of(st.integers(-(2**63), 2**64 - 1),
+                 st.sampled_from([0, 1, -1, 2**63 - 1, 2**64 - 1]))
 INT64 = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, -1, 2**63 - 1]))
 FLOATS = st.floats(allow_nan=False)  # NaN != NaN defeats the round-trip equality
 TEXT = st.text(max_size=30)
@@ -119,7 +123,8 @@ GARBAGE = st.recursive(
     st.one_of(st.none(), st.booleans(), INTS, st.floats(), TEXT, BLOB, EXT,
               st.builds(msgpack.Timestamp, st.integers(0, 2**34 - 1), st.integers(0, 999_999_999))),
     lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(TEXT, INTS, st.booleans()), inner, max_size=4)),
+                            st.dictionaries(st.one_of(TEXT, INTS, st.booleans()), inner,
+                                            max_size=4)),
     max_leaves=15)
 
 
@@ -216,22 +221,22 @@ def test_truncated_encodings_raise_protocol_error(cls):
 
 @st.composite
 def mutations(draw, data: bytes) -> bytes:
-    data = bytearray(data)
+    buf = bytearray(data)
     for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, max(0, len(data) - 1)))
+        at = draw(st.integers(0, max(0, len(buf) - 1)))
         kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "splice"]))
-        if kind == "flip" and data:
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set" and data:
-            data[at] = draw(st.sampled_from([0x00, 0x7F, 0x80, 0x90, 0xC0, 0xC1, 0xC4, 0xCF,
+        if kind == "flip" and buf:
+            buf[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and buf:
+            buf[at] = draw(st.sampled_from([0x00, 0x7F, 0x80, 0x90, 0xC0, 0xC1, 0xC4, 0xCF,
                                              0xD9, 0xDB, 0xDD, 0xDF, 0xFF]))
         elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif kind == "delete" and data:
-            del data[at:at + draw(st.integers(1, 8))]
+            buf[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete" and buf:
+            del buf[at:at + draw(st.integers(1, 8))]
         elif kind == "splice":
-            data[at:] = draw(st.binary(max_size=40))
-    return bytes(data)
+            buf[at:] = draw(st.binary(max_size=40))
+    return bytes(buf)
 
 
 @each_message
@@ -323,6 +328,7 @@ def test_other_protocol_versions_raise_version_mismatch(cls):
            version=DECODABLE.filter(lambda v: not (type(v) is int and v == VERSION)))
     def check(msg, version):
         error = must_reject(frame(version, cls.TYPE, body_of(msg)), VersionMismatch)
+        assert isinstance(error, VersionMismatch)  # must_reject checked it
         # a scalar is kept as is; anything else only as a short description
         if version is None or isinstance(version, (bool, int, float)) or (
                 isinstance(version, str) and len(version) <= 40):
@@ -372,7 +378,8 @@ def with_value_at(cls, msg, position: str, value: bytes) -> bytes:
     body.pop(name, None)
     count = len(body) + 1
     header = bytes([0x80 | count]) if count < 16 else b"\xde" + count.to_bytes(2, "big")
-    pairs = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in body.items())
+    pairs = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True)
+                     for k, v in body.items())
     return (b"\x93" + msgpack.packb(VERSION) + msgpack.packb(cls.TYPE) + header + pairs
             + msgpack.packb(name) + value)
 
@@ -411,23 +418,26 @@ def test_a_nested_version_or_type_just_inside_msgpacks_depth_limit_is_a_protocol
 
 # --- what an error says: short, whatever the peer sent --------------------------------------
 
-@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.generate])  # big frames: no shrinking
-@given(version=st.one_of(st.binary(min_size=1000, max_size=5000), st.text(min_size=1000, max_size=5000),
+# big frames: no shrinking
+@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.generate])
+@given(version=st.one_of(st.binary(min_size=1000, max_size=5000),
+                         st.text(min_size=1000, max_size=5000),
                          st.lists(INTS, min_size=300, max_size=600)),
        type_name=st.sampled_from(sorted(TYPE_NAMES)))
 def test_the_error_for_another_version_stays_short_whatever_the_peer_sent(version, type_name):
     """The broker sends this text back to the peer and logs it: a peer must not be
     able to make it huge (test_proto checks the same for unknown type names)."""
     error = must_reject(frame(version, type_name, {}), VersionMismatch)
-    assert len(str(error)) < 300, f"{len(str(error))} characters for a {len(frame(version, type_name, {}))}" \
-                                  " byte frame"
+    assert len(str(error)) < 300, \
+        f"{len(str(error))} characters for a {len(frame(version, type_name, {}))} byte frame"
 
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_every_protocol_error_message_stays_short(data):
     cls = data.draw(st.sampled_from(MESSAGES))
-    junk = data.draw(st.one_of(st.binary(min_size=500, max_size=3000), st.text(min_size=500, max_size=3000)))
+    junk = data.draw(st.one_of(st.binary(min_size=500, max_size=3000),
+                               st.text(min_size=500, max_size=3000)))
     where = data.draw(st.sampled_from(["type", "field name", "field value", "body"]))
     if where == "type":
         raw = frame(VERSION, junk, {})
